@@ -1,0 +1,218 @@
+//! The one error type of the crate.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Boxed cause of a transport failure: keeps ureq and tiny_http types out of
+/// the public API while still exposing the chain through `source()`.
+type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in regcenter.
+///
+/// `Display` says what failed and with which value; the underlying cause, if
+/// any, is available through [`std::error::Error::source`] and is not repeated
+/// in the message.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A server address is empty, longer than 255 bytes, or contains a byte
+    /// outside visible ASCII (0x21–0x7E) or a comma.
+    InvalidAddr {
+        /// The rejected address, with unprintable bytes escaped.
+        addr: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A service name is not 1–128 characters of `A-Z a-z 0-9 . _ -`, or is
+    /// `.` or `..`.
+    InvalidService {
+        /// The rejected name, with unprintable bytes escaped.
+        service: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A Go-style duration (`500ms`, `5s`, `1m30s`) could not be parsed.
+    InvalidDuration {
+        /// The rejected text.
+        input: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A builder or option was given a value it cannot work with, such as a
+    /// minimum TTL above the maximum or a bind address that does not parse.
+    InvalidConfig {
+        /// The setting, e.g. `min_ttl`.
+        setting: &'static str,
+        /// What is wrong with it and what to do instead.
+        reason: String,
+    },
+    /// The registry holds as many entries as it is allowed to; a new address
+    /// is refused until some expire or are deregistered (renewals still work).
+    Full {
+        /// The configured maximum number of entries.
+        limit: usize,
+    },
+    /// A local operating-system operation failed: binding the listener or
+    /// spawning a thread.
+    Io {
+        /// What was being done, e.g. `bind 127.0.0.1:9999`.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The registry could not be reached or did not answer in time
+    /// (connection refused, timeout, connection reset).
+    Unreachable {
+        /// The URL that was called.
+        url: String,
+        /// The transport error.
+        source: Cause,
+    },
+    /// The registry answered with an error status.
+    Status {
+        /// The URL that was called.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The registry's one-line reason, possibly empty.
+        reason: String,
+    },
+    /// The registry's answer could not be understood.
+    BadResponse {
+        /// The URL that was called.
+        url: String,
+        /// What was wrong with the answer.
+        reason: String,
+    },
+    /// A discovery was asked for a server while it knows of none.
+    NoServers {
+        /// Where the list came from (a registry URL or `fixed list`).
+        source: String,
+    },
+    /// The handle was already stopped, or its background thread panicked.
+    Stopped {
+        /// Which handle, e.g. `heartbeat for tcp@127.0.0.1:7001`.
+        what: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same call later may succeed: the registry was
+    /// unreachable or answered 5xx. A rejected input (4xx) is permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::Full { .. } => true,
+            Error::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidConfig {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidAddr { addr, reason } => {
+                write!(f, "invalid server address {addr:?}: {reason}")
+            }
+            Error::InvalidService { service, reason } => {
+                write!(f, "invalid service name {service:?}: {reason}")
+            }
+            Error::InvalidDuration { input, reason } => {
+                write!(f, "invalid duration {input:?}: {reason}")
+            }
+            Error::InvalidConfig { setting, reason } => write!(f, "invalid {setting}: {reason}"),
+            Error::Full { limit } => write!(
+                f,
+                "registry is full ({limit} entries): retry later or raise the entry limit"
+            ),
+            Error::Io { context, .. } => write!(f, "{context} failed"),
+            Error::Unreachable { url, .. } => write!(f, "registry {url}: unreachable"),
+            Error::Status {
+                url,
+                status,
+                reason,
+            } => {
+                if reason.is_empty() {
+                    write!(f, "registry {url}: answered {status}")
+                } else {
+                    write!(f, "registry {url}: answered {status}: {reason}")
+                }
+            }
+            Error::BadResponse { url, reason } => write!(f, "registry {url}: {reason}"),
+            Error::NoServers { source } => write!(f, "no available servers from {source}"),
+            Error::Stopped { what } => write!(f, "{what} is stopped"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Unreachable { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Timeout errors read better with the limit that was hit.
+#[derive(Debug)]
+pub(crate) struct TimedOut(pub(crate) Duration);
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "timed out after {}", crate::protocol::format_duration(self.0))
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_small_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Error>();
+        assert!(std::mem::size_of::<Error>() <= 80, "{}", std::mem::size_of::<Error>());
+    }
+
+    #[test]
+    fn display_is_lowercase_without_period_and_names_the_value() {
+        let e = Error::Status {
+            url: "http://127.0.0.1:9/myRPC/registry".into(),
+            status: 400,
+            reason: "missing X-Myrpc-Server header".into(),
+        };
+        let s = e.to_string();
+        assert_eq!(
+            s,
+            "registry http://127.0.0.1:9/myRPC/registry: answered 400: missing X-Myrpc-Server header"
+        );
+        assert!(!e.is_transient());
+        let e = Error::Status {
+            url: "u".into(),
+            status: 503,
+            reason: String::new(),
+        };
+        assert!(e.is_transient());
+    }
+}

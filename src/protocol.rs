@@ -1,0 +1,360 @@
+//! Wire names, validation and codecs of protocol v1 (see DESIGN.md).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The base path the GeeRPC seed serves its registry on.
+pub const DEFAULT_PATH: &str = "/myRPC/registry";
+/// The registry URL clients use when none is given.
+pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:9999/myRPC/registry";
+/// The seed's address header: on POST and DELETE the server's address, on
+/// GET the comma-joined alive list.
+pub const HEADER_SERVER: &str = "X-Myrpc-Server";
+/// The seed's listing header on GET answers.
+pub const HEADER_SERVERS: &str = "X-Myrpc-Servers";
+/// The service's modify index on every list and register answer.
+pub const HEADER_INDEX: &str = "X-Myrpc-Index";
+/// The TTL asked for on POST, and the TTL in force in its answer.
+pub const HEADER_TTL: &str = "X-Myrpc-Ttl";
+
+/// Longest accepted server address in bytes.
+pub const MAX_ADDR_LEN: usize = 255;
+/// Longest accepted service name in characters.
+pub const MAX_SERVICE_LEN: usize = 128;
+
+/// Checks a server address: 1–255 bytes of visible ASCII without a comma.
+///
+/// Why so strict: the address is echoed into the `X-Myrpc-Servers` header and
+/// into text listings, where a comma, a space or a line break would split or
+/// corrupt every listing that carries it.
+///
+/// # Errors
+///
+/// [`Error::InvalidAddr`] with the reason.
+pub fn validate_addr(addr: &str) -> Result<()> {
+    let reason = if addr.is_empty() {
+        Some("it is empty")
+    } else if addr.len() > MAX_ADDR_LEN {
+        Some("it is longer than 255 bytes")
+    } else if addr.contains(',') {
+        Some("it contains a comma, which separates addresses in listings")
+    } else if !addr.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        Some("only visible ASCII is allowed (no spaces, control bytes or non-ASCII)")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(Error::InvalidAddr {
+            addr: truncate_for_message(addr),
+            reason,
+        }),
+    }
+}
+
+/// Checks a service name: empty (the default service), or 1–128 characters
+/// of `A-Z a-z 0-9 . _ -` other than `.` and `..`.
+///
+/// # Errors
+///
+/// [`Error::InvalidService`] with the reason.
+pub fn validate_service(service: &str) -> Result<()> {
+    let reason = if service.len() > MAX_SERVICE_LEN {
+        Some("it is longer than 128 characters")
+    } else if service == "." || service == ".." {
+        Some("`.` and `..` are reserved")
+    } else if !service
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("only A-Z a-z 0-9 . _ - are allowed")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(Error::InvalidService {
+            service: truncate_for_message(service),
+            reason,
+        }),
+    }
+}
+
+/// Keeps error messages one line and bounded whatever a client sent.
+fn truncate_for_message(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Parses a Go-style duration: a sequence of decimal numbers, each with an
+/// optional fraction and a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), such
+/// as `500ms`, `5s`, `1m30s`, `1.5h`. A bare `0` is zero, as in Go.
+///
+/// # Errors
+///
+/// [`Error::InvalidDuration`] for empty or negative input, a missing or
+/// unknown unit, or a value above 100 years.
+pub fn parse_duration(input: &str) -> Result<Duration> {
+    const MAX_NANOS: u128 = 100 * 365 * 24 * 3600 * 1_000_000_000;
+    let err = |reason| Error::InvalidDuration {
+        input: truncate_for_message(input),
+        reason,
+    };
+    let s = input.trim();
+    if s.is_empty() {
+        return Err(err("it is empty; write e.g. 5s, 500ms or 1m30s"));
+    }
+    if s.starts_with('-') {
+        return Err(err("durations cannot be negative"));
+    }
+    let s = s.strip_prefix('+').unwrap_or(s);
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut total: u128 = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let whole = &s[start..i];
+        let mut frac = "";
+        if i < bytes.len() && bytes[i] == b'.' {
+            i += 1;
+            let fstart = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            frac = &s[fstart..i];
+        }
+        if whole.is_empty() && frac.is_empty() {
+            return Err(err("expected a number; write e.g. 5s, 500ms or 1m30s"));
+        }
+        let ustart = i;
+        while i < bytes.len() && !bytes[i].is_ascii_digit() && bytes[i] != b'.' {
+            i += 1;
+        }
+        let unit: u128 = match &s[ustart..i] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60 * 1_000_000_000,
+            "h" => 3600 * 1_000_000_000,
+            "" => return Err(err("a unit is missing (ns, us, ms, s, m, h)")),
+            _ => return Err(err("unknown unit; use ns, us, ms, s, m or h")),
+        };
+        let too_large = || err("it is larger than 100 years");
+        if whole.len() > 30 {
+            return Err(too_large());
+        }
+        let w: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_large())?
+        };
+        let mut nanos = w.checked_mul(unit).ok_or_else(too_large)?;
+        // The fraction is scaled digit by digit so that 1.5h is exact and a
+        // long fraction cannot overflow.
+        let mut scale = unit;
+        for d in frac.bytes().take(30) {
+            scale /= 10;
+            nanos += u128::from(d - b'0') * scale;
+        }
+        total = total.checked_add(nanos).ok_or_else(too_large)?;
+        if total > MAX_NANOS {
+            return Err(too_large());
+        }
+    }
+    let secs = (total / 1_000_000_000) as u64;
+    let sub = (total % 1_000_000_000) as u32;
+    Ok(Duration::new(secs, sub))
+}
+
+/// Formats a duration the way Go's `time.Duration.String` does, with `us`
+/// for microseconds so that the text stays ASCII for HTTP headers:
+/// `0s`, `250ms`, `5s`, `1m30s`, `1h0m0s`, `1.5s`.
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_string();
+    }
+    let mut out = String::new();
+    if nanos < 1_000_000_000 {
+        let (unit, div) = if nanos < 1_000 {
+            ("ns", 1)
+        } else if nanos < 1_000_000 {
+            ("us", 1_000)
+        } else {
+            ("ms", 1_000_000)
+        };
+        push_fraction(&mut out, nanos, div);
+        out.push_str(unit);
+        return out;
+    }
+    let total_secs = d.as_secs();
+    let (h, m) = (total_secs / 3600, (total_secs / 60) % 60);
+    if h > 0 {
+        let _ = write!(out, "{h}h");
+    }
+    if h > 0 || m > 0 {
+        let _ = write!(out, "{m}m");
+    }
+    let secs_nanos = u128::from(total_secs % 60) * 1_000_000_000 + u128::from(d.subsec_nanos());
+    push_fraction(&mut out, secs_nanos, 1_000_000_000);
+    out.push('s');
+    out
+}
+
+fn push_fraction(out: &mut String, value: u128, div: u128) {
+    let _ = write!(out, "{}", value / div);
+    let rem = value % div;
+    if rem != 0 {
+        let width = div.ilog10() as usize;
+        let digits = format!("{rem:0width$}");
+        let _ = write!(out, ".{}", digits.trim_end_matches('0'));
+    }
+}
+
+/// Splits the seed's comma-joined list, trimming spaces and skipping empty
+/// items, as the seed's Go client does.
+pub fn split_servers(header: &str) -> Vec<String> {
+    header
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Splits a text listing: one address per line, blank lines ignored.
+pub fn split_lines(body: &str) -> Vec<String> {
+    body.lines()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Builds the registry URL of a service: the base URL for the default
+/// service, `base/service` otherwise.
+///
+/// # Errors
+///
+/// [`Error::InvalidService`] when the name is invalid.
+pub fn service_url(registry: &str, service: &str) -> Result<String> {
+    validate_service(service)?;
+    let base = registry.trim_end_matches('/');
+    Ok(if service.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}/{service}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_visible_ascii_rule() {
+        assert!(validate_addr("tcp@127.0.0.1:7001").is_ok());
+        assert!(validate_addr("x").is_ok());
+        assert!(validate_addr(&"a".repeat(255)).is_ok());
+        for bad in [
+            "",
+            "tcp@a,tcp@b",
+            "tcp@a b",
+            "tcp@a\nb",
+            "tcp@a\rb",
+            "a\u{7f}",
+            "a\u{0}",
+            "é",
+            &"a".repeat(256),
+        ] {
+            let e = validate_addr(bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidAddr { .. }), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn service_names_follow_the_charset_rule() {
+        for ok in ["", "arith", "Arith.v2", "a_b-c", &"s".repeat(128)] {
+            assert!(validate_service(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [".", "..", "a/b", "a b", "a%2e", "ü", &"s".repeat(129), "a,b"] {
+            assert!(validate_service(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_go_durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_duration("500ms").unwrap(), ms(500));
+        assert_eq!(parse_duration("5s").unwrap(), ms(5000));
+        assert_eq!(parse_duration("2m").unwrap(), ms(120_000));
+        assert_eq!(parse_duration("1m30s").unwrap(), ms(90_000));
+        assert_eq!(parse_duration("1.5h").unwrap(), ms(5_400_000));
+        assert_eq!(parse_duration(".5s").unwrap(), ms(500));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("10us").unwrap(), Duration::from_micros(10));
+        assert_eq!(parse_duration("10µs").unwrap(), Duration::from_micros(10));
+        assert_eq!(parse_duration("7ns").unwrap(), Duration::from_nanos(7));
+        assert_eq!(parse_duration("1h2m3s4ms").unwrap(), ms(3_723_004));
+    }
+
+    #[test]
+    fn rejects_bad_durations() {
+        for bad in [
+            "", "-5s", "5", "5x", "s", "1.2.3s", "abc", "5 s", "99999999999999h", "1e9s",
+            "876001h",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidDuration { .. }), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn formats_like_go() {
+        let f = |ms| format_duration(Duration::from_millis(ms));
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        assert_eq!(f(250), "250ms");
+        assert_eq!(f(5000), "5s");
+        assert_eq!(f(1500), "1.5s");
+        assert_eq!(f(90_000), "1m30s");
+        assert_eq!(f(120_000), "2m0s");
+        assert_eq!(f(3_600_000), "1h0m0s");
+        assert_eq!(format_duration(Duration::from_micros(1500)), "1.5ms");
+        assert_eq!(format_duration(Duration::from_nanos(12)), "12ns");
+    }
+
+    #[test]
+    fn format_and_parse_round_trip() {
+        for ms in [1, 10, 999, 1000, 1001, 59_999, 60_000, 61_500, 3_599_999, 7_200_000] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d, "{ms}");
+        }
+    }
+
+    #[test]
+    fn splits_seed_lists_like_the_go_client() {
+        assert_eq!(split_servers("a, b,,c "), ["a", "b", "c"]);
+        assert!(split_servers("").is_empty());
+        assert_eq!(split_lines("a\n\nb\n"), ["a", "b"]);
+    }
+
+    #[test]
+    fn service_urls() {
+        assert_eq!(service_url("http://h/p/", "").unwrap(), "http://h/p");
+        assert_eq!(service_url("http://h/p", "arith").unwrap(), "http://h/p/arith");
+        assert!(service_url("http://h/p", "a/b").is_err());
+    }
+}

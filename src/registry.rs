@@ -1,0 +1,1046 @@
+//! The registry table: entries, TTLs, the modify index, expiry.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::protocol::{format_duration, validate_addr, validate_service};
+
+/// Default TTL of an entry, as in the seed (`defaultTimeout = 5 * time.Second`).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+/// Default lower bound for a TTL a server asks for.
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
+/// Default upper bound for a TTL a server asks for.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(3600);
+/// Default cap on the number of entries in one registry.
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+/// Largest accepted weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Largest accepted metadata, counting the bytes of every key and value.
+pub const MAX_META_BYTES: usize = 1024;
+
+/// What a server announces besides its address.
+///
+/// ```
+/// use regcenter::PutOptions;
+/// use std::time::Duration;
+///
+/// let opts = PutOptions::new().ttl(Duration::from_secs(10)).weight(3).meta("zone", "a");
+/// assert_eq!(opts.weight_value(), 3);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOptions {
+    ttl: Option<Duration>,
+    weight: u32,
+    meta: BTreeMap<String, String>,
+}
+
+impl Default for PutOptions {
+    fn default() -> Self {
+        PutOptions {
+            ttl: None,
+            weight: 1,
+            meta: BTreeMap::new(),
+        }
+    }
+}
+
+impl PutOptions {
+    /// Default options: the registry's default TTL, weight 1, no metadata.
+    pub fn new() -> PutOptions {
+        PutOptions::default()
+    }
+
+    /// The TTL to ask for; the registry clamps it to its bounds. Defaults to
+    /// the registry's default TTL.
+    pub fn ttl(mut self, ttl: Duration) -> PutOptions {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The weight for weighted selection, 1 to 10 000. Defaults to 1.
+    pub fn weight(mut self, weight: u32) -> PutOptions {
+        self.weight = weight;
+        self
+    }
+
+    /// Adds a metadata label, such as a zone or a version. Defaults to none.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> PutOptions {
+        self.meta.insert(key.into(), value.into());
+        self
+    }
+
+    /// The TTL asked for, if any.
+    pub fn ttl_value(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The weight.
+    pub fn weight_value(&self) -> u32 {
+        self.weight
+    }
+
+    /// The metadata labels.
+    pub fn meta_map(&self) -> &BTreeMap<String, String> {
+        &self.meta
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(1..=MAX_WEIGHT).contains(&self.weight) {
+            return Err(Error::config(
+                "weight",
+                format!("{} is outside 1..=10000", self.weight),
+            ));
+        }
+        let bytes: usize = self.meta.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        if bytes > MAX_META_BYTES {
+            return Err(Error::config(
+                "meta",
+                format!("{bytes} bytes is over the limit of {MAX_META_BYTES}"),
+            ));
+        }
+        if self.meta.keys().any(String::is_empty) {
+            return Err(Error::config("meta", "a key is empty"));
+        }
+        Ok(())
+    }
+}
+
+/// What a [`Registry::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The TTL in force for the entry (zero: it never expires).
+    pub ttl: Duration,
+    /// The service's modify index after the put.
+    pub index: u64,
+    /// Whether the put changed the listing (a new address, or a new weight
+    /// or metadata); `false` for a plain renewal.
+    pub changed: bool,
+}
+
+/// A service's alive servers at one modify index, rendered once per change
+/// and shared by reference.
+#[derive(Debug)]
+pub struct Listing {
+    index: u64,
+    addrs: Vec<String>,
+    joined: String,
+    text: String,
+}
+
+impl Listing {
+    fn new(index: u64, mut addrs: Vec<String>) -> Listing {
+        addrs.sort_unstable();
+        let joined = addrs.join(",");
+        let mut text = String::with_capacity(joined.len() + 1);
+        for a in &addrs {
+            text.push_str(a);
+            text.push('\n');
+        }
+        Listing {
+            index,
+            addrs,
+            joined,
+            text,
+        }
+    }
+
+    /// The service's modify index this listing belongs to.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The alive addresses, sorted by byte order.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    /// The addresses comma-joined, as in the seed's `X-Myrpc-Servers` header.
+    pub fn joined(&self) -> &str {
+        &self.joined
+    }
+
+    /// The addresses one per line, each followed by `\n` (`?format=text`).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Builds a [`Registry`] with non-default TTLs, limits or clock.
+#[derive(Clone)]
+#[must_use]
+pub struct RegistryBuilder {
+    default_ttl: Duration,
+    min_ttl: Duration,
+    max_ttl: Duration,
+    max_entries: usize,
+    clock: Arc<dyn Clock>,
+}
+
+impl RegistryBuilder {
+    /// TTL of an entry whose server asks for none; zero means such entries
+    /// never expire, as the seed's `timeout = 0`. Defaults to 5 s.
+    pub fn default_ttl(mut self, ttl: Duration) -> RegistryBuilder {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Smallest TTL a server may ask for; smaller requests are raised to it.
+    /// Defaults to 1 s.
+    pub fn min_ttl(mut self, ttl: Duration) -> RegistryBuilder {
+        self.min_ttl = ttl;
+        self
+    }
+
+    /// Largest TTL a server may ask for; larger requests are lowered to it.
+    /// Defaults to 1 h.
+    pub fn max_ttl(mut self, ttl: Duration) -> RegistryBuilder {
+        self.max_ttl = ttl;
+        self
+    }
+
+    /// Most entries the registry holds across all services; a new address
+    /// beyond it is refused with [`Error::Full`]. Defaults to 100 000.
+    pub fn max_entries(mut self, max: usize) -> RegistryBuilder {
+        self.max_entries = max;
+        self
+    }
+
+    /// The clock that decides expiry. Defaults to [`SystemClock`].
+    pub fn clock(mut self, clock: impl Clock) -> RegistryBuilder {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Builds the registry.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `min_ttl` is zero or above `max_ttl`,
+    /// when a non-zero `default_ttl` lies outside the bounds, or when
+    /// `max_entries` is zero.
+    pub fn build(self) -> Result<Registry> {
+        if self.min_ttl.is_zero() {
+            return Err(Error::config(
+                "min_ttl",
+                "must be above zero; a zero default TTL is how entries are made permanent",
+            ));
+        }
+        if self.min_ttl > self.max_ttl {
+            return Err(Error::config(
+                "min_ttl",
+                format!(
+                    "{} is above max_ttl {}",
+                    format_duration(self.min_ttl),
+                    format_duration(self.max_ttl)
+                ),
+            ));
+        }
+        if !self.default_ttl.is_zero()
+            && (self.default_ttl < self.min_ttl || self.default_ttl > self.max_ttl)
+        {
+            return Err(Error::config(
+                "ttl",
+                format!(
+                    "{} is outside the bounds {}..={}",
+                    format_duration(self.default_ttl),
+                    format_duration(self.min_ttl),
+                    format_duration(self.max_ttl)
+                ),
+            ));
+        }
+        if self.max_entries == 0 {
+            return Err(Error::config("max_entries", "must be at least 1"));
+        }
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                table: Mutex::new(Table::default()),
+                wake: Condvar::new(),
+                default_ttl: self.default_ttl,
+                min_ttl: self.min_ttl,
+                max_ttl: self.max_ttl,
+                max_entries: self.max_entries,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+/// The registry table, shared by cheap clones.
+///
+/// One lock guards the whole table; it is held only for bookkeeping (no I/O,
+/// no rendering beyond a listing that changed), so every call returns in
+/// microseconds. Expired entries are never returned: each call first removes
+/// entries whose deadline has passed, and a [`Sweeper`] removes them
+/// promptly even when nobody calls.
+///
+/// ```
+/// use regcenter::{ManualClock, Registry};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let reg = Registry::builder().default_ttl(Duration::from_secs(5)).clock(clock.clone()).build()?;
+/// reg.put("", "tcp@127.0.0.1:7001")?;
+/// assert_eq!(reg.alive(""), ["tcp@127.0.0.1:7001"]);
+/// clock.advance(Duration::from_secs(5));
+/// assert!(reg.alive("").is_empty());
+/// # Ok::<(), regcenter::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    table: Mutex<Table>,
+    /// Wakes the sweeper when an earlier deadline is scheduled or it must stop.
+    wake: Condvar,
+    default_ttl: Duration,
+    min_ttl: Duration,
+    max_ttl: Duration,
+    max_entries: usize,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Registry-wide modify counter (DESIGN.md, "Modify index").
+    counter: u64,
+    next_generation: u64,
+    entries: usize,
+    services: HashMap<Arc<str>, Service>,
+    /// Expiry queue. A renewal only moves the entry's deadline; its queued
+    /// item stays at the old deadline and is re-queued when it comes due, so
+    /// renewals cost no queue work.
+    queue: BinaryHeap<Reverse<Due>>,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Instant,
+    generation: u64,
+    service: Arc<str>,
+    addr: Arc<str>,
+}
+
+#[derive(Default)]
+struct Service {
+    name: Arc<str>,
+    index: u64,
+    entries: HashMap<Arc<str>, Entry>,
+    /// `None` after a change: rebuilt by the next reader.
+    listing: Option<Arc<Listing>>,
+}
+
+struct Entry {
+    addr: Arc<str>,
+    generation: u64,
+    ttl: Duration,
+    deadline: Option<Instant>,
+    /// Deadline of this entry's live item in the expiry queue, if any.
+    queued: Option<Instant>,
+    weight: u32,
+    meta: BTreeMap<String, String>,
+    last_beat: Instant,
+}
+
+/// One registered server as [`Registry::entries`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The service name (empty for the default service).
+    pub service: String,
+    /// The server's address.
+    pub addr: String,
+    /// The weight for weighted selection.
+    pub weight: u32,
+    /// The metadata labels.
+    pub meta: BTreeMap<String, String>,
+    /// The TTL in force (zero: never expires).
+    pub ttl: Duration,
+    /// Time left before expiry, `None` when it never expires.
+    pub expires_in: Option<Duration>,
+    /// Time since the last register or renewal.
+    pub since_beat: Duration,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+impl Registry {
+    /// A registry with the defaults: TTL 5 s (bounds 1 s to 1 h), 100 000
+    /// entries at most, the system clock.
+    pub fn new() -> Registry {
+        // The defaults are valid by construction.
+        Registry::builder().build().expect("default registry settings are valid")
+    }
+
+    /// A builder for non-default settings.
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder {
+            default_ttl: DEFAULT_TTL,
+            min_ttl: DEFAULT_MIN_TTL,
+            max_ttl: DEFAULT_MAX_TTL,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The TTL applied when a server asks for `requested` (or for none).
+    pub fn effective_ttl(&self, requested: Option<Duration>) -> Duration {
+        match requested {
+            None => self.inner.default_ttl,
+            Some(t) => t.clamp(self.inner.min_ttl, self.inner.max_ttl),
+        }
+    }
+
+    /// Registers `addr` under `service` (empty: the default service) with the
+    /// default options, or renews it.
+    ///
+    /// # Errors
+    ///
+    /// As [`put_with`](Registry::put_with).
+    pub fn put(&self, service: &str, addr: &str) -> Result<PutOutcome> {
+        self.put_with(service, addr, &PutOptions::default())
+    }
+
+    /// Registers `addr` under `service`, or renews it.
+    ///
+    /// A renewal with the same weight and metadata only moves the deadline
+    /// and leaves the modify index alone, so watchers are not woken by
+    /// heartbeats.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidService`], [`Error::InvalidAddr`],
+    /// [`Error::InvalidConfig`] for a weight or metadata out of bounds, and
+    /// [`Error::Full`] for a new address when the registry is full. Nothing
+    /// changes on error.
+    pub fn put_with(&self, service: &str, addr: &str, opts: &PutOptions) -> Result<PutOutcome> {
+        validate_service(service)?;
+        validate_addr(addr)?;
+        opts.validate()?;
+        let ttl = self.effective_ttl(opts.ttl);
+        let now = self.inner.clock.now();
+        let deadline = (!ttl.is_zero()).then(|| now + ttl);
+        let mut t = self.inner.table.lock();
+        t.expire_due(now);
+        let t = &mut *t;
+        if let Some(svc) = t.services.get_mut(service) {
+            if let Some(e) = svc.entries.get_mut(addr) {
+                e.ttl = ttl;
+                e.deadline = deadline;
+                e.last_beat = now;
+                let changed = e.weight != opts.weight || e.meta != opts.meta;
+                if changed {
+                    e.weight = opts.weight;
+                    e.meta.clone_from(&opts.meta);
+                    t.counter += 1;
+                    svc.index = t.counter;
+                    svc.listing = None;
+                }
+                // The queued item stays at the old deadline unless the new
+                // one is earlier (a shorter TTL) or there is none yet.
+                if let Some(d) = deadline.filter(|d| e.queued.is_none_or(|q| *d < q)) {
+                    e.queued = Some(d);
+                    let due = Due {
+                        at: d,
+                        generation: e.generation,
+                        service: svc.name.clone(),
+                        addr: e.addr.clone(),
+                    };
+                    schedule(&mut t.queue, &self.inner.wake, due);
+                }
+                return Ok(PutOutcome {
+                    ttl,
+                    index: svc.index,
+                    changed,
+                });
+            }
+        }
+        if t.entries >= self.inner.max_entries {
+            return Err(Error::Full {
+                limit: self.inner.max_entries,
+            });
+        }
+        t.counter += 1;
+        t.next_generation += 1;
+        t.entries += 1;
+        let (generation, index) = (t.next_generation, t.counter);
+        let svc = t
+            .services
+            .entry(Arc::from(service))
+            .or_insert_with_key(|name| Service {
+                name: name.clone(),
+                ..Service::default()
+            });
+        svc.index = index;
+        svc.listing = None;
+        log::info!("registered {addr} in service {service:?}");
+        let addr: Arc<str> = Arc::from(addr);
+        let service = svc.name.clone();
+        svc.entries.insert(
+            addr.clone(),
+            Entry {
+                addr: addr.clone(),
+                generation,
+                ttl,
+                deadline,
+                queued: deadline,
+                weight: opts.weight,
+                meta: opts.meta.clone(),
+                last_beat: now,
+            },
+        );
+        if let Some(at) = deadline {
+            let due = Due {
+                at,
+                generation,
+                service,
+                addr,
+            };
+            schedule(&mut t.queue, &self.inner.wake, due);
+        }
+        Ok(PutOutcome {
+            ttl,
+            index,
+            changed: true,
+        })
+    }
+
+    /// Removes `addr` from `service`; `Ok(false)` when it was not there.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidService`] or [`Error::InvalidAddr`].
+    pub fn remove(&self, service: &str, addr: &str) -> Result<bool> {
+        validate_service(service)?;
+        validate_addr(addr)?;
+        let now = self.inner.clock.now();
+        let mut t = self.inner.table.lock();
+        t.expire_due(now);
+        let removed = t.remove(service, addr);
+        if removed {
+            log::info!("deregistered {addr} from service {service:?}");
+        }
+        Ok(removed)
+    }
+
+    /// The alive addresses of `service`, sorted by byte order.
+    ///
+    /// An invalid or unknown service has none.
+    pub fn alive(&self, service: &str) -> Vec<String> {
+        self.listing(service).addrs().to_vec()
+    }
+
+    /// The rendered listing of `service`: cheap to call, shared until the
+    /// service changes.
+    pub fn listing(&self, service: &str) -> Arc<Listing> {
+        let now = self.inner.clock.now();
+        let mut t = self.inner.table.lock();
+        t.expire_due(now);
+        let counter = t.counter;
+        match t.services.get_mut(service) {
+            Some(svc) => svc
+                .listing
+                .get_or_insert_with(|| {
+                    Arc::new(Listing::new(
+                        svc.index,
+                        svc.entries.keys().map(|k| k.to_string()).collect(),
+                    ))
+                })
+                .clone(),
+            // An absent service reports the registry-wide counter: it is at
+            // least the index the service had before it emptied out, so a
+            // client never sees its index go backwards.
+            None => Arc::new(Listing::new(counter, Vec::new())),
+        }
+    }
+
+    /// The modify index of `service` (see [`listing`](Registry::listing)).
+    pub fn index(&self, service: &str) -> u64 {
+        let now = self.inner.clock.now();
+        let mut t = self.inner.table.lock();
+        t.expire_due(now);
+        let counter = t.counter;
+        t.services.get(service).map_or(counter, |s| s.index)
+    }
+
+    /// The registry-wide modify counter.
+    pub fn counter(&self) -> u64 {
+        self.inner.table.lock().counter
+    }
+
+    /// Number of alive entries across all services.
+    pub fn len(&self) -> usize {
+        let now = self.inner.clock.now();
+        let mut t = self.inner.table.lock();
+        t.expire_due(now);
+        t.entries
+    }
+
+    /// Whether no entry is alive.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Names of the services that have alive entries, sorted.
+    pub fn services(&self) -> Vec<String> {
+        let now = self.inner.clock.now();
+        let mut t = self.inner.table.lock();
+        t.expire_due(now);
+        let mut names: Vec<String> = t.services.keys().map(|k| k.to_string()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Every alive entry with its details, sorted by service and address.
+    pub fn entries(&self) -> Vec<EntryInfo> {
+        let now = self.inner.clock.now();
+        let mut t = self.inner.table.lock();
+        t.expire_due(now);
+        let mut out: Vec<EntryInfo> = t
+            .services
+            .iter()
+            .flat_map(|(s, svc)| {
+                svc.entries.iter().map(move |(a, e)| EntryInfo {
+                    service: s.to_string(),
+                    addr: a.to_string(),
+                    weight: e.weight,
+                    meta: e.meta.clone(),
+                    ttl: e.ttl,
+                    expires_in: e.deadline.map(|d| d.saturating_duration_since(now)),
+                    since_beat: now.saturating_duration_since(e.last_beat),
+                })
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| (&a.service, &a.addr).cmp(&(&b.service, &b.addr)));
+        out
+    }
+
+    /// Removes every entry whose deadline has passed and returns how many.
+    ///
+    /// Every other call does this first, and a [`Sweeper`] does it on time;
+    /// call it yourself after moving a [`ManualClock`](crate::ManualClock).
+    pub fn sweep(&self) -> usize {
+        let now = self.inner.clock.now();
+        self.inner.table.lock().expire_due(now)
+    }
+
+    /// Starts a thread that removes entries as soon as their deadline passes,
+    /// so a crashed server leaves the listing on time even when nobody asks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the thread cannot be spawned.
+    pub fn start_sweeper(&self) -> Result<Sweeper> {
+        self.start_sweeper_named("regcenter-sweep".to_string())
+    }
+
+    pub(crate) fn start_sweeper_named(&self, name: String) -> Result<Sweeper> {
+        let inner = self.inner.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let handle = thread::Builder::new()
+            .name(name)
+            .spawn(move || sweep_loop(&inner, &thread_stop))
+            .map_err(|e| Error::io("spawn sweeper thread", e))?;
+        Ok(Sweeper {
+            registry: self.clone(),
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+/// Longest the sweeper sleeps without looking at the clock; bounds how late
+/// a [`ManualClock`](crate::ManualClock) moved by hand is noticed.
+const SWEEP_MAX_WAIT: Duration = Duration::from_secs(1);
+
+fn sweep_loop(inner: &Inner, stop: &AtomicBool) {
+    let mut t = inner.table.lock();
+    // The flag is set under the table lock, so it cannot change between this
+    // check and the wait below: no stop is missed.
+    while !stop.load(Ordering::Acquire) {
+        let now = inner.clock.now();
+        t.expire_due(now);
+        let wait = t
+            .queue
+            .peek()
+            .map_or(SWEEP_MAX_WAIT, |Reverse(d)| d.at.saturating_duration_since(now))
+            .min(SWEEP_MAX_WAIT);
+        // Also woken when an earlier deadline is scheduled or on stop.
+        inner.wake.wait_for(&mut t, wait);
+    }
+}
+
+/// Queues an expiry and wakes the sweeper when it is the new earliest.
+fn schedule(queue: &mut BinaryHeap<Reverse<Due>>, wake: &Condvar, due: Due) {
+    let earliest = queue.peek().is_none_or(|Reverse(d)| due.at < d.at);
+    queue.push(Reverse(due));
+    if earliest {
+        wake.notify_all();
+    }
+}
+
+impl Table {
+    fn remove(&mut self, service: &str, addr: &str) -> bool {
+        let Some(svc) = self.services.get_mut(service) else {
+            return false;
+        };
+        if svc.entries.remove(addr).is_none() {
+            return false;
+        }
+        self.entries -= 1;
+        self.counter += 1;
+        if svc.entries.is_empty() {
+            self.services.remove(service);
+        } else {
+            svc.index = self.counter;
+            svc.listing = None;
+        }
+        true
+    }
+
+    /// Pops every queue item that is due; returns how many entries expired.
+    fn expire_due(&mut self, now: Instant) -> usize {
+        let mut expired = 0;
+        while let Some(Reverse(top)) = self.queue.peek() {
+            if top.at > now {
+                break;
+            }
+            let Some(Reverse(due)) = self.queue.pop() else {
+                break;
+            };
+            let Some(e) = self
+                .services
+                .get_mut(&due.service)
+                .and_then(|s| s.entries.get_mut(&due.addr))
+            else {
+                continue;
+            };
+            if e.generation != due.generation || e.queued != Some(due.at) {
+                continue; // superseded by a newer item or a re-registration
+            }
+            match e.deadline {
+                Some(d) if d <= now => {
+                    self.remove(&due.service, &due.addr);
+                    log::info!("expired {} from service {:?}", due.addr, &*due.service);
+                    expired += 1;
+                }
+                Some(d) => {
+                    e.queued = Some(d);
+                    self.queue.push(Reverse(Due { at: d, ..due }));
+                }
+                None => e.queued = None,
+            }
+        }
+        expired
+    }
+}
+
+/// The thread that expires entries on time; see [`Registry::start_sweeper`].
+///
+/// Stopping or dropping it ends and joins the thread.
+#[must_use = "dropping the Sweeper stops it"]
+pub struct Sweeper {
+    registry: Registry,
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Sweeper {
+    /// Stops the thread and waits for it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`] if the thread panicked.
+    pub fn stop(mut self) -> Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<()> {
+        let Some(handle) = self.handle.take() else {
+            return Ok(());
+        };
+        {
+            let _t = self.registry.inner.table.lock();
+            self.stop.store(true, Ordering::Release);
+            self.registry.inner.wake.notify_all();
+        }
+        handle.join().map_err(|_| Error::Stopped {
+            what: "sweeper (it panicked)".into(),
+        })
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn registry(clock: &ManualClock) -> Registry {
+        Registry::builder()
+            .default_ttl(5 * S)
+            .min_ttl(S)
+            .max_ttl(60 * S)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn entries_expire_when_their_ttl_passes_unless_renewed() {
+        let clock = ManualClock::new();
+        let reg = registry(&clock);
+        reg.put("", "a").unwrap();
+        reg.put("", "b").unwrap();
+        clock.advance(4 * S);
+        reg.put("", "b").unwrap(); // renew b only
+        assert_eq!(reg.alive(""), ["a", "b"]);
+        clock.advance(S);
+        assert_eq!(reg.alive(""), ["b"], "a's deadline passed exactly now");
+        clock.advance(3 * S);
+        assert_eq!(reg.alive(""), ["b"]);
+        clock.advance(S);
+        assert!(reg.alive("").is_empty());
+        assert_eq!(reg.len(), 0);
+    }
+
+    #[test]
+    fn sweep_removes_due_entries_and_counts_them() {
+        let clock = ManualClock::new();
+        let reg = registry(&clock);
+        for a in ["a", "b", "c"] {
+            reg.put("svc", a).unwrap();
+        }
+        assert_eq!(reg.sweep(), 0);
+        clock.advance(5 * S);
+        assert_eq!(reg.sweep(), 3);
+        assert!(reg.services().is_empty());
+    }
+
+    #[test]
+    fn alive_is_sorted_by_bytes() {
+        let reg = Registry::new();
+        for a in ["tcp@b:2", "tcp@a:10", "Z", "tcp@a:9"] {
+            reg.put("", a).unwrap();
+        }
+        assert_eq!(reg.alive(""), ["Z", "tcp@a:10", "tcp@a:9", "tcp@b:2"]);
+        assert_eq!(reg.listing("").joined(), "Z,tcp@a:10,tcp@a:9,tcp@b:2");
+        assert_eq!(reg.listing("").text(), "Z\ntcp@a:10\ntcp@a:9\ntcp@b:2\n");
+    }
+
+    #[test]
+    fn index_moves_on_membership_changes_only() {
+        let clock = ManualClock::new();
+        let reg = registry(&clock);
+        let i0 = reg.index("svc");
+        let put = reg.put("svc", "a").unwrap();
+        assert!(put.changed && put.index > i0);
+        let renew = reg.put("svc", "a").unwrap();
+        assert!(!renew.changed);
+        assert_eq!(renew.index, put.index, "a renewal leaves the index alone");
+        let weighted = reg.put_with("svc", "a", &PutOptions::new().weight(2)).unwrap();
+        assert!(weighted.changed && weighted.index > put.index);
+        let labelled = reg
+            .put_with("svc", "a", &PutOptions::new().weight(2).meta("zone", "x"))
+            .unwrap();
+        assert!(labelled.index > weighted.index);
+        let other = reg.put("other", "z").unwrap();
+        assert_eq!(reg.index("svc"), labelled.index, "other services do not move it");
+        assert!(other.index > labelled.index, "one registry-wide counter");
+        assert!(reg.remove("svc", "a").unwrap());
+        let after_remove = reg.index("svc");
+        assert!(after_remove > other.index);
+        reg.put("svc", "b").unwrap();
+        let before_expiry = reg.index("svc");
+        clock.advance(5 * S);
+        assert!(reg.index("svc") > before_expiry, "expiry moves it");
+    }
+
+    #[test]
+    fn index_never_goes_backwards_when_a_service_empties() {
+        let clock = ManualClock::new();
+        let reg = registry(&clock);
+        let mut last = reg.index("svc");
+        for step in 0..20 {
+            match step % 4 {
+                0 => drop(reg.put("svc", "a").unwrap()),
+                1 => drop(reg.put("other", &format!("o{step}")).unwrap()),
+                2 => drop(reg.remove("svc", "a").unwrap()),
+                _ => clock.advance(5 * S),
+            }
+            let now = reg.index("svc");
+            assert!(now >= last, "step {step}: {now} < {last}");
+            last = now;
+        }
+    }
+
+    #[test]
+    fn requested_ttl_is_clamped_to_the_bounds() {
+        let clock = ManualClock::new();
+        let reg = registry(&clock);
+        let ttl = |d| reg.put_with("", "a", &PutOptions::new().ttl(d)).unwrap().ttl;
+        assert_eq!(ttl(Duration::from_millis(10)), S);
+        assert_eq!(ttl(Duration::ZERO), S);
+        assert_eq!(ttl(10 * S), 10 * S);
+        assert_eq!(ttl(3600 * S), 60 * S);
+        assert_eq!(reg.put("", "b").unwrap().ttl, 5 * S);
+    }
+
+    #[test]
+    fn a_shorter_ttl_on_renewal_takes_effect() {
+        let clock = ManualClock::new();
+        let reg = registry(&clock);
+        reg.put_with("", "a", &PutOptions::new().ttl(60 * S)).unwrap();
+        reg.put_with("", "a", &PutOptions::new().ttl(2 * S)).unwrap();
+        clock.advance(2 * S);
+        assert!(reg.alive("").is_empty());
+    }
+
+    #[test]
+    fn a_longer_ttl_on_renewal_takes_effect() {
+        let clock = ManualClock::new();
+        let reg = registry(&clock);
+        reg.put_with("", "a", &PutOptions::new().ttl(2 * S)).unwrap();
+        reg.put_with("", "a", &PutOptions::new().ttl(30 * S)).unwrap();
+        clock.advance(29 * S);
+        assert_eq!(reg.alive(""), ["a"]);
+        clock.advance(S);
+        assert!(reg.alive("").is_empty());
+    }
+
+    #[test]
+    fn zero_default_ttl_means_never_expires_as_in_the_seed() {
+        let clock = ManualClock::new();
+        let reg = Registry::builder()
+            .default_ttl(Duration::ZERO)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let put = reg.put("", "a").unwrap();
+        assert_eq!(put.ttl, Duration::ZERO);
+        clock.advance(1_000_000 * S);
+        assert_eq!(reg.alive(""), ["a"]);
+        assert_eq!(reg.entries()[0].expires_in, None);
+    }
+
+    #[test]
+    fn reregistering_after_removal_gets_a_fresh_deadline() {
+        let clock = ManualClock::new();
+        let reg = registry(&clock);
+        reg.put("", "a").unwrap();
+        clock.advance(4 * S);
+        reg.remove("", "a").unwrap();
+        reg.put("", "a").unwrap();
+        clock.advance(2 * S); // the first registration's deadline has passed
+        assert_eq!(reg.alive(""), ["a"]);
+        clock.advance(3 * S);
+        assert!(reg.alive("").is_empty());
+    }
+
+    #[test]
+    fn services_are_isolated() {
+        let reg = Registry::new();
+        reg.put("arith", "a").unwrap();
+        reg.put("", "b").unwrap();
+        assert_eq!(reg.alive("arith"), ["a"]);
+        assert_eq!(reg.alive(""), ["b"]);
+        assert!(reg.alive("other").is_empty());
+        assert!(!reg.remove("other", "a").unwrap());
+        assert_eq!(reg.services(), ["", "arith"]);
+    }
+
+    #[test]
+    fn bad_input_is_refused_and_changes_nothing() {
+        let reg = Registry::new();
+        let before = reg.counter();
+        assert!(matches!(reg.put("", "a,b"), Err(Error::InvalidAddr { .. })));
+        assert!(matches!(reg.put("a/b", "a"), Err(Error::InvalidService { .. })));
+        let w0 = PutOptions::new().weight(0);
+        assert!(matches!(reg.put_with("", "a", &w0), Err(Error::InvalidConfig { .. })));
+        let big = PutOptions::new().meta("k", "v".repeat(2000));
+        assert!(matches!(reg.put_with("", "a", &big), Err(Error::InvalidConfig { .. })));
+        assert_eq!(reg.counter(), before);
+        assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn a_full_registry_refuses_new_addresses_but_renews() {
+        let reg = Registry::builder().max_entries(2).build().unwrap();
+        reg.put("", "a").unwrap();
+        reg.put("x", "b").unwrap();
+        assert!(matches!(reg.put("", "c"), Err(Error::Full { limit: 2 })));
+        assert!(reg.put("", "a").is_ok());
+        reg.remove("", "a").unwrap();
+        assert!(reg.put("", "c").is_ok());
+    }
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        let b = Registry::builder;
+        assert!(b().min_ttl(Duration::ZERO).build().is_err());
+        assert!(b().min_ttl(10 * S).max_ttl(5 * S).default_ttl(7 * S).build().is_err());
+        assert!(b().default_ttl(2 * 3600 * S).build().is_err());
+        assert!(b().max_entries(0).build().is_err());
+        assert!(b().default_ttl(Duration::ZERO).build().is_ok());
+    }
+
+    #[test]
+    fn the_listing_is_shared_until_the_service_changes() {
+        let reg = Registry::new();
+        reg.put("", "a").unwrap();
+        let l1 = reg.listing("");
+        reg.put("", "a").unwrap(); // renewal
+        assert!(Arc::ptr_eq(&l1, &reg.listing("")));
+        reg.put("", "b").unwrap();
+        assert!(!Arc::ptr_eq(&l1, &reg.listing("")));
+    }
+
+    #[test]
+    fn the_sweeper_expires_entries_without_callers() {
+        let reg = Registry::builder()
+            .default_ttl(Duration::from_millis(50))
+            .min_ttl(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        let sweeper = reg.start_sweeper().unwrap();
+        let counter = reg.counter();
+        reg.put("", "a").unwrap();
+        let deadline = Instant::now() + 5 * S;
+        // Read the counter only: it does not expire entries itself, so it
+        // moves past the registration only through the sweeper.
+        while reg.counter() == counter + 1 {
+            assert!(Instant::now() < deadline, "the sweeper did not expire the entry");
+            std::thread::yield_now();
+        }
+        assert_eq!(reg.counter(), counter + 2);
+        sweeper.stop().unwrap();
+    }
+
+    #[test]
+    fn registry_and_handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Registry>();
+        check::<Sweeper>();
+        check::<Listing>();
+    }
+}
