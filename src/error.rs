@@ -1,7 +1,6 @@
 //! The one error type of the crate.
 
 use std::fmt;
-use std::time::Duration;
 
 /// Boxed cause of a transport failure: keeps ureq and tiny_http types out of
 /// the public API while still exposing the chain through `source()`.
@@ -172,18 +171,6 @@ impl std::error::Error for Error {
 /// Shorthand used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Timeout errors read better with the limit that was hit.
-#[derive(Debug)]
-pub(crate) struct TimedOut(pub(crate) Duration);
-
-impl fmt::Display for TimedOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "timed out after {}", crate::protocol::format_duration(self.0))
-    }
-}
-
-impl std::error::Error for TimedOut {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,9 +189,8 @@ mod tests {
             status: 400,
             reason: "missing X-Myrpc-Server header".into(),
         };
-        let s = e.to_string();
         assert_eq!(
-            s,
+            e.to_string(),
             "registry http://127.0.0.1:9/myRPC/registry: answered 400: missing X-Myrpc-Server header"
         );
         assert!(!e.is_transient());

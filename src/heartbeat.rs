@@ -1,0 +1,411 @@
+//! `Heartbeat`: keeps one server registered until it is stopped.
+
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::client::{self, DEFAULT_CALL_TIMEOUT, Verb};
+use crate::error::{Error, Result};
+use crate::protocol::{
+    HEADER_SERVER, HEADER_TTL, format_duration, parse_duration, service_url, validate_addr,
+};
+use crate::rand::jitter;
+use crate::registry::{DEFAULT_TTL, MAX_WEIGHT};
+
+/// First wait after a failed beat; doubled on each failure up to the period.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Shortest period a heartbeat beats at, whatever the registry's TTL.
+const MIN_PERIOD: Duration = Duration::from_millis(10);
+/// Period used when entries never expire (TTL 0): beating still re-registers
+/// the server after a registry restart.
+const PERMANENT_PERIOD: Duration = Duration::from_secs(30);
+
+/// How a [`Heartbeat`] announces its server.
+///
+/// ```
+/// use regcenter::HeartbeatOptions;
+/// use std::time::Duration;
+///
+/// let opts = HeartbeatOptions::new().service("arith").ttl(Duration::from_secs(15));
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct HeartbeatOptions {
+    service: String,
+    period: Option<Duration>,
+    ttl: Option<Duration>,
+    weight: Option<u32>,
+    meta: Vec<(String, String)>,
+    timeout: Duration,
+}
+
+impl Default for HeartbeatOptions {
+    fn default() -> Self {
+        HeartbeatOptions {
+            service: String::new(),
+            period: None,
+            ttl: None,
+            weight: None,
+            meta: Vec::new(),
+            timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+}
+
+impl HeartbeatOptions {
+    /// The defaults described on each setter.
+    pub fn new() -> HeartbeatOptions {
+        HeartbeatOptions::default()
+    }
+
+    /// The service to register in. Defaults to the default service (the
+    /// registry's base path).
+    pub fn service(mut self, service: impl Into<String>) -> Self {
+        self.service = service.into();
+        self
+    }
+
+    /// Time between beats. Defaults to a third of the TTL the registry
+    /// reports, so two beats may be lost before the entry expires.
+    pub fn period(mut self, period: Duration) -> Self {
+        self.period = Some(period);
+        self
+    }
+
+    /// The TTL to ask for (sent as `X-Myrpc-Ttl`; the registry clamps it).
+    /// Defaults to the registry's default TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The weight for weighted selection, 1 to 10 000 (sent as
+    /// `X-Myrpc-Weight`). Defaults to not sending one (weight 1).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = Some(weight);
+        self
+    }
+
+    /// Adds a metadata label (sent URL-encoded in `X-Myrpc-Meta`). Defaults
+    /// to none.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.meta.push((key.into(), value.into()));
+        self
+    }
+
+    /// Bound of each phase of each call to the registry. Defaults to 2 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// Keeps a server registered: beats once before [`start`](Heartbeat::start)
+/// returns, then from a thread every period, retrying failures with capped,
+/// jittered exponential backoff, never giving up on a registry that is down.
+///
+/// [`stop`](Heartbeat::stop), or dropping the handle, wakes the thread at
+/// once, joins it and deregisters the server with a DELETE. A registry that
+/// answers the DELETE with 405 (the Go original has no DELETE) or 404 counts
+/// as deregistered: the entry expires there on its own.
+///
+/// A beat answered 4xx (other than 408 and 429) is permanent: a bad address,
+/// a refused token. The thread then ends, logs the error, and `stop` returns
+/// it.
+#[must_use = "dropping the Heartbeat stops it and deregisters the server"]
+pub struct Heartbeat {
+    shared: Arc<Shared>,
+    beat: Arc<Beat>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    stop: bool,
+    beats: u64,
+    failure: Option<Error>,
+}
+
+/// What one beat sends, prepared once.
+struct Beat {
+    agent: ureq::Agent,
+    url: String,
+    addr: String,
+    headers: Vec<(&'static str, String)>,
+    period: Option<Duration>,
+    timeout: Duration,
+}
+
+impl Beat {
+    /// One POST; on success the period to wait until the next.
+    fn send(&self) -> Result<Duration> {
+        let headers: Vec<(&str, &str)> = std::iter::once((HEADER_SERVER, self.addr.as_str()))
+            .chain(self.headers.iter().map(|(n, v)| (*n, v.as_str())))
+            .collect();
+        let reply = client::call(&self.agent, Verb::Post, &self.url, &headers)?.ok(&self.url)?;
+        if let Some(p) = self.period {
+            return Ok(p);
+        }
+        // The Go original does not answer X-Myrpc-Ttl: assume its default.
+        let ttl = reply
+            .header(HEADER_TTL)
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_TTL);
+        Ok(if ttl.is_zero() {
+            PERMANENT_PERIOD
+        } else {
+            (ttl / 3).max(MIN_PERIOD)
+        })
+    }
+}
+
+impl Heartbeat {
+    /// Registers `addr` with the registry at `registry_url` (e.g.
+    /// `http://127.0.0.1:9999/myRPC/registry`) and keeps it registered.
+    ///
+    /// When the registry cannot be reached, `start` still returns a running
+    /// heartbeat, which registers the server as soon as the registry answers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAddr`], [`Error::InvalidService`] or
+    /// [`Error::InvalidConfig`] for bad input; [`Error::Status`] when the
+    /// first beat is refused for good (4xx); [`Error::Io`] when the thread
+    /// cannot be spawned.
+    pub fn start(registry_url: &str, addr: &str, options: HeartbeatOptions) -> Result<Heartbeat> {
+        validate_addr(addr)?;
+        let url = service_url(registry_url, &options.service)?;
+        if options.period.is_some_and(|p| p < MIN_PERIOD) {
+            return Err(Error::config("period", "must be at least 10ms"));
+        }
+        if options.weight.is_some_and(|w| !(1..=MAX_WEIGHT).contains(&w)) {
+            return Err(Error::config("weight", "must be from 1 to 10000"));
+        }
+        if options.timeout.is_zero() {
+            return Err(Error::config("timeout", "must be above zero"));
+        }
+        let mut headers = Vec::new();
+        if let Some(ttl) = options.ttl {
+            headers.push((HEADER_TTL, format_duration(ttl)));
+        }
+        if let Some(w) = options.weight {
+            headers.push(("X-Myrpc-Weight", w.to_string()));
+        }
+        if !options.meta.is_empty() {
+            headers.push(("X-Myrpc-Meta", encode_meta(&options.meta)));
+        }
+        let beat = Arc::new(Beat {
+            agent: client::agent(options.timeout),
+            url,
+            addr: addr.to_string(),
+            headers,
+            period: options.period,
+            timeout: options.timeout,
+        });
+        let first = match beat.send() {
+            Ok(period) => Ok(period),
+            Err(e) if e.is_transient() => {
+                log::warn!("heartbeat for {addr}: {e}; retrying in the background");
+                Err(e)
+            }
+            Err(e) => return Err(e),
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                beats: u64::from(first.is_ok()),
+                ..State::default()
+            }),
+            wake: Condvar::new(),
+        });
+        let (s, b) = (shared.clone(), beat.clone());
+        let thread = thread::Builder::new()
+            .name("regcenter-heartbeat".into())
+            .spawn(move || beat_loop(&s, &b, first))
+            .map_err(|e| Error::io("spawn heartbeat thread", e))?;
+        Ok(Heartbeat {
+            shared,
+            beat,
+            thread: Some(thread),
+        })
+    }
+
+    /// How many beats the registry has accepted so far.
+    pub fn beats(&self) -> u64 {
+        self.shared.state.lock().beats
+    }
+
+    /// Whether the thread still beats (it ends on a permanent error).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// The registry URL the server is registered at.
+    pub fn url(&self) -> &str {
+        &self.beat.url
+    }
+
+    /// Stops beating, joins the thread and deregisters the server.
+    ///
+    /// # Errors
+    ///
+    /// The permanent error that ended the heartbeat early, or the error of
+    /// the DELETE when the registry could not be reached (the entry then
+    /// expires after its TTL).
+    pub fn stop(mut self) -> Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        {
+            let mut st = self.shared.state.lock();
+            st.stop = true;
+            self.shared.wake.notify_all();
+        }
+        let panicked = thread.join().is_err();
+        if let Some(e) = self.shared.state.lock().failure.take() {
+            return Err(e);
+        }
+        if panicked {
+            return Err(Error::Stopped {
+                what: format!("heartbeat for {} (its thread panicked)", self.beat.addr),
+            });
+        }
+        self.deregister()
+    }
+
+    fn deregister(&self) -> Result<()> {
+        // A fresh short-lived agent: the DELETE must not wait behind a
+        // pooled connection to a registry that restarted meanwhile.
+        let agent = client::agent(self.beat.timeout.min(Duration::from_secs(1)));
+        let url = &self.beat.url;
+        let reply = client::call(&agent, Verb::Delete, url, &[(HEADER_SERVER, &self.beat.addr)])?;
+        match reply.status {
+            404 | 405 => Ok(()),
+            _ => reply.ok(url).map(drop),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            log::warn!("heartbeat for {}: {e}", self.beat.addr);
+        }
+    }
+}
+
+fn beat_loop(shared: &Shared, beat: &Beat, first: Result<Duration>) {
+    let fallback = beat.period.unwrap_or(DEFAULT_TTL / 3);
+    let mut backoff = FIRST_BACKOFF;
+    let mut failing = first.is_err();
+    let mut next = Instant::now()
+        + match first {
+            Ok(period) => period,
+            Err(_) => jitter(backoff, 0.5),
+        };
+    let mut period = fallback;
+    loop {
+        {
+            let mut st = shared.state.lock();
+            // Interruptible: stop() sets the flag under this lock and notifies.
+            shared.wake.wait_while_until(&mut st, |st| !st.stop, next);
+            if st.stop {
+                return;
+            }
+        }
+        match beat.send() {
+            Ok(p) => {
+                if failing {
+                    log::info!("heartbeat for {}: registered again at {}", beat.addr, beat.url);
+                    failing = false;
+                }
+                period = p;
+                backoff = FIRST_BACKOFF;
+                shared.state.lock().beats += 1;
+                next = Instant::now() + period;
+            }
+            Err(e) if e.is_transient() => {
+                if !failing {
+                    log::warn!("heartbeat for {}: {e}; retrying", beat.addr);
+                    failing = true;
+                }
+                // Capped at the period so a registry that comes back sees
+                // the server within one period; jittered so that a restart
+                // is not met by every server at the same instant.
+                next = Instant::now() + jitter(backoff.min(period), 0.5).min(period);
+                backoff = (backoff * 2).min(period);
+            }
+            Err(e) => {
+                log::error!("heartbeat for {} stopped: {e}", beat.addr);
+                shared.state.lock().failure = Some(e);
+                return;
+            }
+        }
+    }
+}
+
+/// Encodes metadata as a URL query: `k=v&k2=v2`, reserved bytes as `%XX`.
+fn encode_meta(meta: &[(String, String)]) -> String {
+    fn enc(s: &str, out: &mut String) {
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, (k, v)) in meta.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        enc(k, &mut out);
+        out.push('=');
+        enc(v, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_is_url_encoded() {
+        let m = vec![("zone".to_string(), "eu west".to_string()), ("v".into(), "1&2=3".into())];
+        assert_eq!(encode_meta(&m), "zone=eu%20west&v=1%262%3D3");
+    }
+
+    #[test]
+    fn bad_options_are_refused_before_any_call() {
+        let url = "http://127.0.0.1:9/myRPC/registry";
+        assert!(matches!(
+            Heartbeat::start(url, "a b", HeartbeatOptions::new()),
+            Err(Error::InvalidAddr { .. })
+        ));
+        assert!(matches!(
+            Heartbeat::start(url, "a", HeartbeatOptions::new().service("a/b")),
+            Err(Error::InvalidService { .. })
+        ));
+        assert!(matches!(
+            Heartbeat::start(url, "a", HeartbeatOptions::new().weight(0)),
+            Err(Error::InvalidConfig { .. })
+        ));
+        assert!(matches!(
+            Heartbeat::start(url, "a", HeartbeatOptions::new().period(Duration::ZERO)),
+            Err(Error::InvalidConfig { .. })
+        ));
+    }
+}

@@ -1,0 +1,485 @@
+//! Routes: a pure function from our request type to our response type, so
+//! every status code is testable without a socket. tiny_http stays in the
+//! worker loop (`server/mod.rs`).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::protocol::{
+    HEADER_INDEX, HEADER_SERVER, HEADER_SERVERS, HEADER_TTL, format_duration, parse_duration,
+    validate_service,
+};
+use crate::registry::{Listing, PutOptions, Registry};
+
+/// Header carrying a server's weight on POST.
+pub(crate) const HEADER_WEIGHT: &str = "X-Myrpc-Weight";
+/// Header carrying a server's metadata on POST (`k=v&k2=v2`, URL-encoded).
+pub(crate) const HEADER_META: &str = "X-Myrpc-Meta";
+/// Longest accepted value of any `X-Myrpc-*` request header.
+const MAX_HEADER_VALUE: usize = 1024;
+
+/// The request methods the routes tell apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Head,
+    Post,
+    Delete,
+    Other(String),
+}
+
+/// What the routes need of a request.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub(crate) method: Method,
+    /// The raw request target: path and query, not percent-decoded.
+    pub(crate) url: String,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The first value of a header, by case-insensitive name.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A response body; listings are shared with the registry, not copied.
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    Empty,
+    Text(String),
+    Listing(Arc<Listing>),
+}
+
+impl Body {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Body::Empty => b"",
+            Body::Text(s) => s.as_bytes(),
+            Body::Listing(l) => l.text().as_bytes(),
+        }
+    }
+}
+
+/// What the routes answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(&'static str, String)>,
+    pub(crate) body: Body,
+}
+
+impl Response {
+    fn empty(status: u16) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
+    }
+
+    /// A plain-text answer of one line; every error carries one.
+    pub(crate) fn text(status: u16, line: impl Into<String>) -> Response {
+        let mut body = line.into();
+        body.push('\n');
+        Response {
+            status,
+            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
+            body: Body::Text(body),
+        }
+    }
+
+    fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The value of a header, by case-insensitive name.
+    #[cfg(test)]
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Settings the routes read.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteConfig {
+    /// Base path without a trailing slash, e.g. `/myRPC/registry`.
+    pub(crate) path: String,
+}
+
+/// Answers one request. A panic inside is answered with 500, so a bug in a
+/// route cannot take a worker down.
+pub(crate) fn handle(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Response {
+    catch_unwind(AssertUnwindSafe(|| route(reg, cfg, req))).unwrap_or_else(|_| {
+        log::error!("route panicked on {:?} {}", req.method, req.url);
+        Response::text(500, "internal error: the request was not applied; report this bug")
+    })
+}
+
+fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Response {
+    let (path, query) = req.url.split_once('?').unwrap_or((&req.url, ""));
+    if path == "/healthz" {
+        return match req.method {
+            Method::Get | Method::Head => Response::text(200, "ok"),
+            _ => method_not_allowed("GET"),
+        };
+    }
+    let service = if path == cfg.path {
+        ""
+    } else {
+        match path.strip_prefix(cfg.path.as_str()).and_then(|r| r.strip_prefix('/')) {
+            Some(rest) if !rest.is_empty() => rest,
+            _ => return Response::text(404, format!("no such path {}", clip(path))),
+        }
+    };
+    if let Err(e) = validate_service(service) {
+        return Response::text(400, e.to_string());
+    }
+    match req.method {
+        Method::Get | Method::Head => list(reg, service, query),
+        Method::Post => register(reg, service, req),
+        Method::Delete => deregister(reg, service, req),
+        Method::Other(_) => method_not_allowed("GET, POST, DELETE"),
+    }
+}
+
+fn method_not_allowed(allow: &str) -> Response {
+    Response::text(405, format!("method not allowed; use {allow}")).with_header("Allow", allow)
+}
+
+/// Keeps echoed client input short in one-line reasons.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(80).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Seed,
+    Text,
+}
+
+fn list(reg: &Registry, service: &str, query: &str) -> Response {
+    let mut format = Format::Seed;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "format" {
+            format = match v {
+                "seed" | "" => Format::Seed,
+                "text" => Format::Text,
+                other => {
+                    return Response::text(
+                        400,
+                        format!("unknown format {:?}; use format=text or leave it out", clip(other)),
+                    );
+                }
+            };
+        }
+        // Other parameters are ignored, as the seed ignores the query.
+    }
+    let listing = reg.listing(service);
+    let index = listing.index().to_string();
+    match format {
+        // The seed's answer: the list in a header and an empty body, because
+        // the seed's Go clients never close response bodies (DESIGN.md).
+        Format::Seed => Response::empty(200)
+            .with_header(HEADER_SERVERS, listing.joined())
+            .with_header(HEADER_INDEX, index),
+        Format::Text => Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type", "text/plain; charset=utf-8".into()),
+                (HEADER_INDEX, index),
+            ],
+            body: Body::Listing(listing),
+        },
+    }
+}
+
+/// Reads a header the registry interprets, refusing absurd sizes up front.
+fn bounded_header<'r>(req: &'r Request, name: &str) -> Result<Option<&'r str>, Response> {
+    match req.header(name) {
+        Some(v) if v.len() > MAX_HEADER_VALUE => Err(Response::text(
+            400,
+            format!("{name} header is longer than {MAX_HEADER_VALUE} bytes"),
+        )),
+        v => Ok(v.map(str::trim)),
+    }
+}
+
+fn required_addr(req: &Request) -> Result<&str, Response> {
+    match bounded_header(req, HEADER_SERVER)? {
+        Some(a) if !a.is_empty() => Ok(a),
+        _ => Err(Response::text(
+            400,
+            format!("missing {HEADER_SERVER} header; set it to the server's address, e.g. tcp@127.0.0.1:7001"),
+        )),
+    }
+}
+
+fn put_options(req: &Request) -> Result<PutOptions, Response> {
+    let bad = |e: Error| Response::text(400, e.to_string());
+    let mut opts = PutOptions::new();
+    if let Some(ttl) = bounded_header(req, HEADER_TTL)? {
+        let ttl: Duration = parse_duration(ttl).map_err(bad)?;
+        opts = opts.ttl(ttl);
+    }
+    if let Some(w) = bounded_header(req, HEADER_WEIGHT)? {
+        let weight = w.parse::<u32>().ok().filter(|w| (1..=10_000).contains(w));
+        let Some(weight) = weight else {
+            return Err(Response::text(
+                400,
+                format!("invalid {HEADER_WEIGHT} {:?}: use a whole number from 1 to 10000", clip(w)),
+            ));
+        };
+        opts = opts.weight(weight);
+    }
+    if let Some(meta) = bounded_header(req, HEADER_META)? {
+        for (k, v) in parse_meta(meta).map_err(|reason| {
+            Response::text(400, format!("invalid {HEADER_META}: {reason}"))
+        })? {
+            opts = opts.meta(k, v);
+        }
+    }
+    Ok(opts)
+}
+
+/// Parses `k=v&k2=v2` with URL-query decoding (`%XX`, `+` as space).
+pub(crate) fn parse_meta(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for pair in s.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k)?;
+        if k.is_empty() {
+            return Err("a key is empty; write k=v&k2=v2".into());
+        }
+        out.push((k, percent_decode(v)?));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("bad percent escape in {:?}", clip(s)))?;
+                out.push(hex);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| format!("{:?} does not decode to UTF-8", clip(s)))
+}
+
+fn register(reg: &Registry, service: &str, req: &Request) -> Response {
+    let addr = match required_addr(req) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let opts = match put_options(req) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    match reg.put_with(service, addr, &opts) {
+        Ok(put) => Response::empty(200)
+            .with_header(HEADER_TTL, format_duration(put.ttl))
+            .with_header(HEADER_INDEX, put.index.to_string()),
+        Err(e @ Error::Full { .. }) => {
+            Response::text(503, e.to_string()).with_header("Retry-After", "5")
+        }
+        Err(e) => Response::text(400, e.to_string()),
+    }
+}
+
+fn deregister(reg: &Registry, service: &str, req: &Request) -> Response {
+    let addr = match required_addr(req) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match reg.remove(service, addr) {
+        Ok(true) => Response::text(200, "removed"),
+        Ok(false) => Response::text(
+            404,
+            format!("{} is not registered in service {service:?}", clip(addr)),
+        ),
+        Err(e) => Response::text(400, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> RouteConfig {
+        RouteConfig {
+            path: "/myRPC/registry".into(),
+        }
+    }
+
+    fn req(method: Method, url: &str, headers: &[(&str, &str)]) -> Request {
+        Request {
+            method,
+            url: url.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn call(reg: &Registry, method: Method, url: &str, headers: &[(&str, &str)]) -> Response {
+        handle(reg, &cfg(), &req(method, url, headers))
+    }
+
+    fn body(r: &Response) -> &str {
+        std::str::from_utf8(r.body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn seed_get_answers_the_header_and_an_empty_body() {
+        let reg = Registry::new();
+        reg.put("", "tcp@b").unwrap();
+        reg.put("", "tcp@a").unwrap();
+        let r = call(&reg, Method::Get, "/myRPC/registry", &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-myrpc-servers"), Some("tcp@a,tcp@b"));
+        assert_eq!(r.header("x-myrpc-index"), Some(reg.index("").to_string().as_str()));
+        assert!(r.body.as_bytes().is_empty());
+    }
+
+    #[test]
+    fn text_format_answers_a_body_without_the_seed_header() {
+        let reg = Registry::new();
+        reg.put("arith", "tcp@a").unwrap();
+        let r = call(&reg, Method::Get, "/myRPC/registry/arith?format=text", &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(body(&r), "tcp@a\n");
+        assert!(r.header(HEADER_SERVERS).is_none());
+        assert!(r.header(HEADER_INDEX).is_some());
+        let r = call(&reg, Method::Get, "/myRPC/registry?format=xml", &[]);
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn post_registers_and_reports_the_ttl_in_force() {
+        let reg = Registry::new();
+        let r = call(&reg, Method::Post, "/myRPC/registry", &[("X-Myrpc-Server", "tcp@a")]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header(HEADER_TTL), Some("5s"));
+        assert!(r.body.as_bytes().is_empty());
+        let r = call(
+            &reg,
+            Method::Post,
+            "/myRPC/registry/s",
+            &[("x-myrpc-server", "tcp@b"), ("X-Myrpc-Ttl", "1m30s")],
+        );
+        assert_eq!(r.header(HEADER_TTL), Some("1m30s"));
+        assert_eq!(reg.alive(""), ["tcp@a"]);
+        assert_eq!(reg.alive("s"), ["tcp@b"]);
+    }
+
+    #[test]
+    fn bad_input_is_a_400_with_a_reason_and_changes_nothing() {
+        let reg = Registry::new();
+        let long = "a".repeat(300);
+        let cases: Vec<(Method, &str, Vec<(&str, &str)>)> = vec![
+            (Method::Post, "/myRPC/registry", vec![]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a,b")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a\u{1}b")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a b")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", &long)]),
+            (Method::Post, "/myRPC/registry/a.b!", vec![("X-Myrpc-Server", "a")]),
+            (Method::Post, "/myRPC/registry/..", vec![("X-Myrpc-Server", "a")]),
+            (Method::Post, "/myRPC/registry/../x", vec![("X-Myrpc-Server", "a")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Ttl", "-5s")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Ttl", "5x")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Ttl", "9999999999h")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "0")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "10001")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "abc")]),
+            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Meta", "k=%zz")]),
+            (Method::Delete, "/myRPC/registry", vec![]),
+            (Method::Delete, "/myRPC/registry", vec![("X-Myrpc-Server", "a,b")]),
+        ];
+        for (method, url, headers) in cases {
+            let r = call(&reg, method.clone(), url, &headers);
+            assert_eq!(r.status, 400, "{method:?} {url} {headers:?}");
+            assert!(body(&r).ends_with('\n') && body(&r).lines().count() == 1, "{}", body(&r));
+        }
+        assert!(reg.is_empty());
+        assert_eq!(reg.counter(), 0);
+    }
+
+    #[test]
+    fn delete_answers_200_then_404() {
+        let reg = Registry::new();
+        reg.put("s", "tcp@a").unwrap();
+        let h = [("X-Myrpc-Server", "tcp@a")];
+        assert_eq!(call(&reg, Method::Delete, "/myRPC/registry/s", &h).status, 200);
+        assert_eq!(call(&reg, Method::Delete, "/myRPC/registry/s", &h).status, 404);
+    }
+
+    #[test]
+    fn other_methods_and_paths() {
+        let reg = Registry::new();
+        let r = call(&reg, Method::Other("PUT".into()), "/myRPC/registry", &[]);
+        assert_eq!(r.status, 405);
+        assert_eq!(r.header("allow"), Some("GET, POST, DELETE"));
+        assert_eq!(call(&reg, Method::Get, "/nope", &[]).status, 404);
+        assert_eq!(call(&reg, Method::Get, "/myRPC/registryx", &[]).status, 404);
+        assert_eq!(call(&reg, Method::Get, "/myRPC/registry/", &[]).status, 404);
+        let r = call(&reg, Method::Get, "/healthz", &[]);
+        assert_eq!((r.status, body(&r)), (200, "ok\n"));
+    }
+
+    #[test]
+    fn weight_and_meta_are_applied() {
+        let reg = Registry::new();
+        let r = call(
+            &reg,
+            Method::Post,
+            "/myRPC/registry",
+            &[("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "7"), ("X-Myrpc-Meta", "zone=eu+west&v=1%2E2")],
+        );
+        assert_eq!(r.status, 200);
+        let e = &reg.entries()[0];
+        assert_eq!(e.weight, 7);
+        assert_eq!(e.meta.get("zone").map(String::as_str), Some("eu west"));
+        assert_eq!(e.meta.get("v").map(String::as_str), Some("1.2"));
+    }
+
+    #[test]
+    fn a_full_registry_answers_503_with_retry_after() {
+        let reg = Registry::builder().max_entries(1).build().unwrap();
+        reg.put("", "a").unwrap();
+        let r = call(&reg, Method::Post, "/myRPC/registry", &[("X-Myrpc-Server", "b")]);
+        assert_eq!(r.status, 503);
+        assert!(r.header("retry-after").is_some());
+        let r = call(&reg, Method::Post, "/myRPC/registry", &[("X-Myrpc-Server", "a")]);
+        assert_eq!(r.status, 200, "renewals are still accepted");
+    }
+}
