@@ -297,6 +297,16 @@ impl Heartbeat {
     }
 }
 
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heartbeat")
+            .field("url", &self.beat.url)
+            .field("addr", &self.beat.addr)
+            .field("beats", &self.beats())
+            .finish()
+    }
+}
+
 impl Drop for Heartbeat {
     fn drop(&mut self) {
         if let Err(e) = self.stop_inner() {

@@ -370,6 +370,21 @@ pub struct EntryInfo {
     pub since_beat: Duration,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("default_ttl", &self.inner.default_ttl)
+            .field("max_entries", &self.inner.max_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Sweeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sweeper").finish_non_exhaustive()
+    }
+}
+
 impl Default for Registry {
     fn default() -> Self {
         Registry::new()

@@ -209,6 +209,15 @@ impl RegistryDiscovery {
     }
 }
 
+impl std::fmt::Debug for RegistryDiscovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryDiscovery")
+            .field("url", &self.url)
+            .field("period", &self.period)
+            .finish()
+    }
+}
+
 impl Discovery for RegistryDiscovery {
     fn refresh(&self) -> Result<()> {
         let _guard = self.fetching.lock();

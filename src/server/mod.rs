@@ -1,5 +1,6 @@
 //! `RegistryServer`: the listener, the worker threads, the wiring of routes.
 
+mod conns;
 mod route;
 
 use std::io::{self, Read};
@@ -197,9 +198,10 @@ fn nodelay_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 /// [`Registry`] table.
 ///
 /// [`shutdown`](RegistryServer::shutdown) (or dropping the handle) stops and
-/// joins every thread it started and closes the listening port.
-/// Connections that clients keep alive are tiny_http's: they are not closed
-/// by the shutdown, and a request sent on one afterwards gets no answer.
+/// joins every thread it started, closes the listening port, and closes the
+/// connections clients keep alive (on Linux), so no client waits for an
+/// answer that will not come. tiny_http's own connection threads end when
+/// their connection closes; they are not joined.
 #[must_use = "dropping the RegistryServer shuts it down"]
 pub struct RegistryServer {
     url: String,
@@ -281,6 +283,8 @@ impl RegistryServer {
         }
         // The last reference: dropping it closes the listening socket.
         drop(http);
+        let closed = conns::shutdown_accepted(self.local_addr);
+        log::debug!("closed {closed} kept-alive connections");
         log::info!("regcenter at {} shut down", self.url);
         if panicked {
             return Err(Error::Stopped {
@@ -288,6 +292,15 @@ impl RegistryServer {
             });
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for RegistryServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryServer")
+            .field("url", &self.url)
+            .field("threads", &self.workers.len())
+            .finish()
     }
 }
 

@@ -1,0 +1,167 @@
+//! Helpers: raw HTTP, waiting on conditions, thread counts, and a stand-in
+//! for the GeeRPC seed's Go registry.
+
+#![allow(dead_code)] // each test module uses a different subset
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// Waits until `cond` holds, polling briefly; panics with `what` at the
+/// deadline.
+pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A response read off the wire.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Raw {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one request (`Connection: close` is added) and reads the whole
+/// answer, within 5 s.
+pub fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Raw {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    raw_bytes(addr, req.as_bytes())
+}
+
+/// Sends raw bytes and parses the answer, within 5 s.
+pub fn raw_bytes(addr: SocketAddr, bytes: &[u8]) -> Raw {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read the answer");
+    parse(&buf)
+}
+
+pub fn parse(buf: &[u8]) -> Raw {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
+    let head = std::str::from_utf8(&buf[..end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Raw {
+        status,
+        headers,
+        body: buf[end + 4..].to_vec(),
+    }
+}
+
+/// Threads of this process whose name starts with `prefix`.
+pub fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+/// A stand-in for the GeeRPC tutorial's Go registry: GET answers only the
+/// `X-Myrpc-Servers` header (no index, empty body), POST registers from
+/// `X-Myrpc-Server` (500 without it, as the seed), anything else is 405.
+pub struct SeedRegistry {
+    pub addr: SocketAddr,
+    pub servers: Arc<Mutex<BTreeMap<String, Instant>>>,
+    pub requests: Arc<Mutex<Vec<String>>>,
+    http: Arc<tiny_http::Server>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl SeedRegistry {
+    pub fn start() -> SeedRegistry {
+        let http = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let addr = http.server_addr().to_ip().unwrap();
+        let servers: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (h, s, r) = (http.clone(), servers.clone(), requests.clone());
+        let worker = thread::spawn(move || {
+            while let Ok(rq) = h.recv() {
+                let method = rq.method().to_string();
+                r.lock().push(format!("{method} {}", rq.url()));
+                let header = |name: &'static str| {
+                    rq.headers()
+                        .iter()
+                        .find(|h| h.field.equiv(name))
+                        .map(|h| h.value.as_str().to_string())
+                };
+                let resp = match method.as_str() {
+                    "GET" => {
+                        let alive: Vec<String> = s.lock().keys().cloned().collect();
+                        tiny_http::Response::empty(200).with_header(
+                            tiny_http::Header::from_bytes("X-Myrpc-Servers", alive.join(","))
+                                .unwrap(),
+                        )
+                    }
+                    "POST" => match header("X-Myrpc-Server") {
+                        Some(a) if !a.is_empty() => {
+                            s.lock().insert(a, Instant::now());
+                            tiny_http::Response::empty(200)
+                        }
+                        _ => tiny_http::Response::empty(500),
+                    },
+                    _ => tiny_http::Response::empty(405),
+                };
+                let _ = rq.respond(resp);
+            }
+        });
+        SeedRegistry {
+            addr,
+            servers,
+            requests,
+            http,
+            worker: Some(worker),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/myRPC/registry", self.addr)
+    }
+}
+
+impl Drop for SeedRegistry {
+    fn drop(&mut self) {
+        self.http.unblock();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}

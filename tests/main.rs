@@ -1,0 +1,7 @@
+//! Loopback integration tests: one binary, one module per area.
+
+mod common;
+
+mod discovery;
+mod heartbeat;
+mod server;
