@@ -148,7 +148,10 @@ fn shutdown_leaves_no_thread_behind_and_frees_the_port() {
     let s = server();
     let addr = s.local_addr();
     let prefix = format!("rc{}-", addr.port());
-    assert_eq!(threads_named(&prefix), 3, "two workers and the sweeper");
+    // A thread names itself once it runs, so wait for all three names.
+    wait_until("two workers and the sweeper", Duration::from_secs(5), || {
+        threads_named(&prefix) == 3
+    });
     assert_eq!(raw(addr, "GET", "/healthz", &[]).status, 200);
     s.shutdown().unwrap();
     assert_eq!(threads_named(&prefix), 0);
