@@ -119,12 +119,10 @@ fn map_error(url: &str, e: ureq::Error) -> Error {
             url,
             source: Box::new(e),
         },
-        ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::TlsRequired => {
-            Error::config(
-                "registry URL",
-                format!("{url}: {e}; use http://host:port/path"),
-            )
-        }
+        ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::TlsRequired => Error::config(
+            "registry URL",
+            format!("{url}: {e}; use http://host:port/path"),
+        ),
         other => Error::BadResponse {
             url,
             reason: other.to_string(),

@@ -186,7 +186,10 @@ impl Heartbeat {
         if options.period.is_some_and(|p| p < MIN_PERIOD) {
             return Err(Error::config("period", "must be at least 10ms"));
         }
-        if options.weight.is_some_and(|w| !(1..=MAX_WEIGHT).contains(&w)) {
+        if options
+            .weight
+            .is_some_and(|w| !(1..=MAX_WEIGHT).contains(&w))
+        {
             return Err(Error::config("weight", "must be from 1 to 10000"));
         }
         if options.timeout.is_zero() {
@@ -289,7 +292,12 @@ impl Heartbeat {
         // pooled connection to a registry that restarted meanwhile.
         let agent = client::agent(self.beat.timeout.min(Duration::from_secs(1)));
         let url = &self.beat.url;
-        let reply = client::call(&agent, Verb::Delete, url, &[(HEADER_SERVER, &self.beat.addr)])?;
+        let reply = client::call(
+            &agent,
+            Verb::Delete,
+            url,
+            &[(HEADER_SERVER, &self.beat.addr)],
+        )?;
         match reply.status {
             404 | 405 => Ok(()),
             _ => reply.ok(url).map(drop),
@@ -337,7 +345,11 @@ fn beat_loop(shared: &Shared, beat: &Beat, first: Result<Duration>) {
         match beat.send() {
             Ok(p) => {
                 if failing {
-                    log::info!("heartbeat for {}: registered again at {}", beat.addr, beat.url);
+                    log::info!(
+                        "heartbeat for {}: registered again at {}",
+                        beat.addr,
+                        beat.url
+                    );
                     failing = false;
                 }
                 period = p;
@@ -363,6 +375,26 @@ fn beat_loop(shared: &Shared, beat: &Beat, first: Result<Duration>) {
             }
         }
     }
+}
+
+/// Removes `addr` from `service` at the registry once, without a
+/// [`Heartbeat`]: `Ok(true)` when it was removed, `Ok(false)` when it was not
+/// registered.
+///
+/// # Errors
+///
+/// [`Error::InvalidAddr`] or [`Error::InvalidService`] for bad input,
+/// [`Error::Unreachable`] or [`Error::Status`] when the call fails (a
+/// registry that only speaks the seed's protocol answers 405).
+pub fn deregister(registry_url: &str, service: &str, addr: &str) -> Result<bool> {
+    validate_addr(addr)?;
+    let url = service_url(registry_url, service)?;
+    let agent = client::agent(DEFAULT_CALL_TIMEOUT);
+    let reply = client::call(&agent, Verb::Delete, &url, &[(HEADER_SERVER, addr)])?;
+    if reply.status == 404 {
+        return Ok(false);
+    }
+    reply.ok(&url).map(|_| true)
 }
 
 /// Encodes metadata as a URL query: `k=v&k2=v2`, reserved bytes as `%XX`.
@@ -394,7 +426,10 @@ mod tests {
 
     #[test]
     fn meta_is_url_encoded() {
-        let m = vec![("zone".to_string(), "eu west".to_string()), ("v".into(), "1&2=3".into())];
+        let m = vec![
+            ("zone".to_string(), "eu west".to_string()),
+            ("v".into(), "1&2=3".into()),
+        ];
         assert_eq!(encode_meta(&m), "zone=eu%20west&v=1%262%3D3");
     }
 

@@ -1,5 +1,69 @@
-//! regcenter: a service registry and client-side discovery for threaded Rust
-//! programs, wire-compatible with the GeeRPC tutorial's Go registry.
+//! regcenter is a service registry and client-side discovery library for
+//! Rust programs that use plain threads, plus a `regcenter` binary that runs
+//! the registry. It speaks the wire protocol of the GeeRPC tutorial's Go
+//! registry, so Go servers and clients of that tutorial work against it
+//! unchanged.
+//!
+//! Servers announce themselves with a [`Heartbeat`]; an entry that is not
+//! renewed within its TTL expires. Clients ask the registry which servers
+//! are alive through a [`Discovery`] and pick one.
+//!
+//! ```
+//! use regcenter::{Discovery, Heartbeat, HeartbeatOptions, RegistryDiscovery, RegistryServer, SelectMode};
+//!
+//! // A registry on 127.0.0.1 with a free port and a short TTL.
+//! let server = RegistryServer::start_local()?;
+//!
+//! // A server announces itself; the first beat lands before start returns.
+//! let opts = HeartbeatOptions::new().service("arith");
+//! let heartbeat = Heartbeat::start(server.url(), "tcp@127.0.0.1:7001", opts)?;
+//!
+//! // A client discovers it.
+//! let discovery = RegistryDiscovery::builder(server.url()).service("arith").build()?;
+//! assert_eq!(discovery.get(SelectMode::RoundRobin)?, "tcp@127.0.0.1:7001");
+//!
+//! // Stopping the heartbeat deregisters the server at once.
+//! heartbeat.stop()?;
+//! discovery.refresh()?;
+//! assert!(discovery.get_all()?.is_empty());
+//! server.shutdown()?;
+//! # Ok::<(), regcenter::Error>(())
+//! ```
+//!
+//! # Threads and shutdown
+//!
+//! Every background thread belongs to a handle: [`RegistryServer`] (its
+//! request threads and the [`Sweeper`] that expires entries), [`Heartbeat`]
+//! and [`Sweeper`]. `shutdown()`/`stop()` ends and joins them, and so does
+//! dropping the handle. Every HTTP call a client makes has per-phase
+//! timeouts (2 s by default), so no call hangs.
+//!
+//! # Untrusted input
+//!
+//! Addresses are 1–255 bytes of visible ASCII without a comma, service names
+//! 1–128 characters of `A-Z a-z 0-9 . _ -`, `X-Myrpc-*` header values at most
+//! 1 KiB; anything else is answered 400 with a one-line reason and changes
+//! nothing. The registry holds at most 100 000 entries by default (503 with
+//! `Retry-After` beyond). It reads no request bodies. The binary binds
+//! 127.0.0.1 and refuses other addresses without `--insecure`.
+//!
+//! # Logging
+//!
+//! Through the `log` facade: registrations, deregistrations and expiries at
+//! info, heartbeat and discovery outages at warn (once per outage), each
+//! request at debug. The library installs no logger.
+//!
+//! # Differences from the Go seed
+//!
+//! - GET answers carry `X-Myrpc-Index`, and `?format=text` answers the list
+//!   in the body (one address per line) instead of the header.
+//! - Invalid input is answered 400 with a reason (the seed answered 500).
+//! - DELETE deregisters; the seed answered 405.
+//! - A heartbeat's default period is a third of the registry's TTL (the
+//!   seed's "timeout minus one minute" is negative for its 5 s default).
+//! - A discovery keeps serving its last list when the registry is down.
+
+#![warn(missing_docs)]
 
 mod client;
 mod clock;
@@ -12,12 +76,17 @@ mod registry;
 mod server;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use discovery::{
+    Discovery, MultiServersDiscovery, RegistryDiscovery, RegistryDiscoveryBuilder, SelectMode,
+};
 pub use error::{Error, Result};
+pub use heartbeat::{Heartbeat, HeartbeatOptions, deregister};
 pub use registry::{
     EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, Sweeper,
 };
 pub use server::{RegistryServer, RegistryServerBuilder};
-pub use discovery::{
-    Discovery, MultiServersDiscovery, RegistryDiscovery, RegistryDiscoveryBuilder, SelectMode,
-};
-pub use heartbeat::{Heartbeat, HeartbeatOptions};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

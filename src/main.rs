@@ -1,1 +1,372 @@
-fn main() {}
+//! The `regcenter` binary: arguments and wiring only.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use regcenter::protocol::{DEFAULT_PATH, DEFAULT_REGISTRY_URL, parse_duration};
+use regcenter::{Discovery, Heartbeat, HeartbeatOptions, RegistryDiscovery, RegistryServer};
+
+const USAGE: &str = "\
+regcenter: a service registry speaking the GeeRPC registry protocol
+
+usage:
+  regcenter [serve] [options]     run the registry until SIGINT/SIGTERM
+  regcenter list [options]        print the alive servers, one per line
+  regcenter register --addr ADDR  keep ADDR registered until SIGINT/SIGTERM
+  regcenter deregister --addr ADDR
+  regcenter COMMAND --help        options of a command
+
+environment: REGCENTER_LOG=error|warn|info|debug|trace (default info)
+";
+
+const SERVE_USAGE: &str = "\
+usage: regcenter serve [options]
+  --addr IP:PORT      listen address (default 127.0.0.1:9999)
+  --path PATH         base path (default /myRPC/registry)
+  --ttl D             TTL of entries that ask for none; 0 = never expire (default 5s)
+  --min-ttl D         smallest TTL a server may ask for (default 1s)
+  --max-ttl D         largest TTL a server may ask for (default 1h)
+  --threads N         request threads (default: number of cores)
+  --max-entries N     most entries held (default 100000)
+  --insecure          allow a non-loopback address (no write token exists yet)
+durations are Go-style: 500ms, 5s, 1m30s
+";
+
+const LIST_USAGE: &str = "\
+usage: regcenter list [options]
+  --registry URL      registry URL (default http://127.0.0.1:9999/myRPC/registry)
+  --service NAME      service (default: the default service)
+";
+
+const REGISTER_USAGE: &str = "\
+usage: regcenter register --addr ADDR [options]
+  --addr ADDR         the address to keep registered, e.g. tcp@127.0.0.1:7001
+  --registry URL      registry URL (default http://127.0.0.1:9999/myRPC/registry)
+  --service NAME      service (default: the default service)
+  --period D          time between beats (default: a third of the registry's TTL)
+  --ttl D             TTL to ask for (default: the registry's)
+  --weight N          weight for weighted selection, 1-10000 (default 1)
+  --meta K=V          a metadata label; repeat for more
+";
+
+const DEREGISTER_USAGE: &str = "\
+usage: regcenter deregister --addr ADDR [options]
+  --addr ADDR         the address to remove
+  --registry URL      registry URL (default http://127.0.0.1:9999/myRPC/registry)
+  --service NAME      service (default: the default service)
+";
+
+/// A failure and the exit code it maps to: 2 for usage, 1 for the rest.
+enum Failure {
+    Usage(String),
+    Run(Box<dyn std::error::Error>),
+}
+
+impl From<lexopt::Error> for Failure {
+    fn from(e: lexopt::Error) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+impl From<regcenter::Error> for Failure {
+    fn from(e: regcenter::Error) -> Self {
+        Failure::Run(Box::new(e))
+    }
+}
+
+fn main() -> ExitCode {
+    init_log();
+    match run(std::env::args_os().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("regcenter: {msg} (see regcenter --help)");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(e)) => {
+            // The chain joined by ": ", each cause once.
+            let mut msg = e.to_string();
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            eprintln!("regcenter: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Args {
+    addr: Option<String>,
+    path: Option<String>,
+    registry: Option<String>,
+    service: Option<String>,
+    ttl: Option<Duration>,
+    min_ttl: Option<Duration>,
+    max_ttl: Option<Duration>,
+    period: Option<Duration>,
+    threads: Option<usize>,
+    max_entries: Option<usize>,
+    weight: Option<u32>,
+    meta: Vec<(String, String)>,
+    insecure: bool,
+}
+
+fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(argv);
+    let mut command: Option<String> = None;
+    let mut a = Args::default();
+    let mut help = false;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('h') | Long("help") => help = true,
+            Long("addr") => a.addr = Some(p.value()?.string()?),
+            Long("path") => a.path = Some(p.value()?.string()?),
+            Long("registry") => a.registry = Some(p.value()?.string()?),
+            Long("service") => a.service = Some(p.value()?.string()?),
+            Long("ttl") => a.ttl = Some(duration(&mut p, "--ttl")?),
+            Long("min-ttl") => a.min_ttl = Some(duration(&mut p, "--min-ttl")?),
+            Long("max-ttl") => a.max_ttl = Some(duration(&mut p, "--max-ttl")?),
+            Long("period") => a.period = Some(duration(&mut p, "--period")?),
+            Long("threads") => a.threads = Some(p.value()?.parse()?),
+            Long("max-entries") => a.max_entries = Some(p.value()?.parse()?),
+            Long("weight") => a.weight = Some(p.value()?.parse()?),
+            Long("meta") => {
+                let kv = p.value()?.string()?;
+                let (k, v) = kv.split_once('=').ok_or_else(|| {
+                    Failure::Usage(format!("--meta {kv:?}: write it as key=value"))
+                })?;
+                a.meta.push((k.to_string(), v.to_string()));
+            }
+            Long("insecure") => a.insecure = true,
+            Value(v) if command.is_none() => command = Some(v.string()?),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let command = command.unwrap_or_else(|| "serve".into());
+    let (usage, allowed): (&str, &[&str]) = match command.as_str() {
+        "serve" => (
+            SERVE_USAGE,
+            &[
+                "addr",
+                "path",
+                "ttl",
+                "min-ttl",
+                "max-ttl",
+                "threads",
+                "max-entries",
+                "insecure",
+            ],
+        ),
+        "list" => (LIST_USAGE, &["registry", "service"]),
+        "register" => (
+            REGISTER_USAGE,
+            &[
+                "addr", "registry", "service", "period", "ttl", "weight", "meta",
+            ],
+        ),
+        "deregister" => (DEREGISTER_USAGE, &["addr", "registry", "service"]),
+        "help" => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        other => return Err(Failure::Usage(format!("unknown command {other:?}"))),
+    };
+    if help {
+        print!(
+            "{}",
+            if command == "serve" && std::env::args().len() <= 2 {
+                USAGE
+            } else {
+                usage
+            }
+        );
+        return Ok(());
+    }
+    if let Some(flag) = a.given().into_iter().find(|f| !allowed.contains(f)) {
+        return Err(Failure::Usage(format!(
+            "--{flag} does not apply to {command}"
+        )));
+    }
+    match command.as_str() {
+        "serve" => serve(a),
+        "list" => list(a),
+        "register" => register(a),
+        _ => deregister(a),
+    }
+}
+
+impl Args {
+    /// The names of the options that were given, to refuse misplaced ones.
+    fn given(&self) -> Vec<&'static str> {
+        let mut g = Vec::new();
+        let mut add = |set: bool, name| {
+            if set {
+                g.push(name);
+            }
+        };
+        add(self.addr.is_some(), "addr");
+        add(self.path.is_some(), "path");
+        add(self.registry.is_some(), "registry");
+        add(self.service.is_some(), "service");
+        add(self.ttl.is_some(), "ttl");
+        add(self.min_ttl.is_some(), "min-ttl");
+        add(self.max_ttl.is_some(), "max-ttl");
+        add(self.period.is_some(), "period");
+        add(self.threads.is_some(), "threads");
+        add(self.max_entries.is_some(), "max-entries");
+        add(self.weight.is_some(), "weight");
+        add(!self.meta.is_empty(), "meta");
+        add(self.insecure, "insecure");
+        g
+    }
+
+    fn registry(&self) -> &str {
+        self.registry.as_deref().unwrap_or(DEFAULT_REGISTRY_URL)
+    }
+
+    fn service(&self) -> &str {
+        self.service.as_deref().unwrap_or("")
+    }
+
+    fn required_addr(&self, command: &str) -> Result<&str, Failure> {
+        self.addr
+            .as_deref()
+            .ok_or_else(|| Failure::Usage(format!("{command} needs --addr ADDR")))
+    }
+}
+
+fn duration(p: &mut lexopt::Parser, flag: &str) -> Result<Duration, Failure> {
+    use lexopt::ValueExt as _;
+    let v = p.value()?.string()?;
+    parse_duration(&v).map_err(|e| Failure::Usage(format!("{flag}: {e}")))
+}
+
+fn serve(a: Args) -> Result<(), Failure> {
+    let addr = a.addr.clone().unwrap_or_else(|| "127.0.0.1:9999".into());
+    let ip: std::net::SocketAddr = addr.parse().map_err(|_| {
+        Failure::Usage(format!(
+            "--addr {addr:?}: expected IP:PORT such as 127.0.0.1:9999"
+        ))
+    })?;
+    if !ip.ip().is_loopback() && !a.insecure {
+        return Err(Failure::Usage(format!(
+            "refusing to serve on {addr}, which is not a loopback address, without a write token; \
+             pass --insecure to do it anyway"
+        )));
+    }
+    let mut b = RegistryServer::builder()
+        .addr(addr)
+        .path(a.path.clone().unwrap_or_else(|| DEFAULT_PATH.into()));
+    if let Some(t) = a.ttl {
+        b = b.ttl(t);
+    }
+    if let Some(t) = a.min_ttl {
+        b = b.min_ttl(t);
+    }
+    if let Some(t) = a.max_ttl {
+        b = b.max_ttl(t);
+    }
+    if let Some(n) = a.threads {
+        b = b.threads(n);
+    }
+    if let Some(n) = a.max_entries {
+        b = b.max_entries(n);
+    }
+    let signals = Signals::install()?;
+    let server = b.start()?;
+    let sig = signals.wait();
+    log::info!("signal {sig} received, shutting down");
+    server.shutdown()?;
+    Ok(())
+}
+
+fn list(a: Args) -> Result<(), Failure> {
+    let d = RegistryDiscovery::builder(a.registry())
+        .service(a.service())
+        .build()?;
+    d.refresh()?;
+    for s in d.get_all()? {
+        println!("{s}");
+    }
+    Ok(())
+}
+
+fn register(a: Args) -> Result<(), Failure> {
+    let addr = a.required_addr("register")?;
+    let mut opts = HeartbeatOptions::new().service(a.service());
+    if let Some(p) = a.period {
+        opts = opts.period(p);
+    }
+    if let Some(t) = a.ttl {
+        opts = opts.ttl(t);
+    }
+    if let Some(w) = a.weight {
+        opts = opts.weight(w);
+    }
+    for (k, v) in &a.meta {
+        opts = opts.meta(k, v);
+    }
+    let signals = Signals::install()?;
+    let hb = Heartbeat::start(a.registry(), addr, opts)?;
+    eprintln!("regcenter: keeping {addr} registered at {}", hb.url());
+    let sig = signals.wait();
+    log::info!("signal {sig} received, deregistering {addr}");
+    hb.stop()?;
+    Ok(())
+}
+
+fn deregister(a: Args) -> Result<(), Failure> {
+    let addr = a.required_addr("deregister")?;
+    if !regcenter::deregister(a.registry(), a.service(), addr)? {
+        eprintln!("regcenter: {addr} was not registered");
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, caught from before the work starts.
+struct Signals(signal_hook::iterator::Signals);
+
+impl Signals {
+    fn install() -> Result<Signals, Failure> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            .map(Signals)
+            .map_err(|e| Failure::Run(format!("installing signal handlers failed: {e}").into()))
+    }
+
+    fn wait(mut self) -> i32 {
+        self.0.forever().next().unwrap_or(0)
+    }
+}
+
+/// A stderr logger; the library only uses the `log` macros.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level() && m.target().starts_with("regcenter")
+    }
+
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("{:<5} {}", r.level(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+fn init_log() {
+    let level = std::env::var("REGCENTER_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}

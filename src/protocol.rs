@@ -289,7 +289,16 @@ mod tests {
         for ok in ["", "arith", "Arith.v2", "a_b-c", &"s".repeat(128)] {
             assert!(validate_service(ok).is_ok(), "{ok:?}");
         }
-        for bad in [".", "..", "a/b", "a b", "a%2e", "ü", &"s".repeat(129), "a,b"] {
+        for bad in [
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "a%2e",
+            "ü",
+            &"s".repeat(129),
+            "a,b",
+        ] {
             assert!(validate_service(bad).is_err(), "{bad:?}");
         }
     }
@@ -314,7 +323,16 @@ mod tests {
     #[test]
     fn rejects_bad_durations() {
         for bad in [
-            "", "-5s", "5", "5x", "s", "1.2.3s", "abc", "5 s", "99999999999999h", "1e9s",
+            "",
+            "-5s",
+            "5",
+            "5x",
+            "s",
+            "1.2.3s",
+            "abc",
+            "5 s",
+            "99999999999999h",
+            "1e9s",
             "876001h",
         ] {
             let e = parse_duration(bad).unwrap_err();
@@ -338,7 +356,9 @@ mod tests {
 
     #[test]
     fn format_and_parse_round_trip() {
-        for ms in [1, 10, 999, 1000, 1001, 59_999, 60_000, 61_500, 3_599_999, 7_200_000] {
+        for ms in [
+            1, 10, 999, 1000, 1001, 59_999, 60_000, 61_500, 3_599_999, 7_200_000,
+        ] {
             let d = Duration::from_millis(ms);
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d, "{ms}");
         }
@@ -354,7 +374,10 @@ mod tests {
     #[test]
     fn service_urls() {
         assert_eq!(service_url("http://h/p/", "").unwrap(), "http://h/p");
-        assert_eq!(service_url("http://h/p", "arith").unwrap(), "http://h/p/arith");
+        assert_eq!(
+            service_url("http://h/p", "arith").unwrap(),
+            "http://h/p/arith"
+        );
         assert!(service_url("http://h/p", "a/b").is_err());
     }
 }

@@ -396,7 +396,9 @@ impl Registry {
     /// entries at most, the system clock.
     pub fn new() -> Registry {
         // The defaults are valid by construction.
-        Registry::builder().build().expect("default registry settings are valid")
+        Registry::builder()
+            .build()
+            .expect("default registry settings are valid")
     }
 
     /// A builder for non-default settings.
@@ -450,37 +452,37 @@ impl Registry {
         let mut t = self.inner.table.lock();
         t.expire_due(now);
         let t = &mut *t;
-        if let Some(svc) = t.services.get_mut(service) {
-            if let Some(e) = svc.entries.get_mut(addr) {
-                e.ttl = ttl;
-                e.deadline = deadline;
-                e.last_beat = now;
-                let changed = e.weight != opts.weight || e.meta != opts.meta;
-                if changed {
-                    e.weight = opts.weight;
-                    e.meta.clone_from(&opts.meta);
-                    t.counter += 1;
-                    svc.index = t.counter;
-                    svc.listing = None;
-                }
-                // The queued item stays at the old deadline unless the new
-                // one is earlier (a shorter TTL) or there is none yet.
-                if let Some(d) = deadline.filter(|d| e.queued.is_none_or(|q| *d < q)) {
-                    e.queued = Some(d);
-                    let due = Due {
-                        at: d,
-                        generation: e.generation,
-                        service: svc.name.clone(),
-                        addr: e.addr.clone(),
-                    };
-                    schedule(&mut t.queue, &self.inner.wake, due);
-                }
-                return Ok(PutOutcome {
-                    ttl,
-                    index: svc.index,
-                    changed,
-                });
+        if let Some(svc) = t.services.get_mut(service)
+            && let Some(e) = svc.entries.get_mut(addr)
+        {
+            e.ttl = ttl;
+            e.deadline = deadline;
+            e.last_beat = now;
+            let changed = e.weight != opts.weight || e.meta != opts.meta;
+            if changed {
+                e.weight = opts.weight;
+                e.meta.clone_from(&opts.meta);
+                t.counter += 1;
+                svc.index = t.counter;
+                svc.listing = None;
             }
+            // The queued item stays at the old deadline unless the new
+            // one is earlier (a shorter TTL) or there is none yet.
+            if let Some(d) = deadline.filter(|d| e.queued.is_none_or(|q| *d < q)) {
+                e.queued = Some(d);
+                let due = Due {
+                    at: d,
+                    generation: e.generation,
+                    service: svc.name.clone(),
+                    addr: e.addr.clone(),
+                };
+                schedule(&mut t.queue, &self.inner.wake, due);
+            }
+            return Ok(PutOutcome {
+                ttl,
+                index: svc.index,
+                changed,
+            });
         }
         if t.entries >= self.inner.max_entries {
             return Err(Error::Full {
@@ -691,7 +693,9 @@ fn sweep_loop(inner: &Inner, stop: &AtomicBool) {
         let wait = t
             .queue
             .peek()
-            .map_or(SWEEP_MAX_WAIT, |Reverse(d)| d.at.saturating_duration_since(now))
+            .map_or(SWEEP_MAX_WAIT, |Reverse(d)| {
+                d.at.saturating_duration_since(now)
+            })
             .min(SWEEP_MAX_WAIT);
         // Also woken when an earlier deadline is scheduled or on stop.
         inner.wake.wait_for(&mut t, wait);
@@ -873,14 +877,20 @@ mod tests {
         let renew = reg.put("svc", "a").unwrap();
         assert!(!renew.changed);
         assert_eq!(renew.index, put.index, "a renewal leaves the index alone");
-        let weighted = reg.put_with("svc", "a", &PutOptions::new().weight(2)).unwrap();
+        let weighted = reg
+            .put_with("svc", "a", &PutOptions::new().weight(2))
+            .unwrap();
         assert!(weighted.changed && weighted.index > put.index);
         let labelled = reg
             .put_with("svc", "a", &PutOptions::new().weight(2).meta("zone", "x"))
             .unwrap();
         assert!(labelled.index > weighted.index);
         let other = reg.put("other", "z").unwrap();
-        assert_eq!(reg.index("svc"), labelled.index, "other services do not move it");
+        assert_eq!(
+            reg.index("svc"),
+            labelled.index,
+            "other services do not move it"
+        );
         assert!(other.index > labelled.index, "one registry-wide counter");
         assert!(reg.remove("svc", "a").unwrap());
         let after_remove = reg.index("svc");
@@ -913,7 +923,11 @@ mod tests {
     fn requested_ttl_is_clamped_to_the_bounds() {
         let clock = ManualClock::new();
         let reg = registry(&clock);
-        let ttl = |d| reg.put_with("", "a", &PutOptions::new().ttl(d)).unwrap().ttl;
+        let ttl = |d| {
+            reg.put_with("", "a", &PutOptions::new().ttl(d))
+                .unwrap()
+                .ttl
+        };
         assert_eq!(ttl(Duration::from_millis(10)), S);
         assert_eq!(ttl(Duration::ZERO), S);
         assert_eq!(ttl(10 * S), 10 * S);
@@ -925,8 +939,10 @@ mod tests {
     fn a_shorter_ttl_on_renewal_takes_effect() {
         let clock = ManualClock::new();
         let reg = registry(&clock);
-        reg.put_with("", "a", &PutOptions::new().ttl(60 * S)).unwrap();
-        reg.put_with("", "a", &PutOptions::new().ttl(2 * S)).unwrap();
+        reg.put_with("", "a", &PutOptions::new().ttl(60 * S))
+            .unwrap();
+        reg.put_with("", "a", &PutOptions::new().ttl(2 * S))
+            .unwrap();
         clock.advance(2 * S);
         assert!(reg.alive("").is_empty());
     }
@@ -935,8 +951,10 @@ mod tests {
     fn a_longer_ttl_on_renewal_takes_effect() {
         let clock = ManualClock::new();
         let reg = registry(&clock);
-        reg.put_with("", "a", &PutOptions::new().ttl(2 * S)).unwrap();
-        reg.put_with("", "a", &PutOptions::new().ttl(30 * S)).unwrap();
+        reg.put_with("", "a", &PutOptions::new().ttl(2 * S))
+            .unwrap();
+        reg.put_with("", "a", &PutOptions::new().ttl(30 * S))
+            .unwrap();
         clock.advance(29 * S);
         assert_eq!(reg.alive(""), ["a"]);
         clock.advance(S);
@@ -989,11 +1007,20 @@ mod tests {
         let reg = Registry::new();
         let before = reg.counter();
         assert!(matches!(reg.put("", "a,b"), Err(Error::InvalidAddr { .. })));
-        assert!(matches!(reg.put("a/b", "a"), Err(Error::InvalidService { .. })));
+        assert!(matches!(
+            reg.put("a/b", "a"),
+            Err(Error::InvalidService { .. })
+        ));
         let w0 = PutOptions::new().weight(0);
-        assert!(matches!(reg.put_with("", "a", &w0), Err(Error::InvalidConfig { .. })));
+        assert!(matches!(
+            reg.put_with("", "a", &w0),
+            Err(Error::InvalidConfig { .. })
+        ));
         let big = PutOptions::new().meta("k", "v".repeat(2000));
-        assert!(matches!(reg.put_with("", "a", &big), Err(Error::InvalidConfig { .. })));
+        assert!(matches!(
+            reg.put_with("", "a", &big),
+            Err(Error::InvalidConfig { .. })
+        ));
         assert_eq!(reg.counter(), before);
         assert!(reg.is_empty());
     }
@@ -1013,7 +1040,13 @@ mod tests {
     fn invalid_settings_are_refused() {
         let b = Registry::builder;
         assert!(b().min_ttl(Duration::ZERO).build().is_err());
-        assert!(b().min_ttl(10 * S).max_ttl(5 * S).default_ttl(7 * S).build().is_err());
+        assert!(
+            b().min_ttl(10 * S)
+                .max_ttl(5 * S)
+                .default_ttl(7 * S)
+                .build()
+                .is_err()
+        );
         assert!(b().default_ttl(2 * 3600 * S).build().is_err());
         assert!(b().max_entries(0).build().is_err());
         assert!(b().default_ttl(Duration::ZERO).build().is_ok());
@@ -1044,7 +1077,10 @@ mod tests {
         // Read the counter only: it does not expire entries itself, so it
         // moves past the registration only through the sweeper.
         while reg.counter() == counter + 1 {
-            assert!(Instant::now() < deadline, "the sweeper did not expire the entry");
+            assert!(
+                Instant::now() < deadline,
+                "the sweeper did not expire the entry"
+            );
             std::thread::yield_now();
         }
         assert_eq!(reg.counter(), counter + 2);

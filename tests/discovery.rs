@@ -12,9 +12,14 @@ fn discovers_alive_servers_and_picks_in_turn() {
     for a in ["tcp@a:1", "tcp@b:1", "tcp@c:1"] {
         s.registry().put("arith", a).unwrap();
     }
-    let d = RegistryDiscovery::builder(s.url()).service("arith").build().unwrap();
+    let d = RegistryDiscovery::builder(s.url())
+        .service("arith")
+        .build()
+        .unwrap();
     assert_eq!(d.get_all().unwrap(), ["tcp@a:1", "tcp@b:1", "tcp@c:1"]);
-    let mut picks: Vec<String> = (0..3).map(|_| d.get(SelectMode::RoundRobin).unwrap()).collect();
+    let mut picks: Vec<String> = (0..3)
+        .map(|_| d.get(SelectMode::RoundRobin).unwrap())
+        .collect();
     picks.sort();
     assert_eq!(picks, ["tcp@a:1", "tcp@b:1", "tcp@c:1"]);
 }
@@ -57,7 +62,9 @@ fn an_empty_registry_gives_a_clear_error() {
 fn reads_the_seed_header_from_a_registry_that_speaks_only_the_seed_protocol() {
     let seed = SeedRegistry::start();
     for a in ["tcp@b:2", "tcp@a:1"] {
-        seed.servers.lock().insert(a.to_string(), std::time::Instant::now());
+        seed.servers
+            .lock()
+            .insert(a.to_string(), std::time::Instant::now());
     }
     let d = RegistryDiscovery::new(&seed.url()).unwrap();
     assert_eq!(d.get_all().unwrap(), ["tcp@a:1", "tcp@b:2"]);
@@ -78,7 +85,10 @@ fn keeps_the_last_list_while_the_registry_is_down() {
     for _ in 0..5 {
         assert_eq!(d.get(SelectMode::Random).unwrap(), "tcp@a:1");
     }
-    assert!(d.refresh().is_err(), "an explicit refresh reports the outage");
+    assert!(
+        d.refresh().is_err(),
+        "an explicit refresh reports the outage"
+    );
 }
 
 #[test]

@@ -23,18 +23,27 @@ fn registry_on(addr: &str) -> RegistryServer {
 fn registers_before_start_returns_renews_and_deregisters_on_stop() {
     let s = registry_on("127.0.0.1:0");
     let hb = Heartbeat::start(s.url(), "tcp@127.0.0.1:7001", HeartbeatOptions::new()).unwrap();
-    assert_eq!(s.registry().alive(""), ["tcp@127.0.0.1:7001"], "first beat before returning");
+    assert_eq!(
+        s.registry().alive(""),
+        ["tcp@127.0.0.1:7001"],
+        "first beat before returning"
+    );
     // Renewals keep it alive across several TTLs.
     wait_until("5 beats", SECS, || hb.beats() >= 5);
     assert_eq!(s.registry().alive(""), ["tcp@127.0.0.1:7001"]);
     hb.stop().unwrap();
-    assert!(s.registry().alive("").is_empty(), "stop deregisters at once");
+    assert!(
+        s.registry().alive("").is_empty(),
+        "stop deregisters at once"
+    );
 }
 
 #[test]
 fn stop_is_immediate_even_with_a_long_period() {
     let s = registry_on("127.0.0.1:0");
-    let opts = HeartbeatOptions::new().period(Duration::from_secs(3600)).service("arith");
+    let opts = HeartbeatOptions::new()
+        .period(Duration::from_secs(3600))
+        .service("arith");
     let hb = Heartbeat::start(s.url(), "tcp@x:1", opts).unwrap();
     assert_eq!(s.registry().alive("arith"), ["tcp@x:1"]);
     let t = std::time::Instant::now();
@@ -77,11 +86,17 @@ fn a_restarted_registry_gets_the_server_back_within_a_period() {
     let restarted = registry_on(&addr);
     assert!(restarted.registry().is_empty());
     let t = std::time::Instant::now();
-    wait_until("the heartbeat to register again", Duration::from_secs(2), || {
-        restarted.registry().alive("") == ["tcp@again:1"]
-    });
+    wait_until(
+        "the heartbeat to register again",
+        Duration::from_secs(2),
+        || restarted.registry().alive("") == ["tcp@again:1"],
+    );
     // One period is 100 ms; allow scheduling slack but not a client timeout.
-    assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
     hb.stop().unwrap();
 }
 

@@ -46,7 +46,12 @@ fn every_status_code_of_protocol_v1() {
     }
     let r = raw(a, "POST", &format!("{P}/bad!name"), &srv("x"));
     assert_eq!(r.status, 400);
-    let r = raw(a, "POST", P, &[("X-Myrpc-Server", "x"), ("X-Myrpc-Ttl", "soon")]);
+    let r = raw(
+        a,
+        "POST",
+        P,
+        &[("X-Myrpc-Server", "x"), ("X-Myrpc-Ttl", "soon")],
+    );
     assert_eq!(r.status, 400);
     assert!(r.text().starts_with("invalid duration"), "{}", r.text());
 
@@ -102,16 +107,34 @@ fn an_empty_listing_has_an_empty_header() {
 fn named_services_are_isolated() {
     let s = server();
     let a = s.local_addr();
-    raw(a, "POST", &format!("{P}/arith"), &[("X-Myrpc-Server", "tcp@arith:1")]);
-    raw(a, "POST", &format!("{P}/echo"), &[("X-Myrpc-Server", "tcp@echo:1")]);
+    raw(
+        a,
+        "POST",
+        &format!("{P}/arith"),
+        &[("X-Myrpc-Server", "tcp@arith:1")],
+    );
+    raw(
+        a,
+        "POST",
+        &format!("{P}/echo"),
+        &[("X-Myrpc-Server", "tcp@echo:1")],
+    );
     raw(a, "POST", P, &[("X-Myrpc-Server", "tcp@default:1")]);
     let list = |svc: &str| raw(a, "GET", &format!("{P}{svc}?format=text"), &[]).text();
     assert_eq!(list("/arith"), "tcp@arith:1\n");
     assert_eq!(list("/echo"), "tcp@echo:1\n");
     assert_eq!(list(""), "tcp@default:1\n");
     assert_eq!(list("/none"), "");
-    let r = raw(a, "DELETE", &format!("{P}/echo"), &[("X-Myrpc-Server", "tcp@arith:1")]);
-    assert_eq!(r.status, 404, "an address is removed only from its own service");
+    let r = raw(
+        a,
+        "DELETE",
+        &format!("{P}/echo"),
+        &[("X-Myrpc-Server", "tcp@arith:1")],
+    );
+    assert_eq!(
+        r.status, 404,
+        "an address is removed only from its own service"
+    );
     assert_eq!(list("/arith"), "tcp@arith:1\n");
 }
 
@@ -120,7 +143,11 @@ fn the_index_header_follows_changes_and_ignores_renewals() {
     let s = server();
     let a = s.local_addr();
     let index = || -> u64 {
-        raw(a, "GET", P, &[]).header("X-Myrpc-Index").unwrap().parse().unwrap()
+        raw(a, "GET", P, &[])
+            .header("X-Myrpc-Index")
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let i0 = index();
     raw(a, "POST", P, &[("X-Myrpc-Server", "x")]);
@@ -136,7 +163,12 @@ fn the_index_header_follows_changes_and_ignores_renewals() {
 fn entries_expire_over_http() {
     let s = RegistryServer::start_local().unwrap();
     let a = s.local_addr();
-    let r = raw(a, "POST", P, &[("X-Myrpc-Server", "x"), ("X-Myrpc-Ttl", "100ms")]);
+    let r = raw(
+        a,
+        "POST",
+        P,
+        &[("X-Myrpc-Server", "x"), ("X-Myrpc-Ttl", "100ms")],
+    );
     assert_eq!(r.header("X-Myrpc-Ttl"), Some("100ms"));
     wait_until("the entry to expire", Duration::from_secs(5), || {
         raw(a, "GET", P, &[]).header("X-Myrpc-Servers") == Some("")
@@ -149,9 +181,11 @@ fn shutdown_leaves_no_thread_behind_and_frees_the_port() {
     let addr = s.local_addr();
     let prefix = format!("rc{}-", addr.port());
     // A thread names itself once it runs, so wait for all three names.
-    wait_until("two workers and the sweeper", Duration::from_secs(5), || {
-        threads_named(&prefix) == 3
-    });
+    wait_until(
+        "two workers and the sweeper",
+        Duration::from_secs(5),
+        || threads_named(&prefix) == 3,
+    );
     assert_eq!(raw(addr, "GET", "/healthz", &[]).status, 200);
     s.shutdown().unwrap();
     assert_eq!(threads_named(&prefix), 0);
@@ -165,7 +199,8 @@ fn shutdown_closes_connections_kept_alive() {
     let addr = s.local_addr();
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut buf = [0u8; 1024];
     let n = c.read(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
@@ -175,7 +210,11 @@ fn shutdown_closes_connections_kept_alive() {
     let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     let n = c.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "got {:?}", String::from_utf8_lossy(&buf[..n]));
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -186,7 +225,10 @@ fn bad_settings_are_refused() {
     assert!(b().addr("127.0.0.1:0").path("/trailing/").start().is_err());
     assert!(b().addr("127.0.0.1:0").threads(0).start().is_err());
     let taken = server();
-    let e = b().addr(taken.local_addr().to_string()).start().unwrap_err();
+    let e = b()
+        .addr(taken.local_addr().to_string())
+        .start()
+        .unwrap_err();
     assert!(e.to_string().starts_with("bind 127.0.0.1:"), "{e}");
 }
 

@@ -68,13 +68,19 @@ mod tests {
     #[test]
     fn round_robin_is_an_exact_cycle() {
         let d = MultiServersDiscovery::new(list(3)).unwrap();
-        let first: Vec<String> = (0..3).map(|_| d.get(SelectMode::RoundRobin).unwrap()).collect();
+        let first: Vec<String> = (0..3)
+            .map(|_| d.get(SelectMode::RoundRobin).unwrap())
+            .collect();
         let mut sorted = first.clone();
         sorted.sort();
         assert_eq!(sorted, list(3), "each server once per cycle");
         for round in 0..4 {
             for (i, expected) in first.iter().enumerate() {
-                assert_eq!(&d.get(SelectMode::RoundRobin).unwrap(), expected, "round {round} pick {i}");
+                assert_eq!(
+                    &d.get(SelectMode::RoundRobin).unwrap(),
+                    expected,
+                    "round {round} pick {i}"
+                );
             }
         }
     }
@@ -92,7 +98,12 @@ mod tests {
     #[test]
     fn round_robin_starts_at_a_random_index() {
         let starts: std::collections::HashSet<String> = (0..200)
-            .map(|_| MultiServersDiscovery::new(list(5)).unwrap().get(SelectMode::RoundRobin).unwrap())
+            .map(|_| {
+                MultiServersDiscovery::new(list(5))
+                    .unwrap()
+                    .get(SelectMode::RoundRobin)
+                    .unwrap()
+            })
             .collect();
         assert!(starts.len() > 1, "every discovery started at {starts:?}");
     }
@@ -102,7 +113,9 @@ mod tests {
         let d = MultiServersDiscovery::new(list(5)).unwrap();
         let mut counts = std::collections::HashMap::new();
         for _ in 0..5_000 {
-            *counts.entry(d.get(SelectMode::Random).unwrap()).or_insert(0) += 1;
+            *counts
+                .entry(d.get(SelectMode::Random).unwrap())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 5);
         assert!(counts.values().all(|&c| c > 700), "{counts:?}");

@@ -46,7 +46,13 @@ mod imp {
         // SAFETY: getsockopt writes at most `len` bytes into `ty`; on a
         // descriptor that is not a socket it fails and writes nothing.
         let rc = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, ty.as_mut_ptr().cast(), &mut len)
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                ty.as_mut_ptr().cast(),
+                &mut len,
+            )
         };
         // SAFETY: rc == 0 means the kernel filled `ty`.
         if rc != 0 || unsafe { ty.assume_init() } != libc::SOCK_STREAM {

@@ -115,7 +115,10 @@ impl RegistryServerBuilder {
         let bind: SocketAddr = self.addr.parse().map_err(|_| {
             Error::config(
                 "addr",
-                format!("{:?} is not an IP:port address such as 127.0.0.1:9999", self.addr),
+                format!(
+                    "{:?} is not an IP:port address such as 127.0.0.1:9999",
+                    self.addr
+                ),
             )
         })?;
         validate_path(&self.path)?;
@@ -126,13 +129,15 @@ impl RegistryServerBuilder {
             Some(r) => r,
             None => self.table.build()?,
         };
-        let listener =
-            nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
+        let listener = nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::io(format!("read the address bound for {bind}"), e))?;
         let http = tiny_http::Server::from_listener(listener, None).map_err(|e| {
-            Error::io(format!("start the HTTP server on {local_addr}"), io::Error::other(e))
+            Error::io(
+                format!("start the HTTP server on {local_addr}"),
+                io::Error::other(e),
+            )
         })?;
         let http = Arc::new(http);
         let mut server = RegistryServer {

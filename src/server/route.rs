@@ -122,7 +122,10 @@ pub(crate) struct RouteConfig {
 pub(crate) fn handle(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Response {
     catch_unwind(AssertUnwindSafe(|| route(reg, cfg, req))).unwrap_or_else(|_| {
         log::error!("route panicked on {:?} {}", req.method, req.url);
-        Response::text(500, "internal error: the request was not applied; report this bug")
+        Response::text(
+            500,
+            "internal error: the request was not applied; report this bug",
+        )
     })
 }
 
@@ -137,7 +140,10 @@ fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Response {
     let service = if path == cfg.path {
         ""
     } else {
-        match path.strip_prefix(cfg.path.as_str()).and_then(|r| r.strip_prefix('/')) {
+        match path
+            .strip_prefix(cfg.path.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        {
             Some(rest) if !rest.is_empty() => rest,
             _ => return Response::text(404, format!("no such path {}", clip(path))),
         }
@@ -183,7 +189,10 @@ fn list(reg: &Registry, service: &str, query: &str) -> Response {
                 other => {
                     return Response::text(
                         400,
-                        format!("unknown format {:?}; use format=text or leave it out", clip(other)),
+                        format!(
+                            "unknown format {:?}; use format=text or leave it out",
+                            clip(other)
+                        ),
                     );
                 }
             };
@@ -225,7 +234,9 @@ fn required_addr(req: &Request) -> Result<&str, Response> {
         Some(a) if !a.is_empty() => Ok(a),
         _ => Err(Response::text(
             400,
-            format!("missing {HEADER_SERVER} header; set it to the server's address, e.g. tcp@127.0.0.1:7001"),
+            format!(
+                "missing {HEADER_SERVER} header; set it to the server's address, e.g. tcp@127.0.0.1:7001"
+            ),
         )),
     }
 }
@@ -242,15 +253,18 @@ fn put_options(req: &Request) -> Result<PutOptions, Response> {
         let Some(weight) = weight else {
             return Err(Response::text(
                 400,
-                format!("invalid {HEADER_WEIGHT} {:?}: use a whole number from 1 to 10000", clip(w)),
+                format!(
+                    "invalid {HEADER_WEIGHT} {:?}: use a whole number from 1 to 10000",
+                    clip(w)
+                ),
             ));
         };
         opts = opts.weight(weight);
     }
     if let Some(meta) = bounded_header(req, HEADER_META)? {
-        for (k, v) in parse_meta(meta).map_err(|reason| {
-            Response::text(400, format!("invalid {HEADER_META}: {reason}"))
-        })? {
+        for (k, v) in parse_meta(meta)
+            .map_err(|reason| Response::text(400, format!("invalid {HEADER_META}: {reason}")))?
+        {
             opts = opts.meta(k, v);
         }
     }
@@ -366,7 +380,10 @@ mod tests {
         let r = call(&reg, Method::Get, "/myRPC/registry", &[]);
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-myrpc-servers"), Some("tcp@a,tcp@b"));
-        assert_eq!(r.header("x-myrpc-index"), Some(reg.index("").to_string().as_str()));
+        assert_eq!(
+            r.header("x-myrpc-index"),
+            Some(reg.index("").to_string().as_str())
+        );
         assert!(r.body.as_bytes().is_empty());
     }
 
@@ -386,7 +403,12 @@ mod tests {
     #[test]
     fn post_registers_and_reports_the_ttl_in_force() {
         let reg = Registry::new();
-        let r = call(&reg, Method::Post, "/myRPC/registry", &[("X-Myrpc-Server", "tcp@a")]);
+        let r = call(
+            &reg,
+            Method::Post,
+            "/myRPC/registry",
+            &[("X-Myrpc-Server", "tcp@a")],
+        );
         assert_eq!(r.status, 200);
         assert_eq!(r.header(HEADER_TTL), Some("5s"));
         assert!(r.body.as_bytes().is_empty());
@@ -405,30 +427,99 @@ mod tests {
     fn bad_input_is_a_400_with_a_reason_and_changes_nothing() {
         let reg = Registry::new();
         let long = "a".repeat(300);
-        let cases: Vec<(Method, &str, Vec<(&str, &str)>)> = vec![
+        type Case<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case> = vec![
             (Method::Post, "/myRPC/registry", vec![]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a,b")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a\u{1}b")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a b")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", &long)]),
-            (Method::Post, "/myRPC/registry/a.b!", vec![("X-Myrpc-Server", "a")]),
-            (Method::Post, "/myRPC/registry/..", vec![("X-Myrpc-Server", "a")]),
-            (Method::Post, "/myRPC/registry/../x", vec![("X-Myrpc-Server", "a")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Ttl", "-5s")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Ttl", "5x")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Ttl", "9999999999h")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "0")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "10001")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "abc")]),
-            (Method::Post, "/myRPC/registry", vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Meta", "k=%zz")]),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a,b")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a\u{1}b")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a b")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", &long)],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry/a.b!",
+                vec![("X-Myrpc-Server", "a")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry/..",
+                vec![("X-Myrpc-Server", "a")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry/../x",
+                vec![("X-Myrpc-Server", "a")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Ttl", "-5s")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Ttl", "5x")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Ttl", "9999999999h")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "0")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "10001")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "abc")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Meta", "k=%zz")],
+            ),
             (Method::Delete, "/myRPC/registry", vec![]),
-            (Method::Delete, "/myRPC/registry", vec![("X-Myrpc-Server", "a,b")]),
+            (
+                Method::Delete,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a,b")],
+            ),
         ];
         for (method, url, headers) in cases {
             let r = call(&reg, method.clone(), url, &headers);
             assert_eq!(r.status, 400, "{method:?} {url} {headers:?}");
-            assert!(body(&r).ends_with('\n') && body(&r).lines().count() == 1, "{}", body(&r));
+            assert!(
+                body(&r).ends_with('\n') && body(&r).lines().count() == 1,
+                "{}",
+                body(&r)
+            );
         }
         assert!(reg.is_empty());
         assert_eq!(reg.counter(), 0);
@@ -439,8 +530,14 @@ mod tests {
         let reg = Registry::new();
         reg.put("s", "tcp@a").unwrap();
         let h = [("X-Myrpc-Server", "tcp@a")];
-        assert_eq!(call(&reg, Method::Delete, "/myRPC/registry/s", &h).status, 200);
-        assert_eq!(call(&reg, Method::Delete, "/myRPC/registry/s", &h).status, 404);
+        assert_eq!(
+            call(&reg, Method::Delete, "/myRPC/registry/s", &h).status,
+            200
+        );
+        assert_eq!(
+            call(&reg, Method::Delete, "/myRPC/registry/s", &h).status,
+            404
+        );
     }
 
     #[test]
@@ -463,7 +560,11 @@ mod tests {
             &reg,
             Method::Post,
             "/myRPC/registry",
-            &[("X-Myrpc-Server", "a"), ("X-Myrpc-Weight", "7"), ("X-Myrpc-Meta", "zone=eu+west&v=1%2E2")],
+            &[
+                ("X-Myrpc-Server", "a"),
+                ("X-Myrpc-Weight", "7"),
+                ("X-Myrpc-Meta", "zone=eu+west&v=1%2E2"),
+            ],
         );
         assert_eq!(r.status, 200);
         let e = &reg.entries()[0];
@@ -476,10 +577,20 @@ mod tests {
     fn a_full_registry_answers_503_with_retry_after() {
         let reg = Registry::builder().max_entries(1).build().unwrap();
         reg.put("", "a").unwrap();
-        let r = call(&reg, Method::Post, "/myRPC/registry", &[("X-Myrpc-Server", "b")]);
+        let r = call(
+            &reg,
+            Method::Post,
+            "/myRPC/registry",
+            &[("X-Myrpc-Server", "b")],
+        );
         assert_eq!(r.status, 503);
         assert!(r.header("retry-after").is_some());
-        let r = call(&reg, Method::Post, "/myRPC/registry", &[("X-Myrpc-Server", "a")]);
+        let r = call(
+            &reg,
+            Method::Post,
+            "/myRPC/registry",
+            &[("X-Myrpc-Server", "a")],
+        );
         assert_eq!(r.status, 200, "renewals are still accepted");
     }
 }

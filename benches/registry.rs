@@ -1,0 +1,67 @@
+//! In-process costs of the registry table: renewal, registration, listing.
+//!
+//! `cargo bench --bench registry`; `REGCENTER_BENCH_LONG=1` runs ten times
+//! longer. Prints operations per second and nanoseconds per operation.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use regcenter::Registry;
+
+fn main() {
+    let long = std::env::var_os("REGCENTER_BENCH_LONG").is_some();
+    let budget = Duration::from_millis(if long { 2000 } else { 200 });
+    println!(
+        "{:<28} {:>9} {:>14} {:>10}",
+        "operation", "entries", "ops/s", "ns/op"
+    );
+    for &n in &[100usize, 10_000, 100_000] {
+        let reg = Registry::builder()
+            .max_entries(1_000_000)
+            .build()
+            .expect("valid settings");
+        let addrs: Vec<String> = (0..n)
+            .map(|i| format!("tcp@10.0.{}.{}:7001", i / 256, i % 256))
+            .collect();
+        for a in &addrs {
+            reg.put("bench", a).expect("put");
+        }
+        report("renew existing entry", n, budget, |i| {
+            black_box(reg.put("bench", &addrs[i % n]).expect("renew"));
+        });
+        report("listing (shared)", n, budget, |_| {
+            black_box(reg.listing("bench"));
+        });
+        let fresh = Registry::builder()
+            .max_entries(10_000_000)
+            .build()
+            .expect("valid settings");
+        let mut next = 0usize;
+        report("register new entry", n, budget, |_| {
+            next += 1;
+            black_box(
+                fresh
+                    .put("bench", &format!("tcp@new:{next}"))
+                    .expect("register"),
+            );
+        });
+    }
+}
+
+/// Runs `op` in batches until `budget` is spent; prints the rate.
+fn report(name: &str, entries: usize, budget: Duration, mut op: impl FnMut(usize)) {
+    let start = Instant::now();
+    let mut done = 0usize;
+    while start.elapsed() < budget {
+        for _ in 0..1000 {
+            op(done);
+            done += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{name:<28} {entries:>9} {:>14.0} {:>10.1}",
+        done as f64 / secs,
+        secs * 1e9 / done as f64
+    );
+}
