@@ -3,5 +3,6 @@
 mod common;
 
 mod discovery;
+mod hardening;
 mod heartbeat;
 mod server;

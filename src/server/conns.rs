@@ -1,85 +1,221 @@
 //! The server side of open connections, found through the process's file
 //! descriptors.
 //!
-//! Why: tiny_http owns every accepted socket and offers no way to close one.
-//! When the server stops, connections that clients keep alive would stay
-//! open with nobody answering them, so a client's next request would wait
-//! for its timeout (CRATE-NOTES §1.8f). Shutting those sockets down lets the
-//! client see the close at once and reconnect.
+//! Why: tiny_http owns every accepted socket and offers no way to see or
+//! close one. Linux lets a process list its descriptors (`/proc/self/fd`)
+//! and ask each socket for its addresses, its unread bytes and its TCP
+//! statistics, so the registry can find the connections of its own listener
+//! and shut one down (`shutdown(2)`; the descriptor stays tiny_http's, and
+//! its thread then sees the close and ends). Everything here is Linux-only;
+//! elsewhere nothing is found and nothing is done.
 
 use std::net::SocketAddr;
 
-/// Shuts down (both directions) every accepted connection of the listener
-/// bound to `local`; returns how many.
-///
-/// A descriptor is taken to be one of ours when its local address is
-/// `local` and it has a peer; the listener itself has none. Only Linux is
-/// supported; elsewhere nothing is done.
+/// One accepted connection of our listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Conn {
+    pub(crate) fd: i32,
+    /// The socket's inode: unique while the socket lives, unlike `fd`.
+    pub(crate) inode: u64,
+    pub(crate) peer: SocketAddr,
+}
+
+/// What the kernel says of a connection right now.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ConnStats {
+    /// Bytes received but not yet read by tiny_http.
+    pub(crate) unread: usize,
+    /// Bytes received over the connection's life.
+    pub(crate) received: u64,
+    /// Time since data last arrived, in milliseconds.
+    pub(crate) idle_ms: u32,
+}
+
+pub(crate) use imp::{Scanner, listen_queue, listening, send_and_close, stats};
+
+/// Shuts down every accepted connection of the listener at `local`; returns
+/// how many.
 pub(crate) fn shutdown_accepted(local: SocketAddr) -> usize {
-    imp::accepted(local)
+    let mut scanner = Scanner::new(local);
+    scanner
+        .scan()
         .into_iter()
-        .filter(|&fd| imp::shutdown(fd, local))
+        .filter(|c| send_and_close(c, local, b""))
         .count()
 }
 
 #[cfg(target_os = "linux")]
 mod imp {
+    use std::collections::HashMap;
     use std::mem::MaybeUninit;
     use std::net::SocketAddr;
     use std::os::fd::{BorrowedFd, RawFd};
 
     use socket2::SockRef;
 
-    pub(super) fn accepted(local: SocketAddr) -> Vec<RawFd> {
-        let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-            return Vec::new();
-        };
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
-            .filter(|&fd| is_ours(fd, local))
-            .collect()
+    use super::{Conn, ConnStats};
+
+    /// Lists the accepted connections of one listener, remembering which
+    /// socket inodes are ours so that a scan costs one `readlink` per
+    /// descriptor once a socket has been classified.
+    pub(crate) struct Scanner {
+        local: SocketAddr,
+        known: HashMap<u64, Option<SocketAddr>>,
     }
 
-    fn is_ours(fd: RawFd, local: SocketAddr) -> bool {
-        // Cheap test first: is it a TCP socket of the right family at all?
-        let mut ty = MaybeUninit::<libc::c_int>::uninit();
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `ty`; on a
-        // descriptor that is not a socket it fails and writes nothing.
+    impl Scanner {
+        pub(crate) fn new(local: SocketAddr) -> Scanner {
+            Scanner {
+                local,
+                known: HashMap::new(),
+            }
+        }
+
+        pub(crate) fn scan(&mut self) -> Vec<Conn> {
+            let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+                return Vec::new(); // out of descriptors: try again next time
+            };
+            let mut out = Vec::new();
+            let mut seen = HashMap::with_capacity(self.known.len());
+            for entry in dir.flatten() {
+                let Some(fd) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<RawFd>().ok())
+                else {
+                    continue;
+                };
+                let Ok(link) = std::fs::read_link(entry.path()) else {
+                    continue;
+                };
+                let Some(inode) = link
+                    .to_str()
+                    .and_then(|l| l.strip_prefix("socket:["))
+                    .and_then(|l| l.strip_suffix(']'))
+                    .and_then(|l| l.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let peer = match self.known.get(&inode) {
+                    Some(p) => *p,
+                    None => peer_if_ours(fd, self.local),
+                };
+                seen.insert(inode, peer);
+                if let Some(peer) = peer {
+                    out.push(Conn { fd, inode, peer });
+                }
+            }
+            self.known = seen;
+            out
+        }
+    }
+
+    /// Whether a listening socket bound to `local` is still open in this
+    /// process (tiny_http's accept thread closes its listener on its own
+    /// time after the server is dropped).
+    pub(crate) fn listening(local: SocketAddr) -> bool {
+        let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+            return false;
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
+            .any(|fd| {
+                let fd = borrow(fd);
+                let sock = SockRef::from(&fd);
+                sock.peer_addr().is_err()
+                    && sock.local_addr().ok().and_then(|a| a.as_socket()) == Some(local)
+            })
+    }
+
+    fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+        // SAFETY: callers use the descriptor only for the duration of one
+        // call right after listing it; SockRef never closes it. A descriptor
+        // closed and reused meanwhile is caught by the identity checks.
+        unsafe { BorrowedFd::borrow_raw(fd) }
+    }
+
+    /// The peer of `fd` if it is a TCP connection accepted by the listener
+    /// bound to `local` (the listener itself has no peer).
+    fn peer_if_ours(fd: RawFd, local: SocketAddr) -> Option<SocketAddr> {
+        let fd = borrow(fd);
+        let sock = SockRef::from(&fd);
+        let stream = sock.r#type().ok()? == socket2::Type::STREAM;
+        let mine = sock.local_addr().ok()?.as_socket()? == local;
+        if !(stream && mine) {
+            return None;
+        }
+        sock.peer_addr().ok()?.as_socket()
+    }
+
+    fn inode_of(fd: RawFd) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .ok()
+            .map(|m| m.ino())
+    }
+
+    pub(crate) fn stats(c: &Conn) -> Option<ConnStats> {
+        let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `info`.
         let rc = unsafe {
             libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_TYPE,
-                ty.as_mut_ptr().cast(),
+                c.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
                 &mut len,
             )
         };
-        // SAFETY: rc == 0 means the kernel filled `ty`.
-        if rc != 0 || unsafe { ty.assume_init() } != libc::SOCK_STREAM {
-            return false;
+        if rc != 0 {
+            return None;
         }
-        // SAFETY: the descriptor is open for the duration of this call (it
-        // was just listed); SockRef does not close it.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let sock = SockRef::from(&fd);
-        let mine = sock
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .is_some_and(|a| a == local);
-        mine && sock.peer_addr().is_ok()
+        // SAFETY: zero-initialised and (partly) filled by the kernel.
+        let info = unsafe { info.assume_init() };
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int.
+        if unsafe { libc::ioctl(c.fd, libc::FIONREAD, &mut unread) } != 0 {
+            unread = 0;
+        }
+        Some(ConnStats {
+            unread: usize::try_from(unread).unwrap_or(0),
+            received: info.tcpi_bytes_received,
+            idle_ms: info.tcpi_last_data_recv,
+        })
     }
 
-    pub(super) fn shutdown(fd: RawFd, local: SocketAddr) -> bool {
-        // Checked again right before acting, so a descriptor number reused
-        // since the listing is left alone.
-        if !is_ours(fd, local) {
+    /// Writes `bytes` (a last answer, possibly empty) without blocking and
+    /// shuts the connection down, if `c` is still the connection listed.
+    pub(crate) fn send_and_close(c: &Conn, local: SocketAddr, bytes: &[u8]) -> bool {
+        if inode_of(c.fd) != Some(c.inode) || peer_if_ours(c.fd, local) != Some(c.peer) {
             return false;
         }
-        // SAFETY: as in is_ours.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let fd = borrow(c.fd);
         let sock = SockRef::from(&fd);
+        if !bytes.is_empty() {
+            let _ = sock.send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+        }
         sock.shutdown(std::net::Shutdown::Both).is_ok()
+    }
+
+    /// Connections waiting in the listener's accept queue (Linux reports it
+    /// in `tcpi_unacked` for a listening socket).
+    pub(crate) fn listen_queue(listener: &std::net::TcpListener) -> Option<u32> {
+        use std::os::fd::AsRawFd;
+        let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: as in stats.
+        let rc = unsafe {
+            libc::getsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        // SAFETY: filled by the kernel when rc == 0.
+        (rc == 0).then(|| unsafe { info.assume_init() }.tcpi_unacked)
     }
 }
 
@@ -87,11 +223,100 @@ mod imp {
 mod imp {
     use std::net::SocketAddr;
 
-    pub(super) fn accepted(_: SocketAddr) -> Vec<i32> {
-        Vec::new()
+    use super::{Conn, ConnStats};
+
+    pub(crate) struct Scanner;
+
+    impl Scanner {
+        pub(crate) fn new(_: SocketAddr) -> Scanner {
+            Scanner
+        }
+
+        pub(crate) fn scan(&mut self) -> Vec<Conn> {
+            Vec::new()
+        }
     }
 
-    pub(super) fn shutdown(_: i32, _: SocketAddr) -> bool {
+    pub(crate) fn listening(_: SocketAddr) -> bool {
         false
+    }
+
+    pub(crate) fn stats(_: &Conn) -> Option<ConnStats> {
+        None
+    }
+
+    pub(crate) fn send_and_close(_: &Conn, _: SocketAddr, _: &[u8]) -> bool {
+        false
+    }
+
+    pub(crate) fn listen_queue(_: &std::net::TcpListener) -> Option<u32> {
+        None
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn finds_accepted_connections_and_reads_their_counters() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = l.local_addr().unwrap();
+        let mut client = TcpStream::connect(local).unwrap();
+        let (_server_side, peer) = l.accept().unwrap();
+        client.write_all(&[b'x'; 1000]).unwrap();
+        let mut scanner = Scanner::new(local);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let st = loop {
+            let found = scanner.scan();
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].peer, peer);
+            let st = stats(&found[0]).unwrap();
+            if st.unread == 1000 || std::time::Instant::now() > deadline {
+                break st;
+            }
+        };
+        assert_eq!(st.unread, 1000);
+        assert_eq!(st.received, 1000);
+        assert!(st.idle_ms < 5000);
+        let c = scanner.scan()[0];
+        assert!(send_and_close(&c, local, b"bye"));
+        let mut buf = Vec::new();
+        client.read_to_end(&mut buf).unwrap();
+        assert_eq!(buf, b"bye");
+    }
+}
+
+/// What Linux copies from a listening socket to the sockets it accepts,
+/// checked here because the guard and the listener set-up rely on it.
+#[cfg(all(test, target_os = "linux"))]
+mod inherit {
+    use socket2::{Domain, SockRef, Socket, Type};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    #[test]
+    fn accepted_sockets_inherit_listener_options() {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_tcp_nodelay(true).unwrap();
+        s.set_keepalive(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(7))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(9))).unwrap();
+        s.set_linger(Some(Duration::from_secs(3))).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        s.listen(8).unwrap();
+        let l: std::net::TcpListener = s.into();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        let a = SockRef::from(&a);
+        // Copied: TCP_NODELAY, SO_KEEPALIVE, SO_RCVTIMEO, SO_SNDTIMEO, SO_LINGER.
+        assert!(a.tcp_nodelay().unwrap());
+        assert!(a.keepalive().unwrap());
+        assert_eq!(a.read_timeout().unwrap(), Some(Duration::from_secs(7)));
+        assert_eq!(a.write_timeout().unwrap(), Some(Duration::from_secs(9)));
+        assert_eq!(a.linger().unwrap(), Some(Duration::from_secs(3)));
     }
 }

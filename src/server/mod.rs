@@ -1,9 +1,12 @@
 //! `RegistryServer`: the listener, the worker threads, the wiring of routes.
 
 mod conns;
+mod front;
+mod guard;
 mod route;
+mod worker;
 
-use std::io::{self, Read};
+use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -15,7 +18,8 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::protocol::DEFAULT_PATH;
 use crate::registry::{Registry, RegistryBuilder, Sweeper};
-use route::{Body, Method, Request, Response, RouteConfig};
+use front::Front;
+use route::RouteConfig;
 
 /// Builds and starts a [`RegistryServer`].
 ///
@@ -37,6 +41,7 @@ pub struct RegistryServerBuilder {
     addr: String,
     path: String,
     threads: usize,
+    limits: Limits,
     table: RegistryBuilder,
     registry: Option<Registry>,
 }
@@ -58,6 +63,29 @@ impl RegistryServerBuilder {
     /// How many threads answer requests. Defaults to the number of cores.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
+        self
+    }
+
+    /// Closes a kept-alive connection on which nothing arrived for this
+    /// long. Defaults to 60 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.idle_timeout = timeout;
+        self
+    }
+
+    /// Closes a connection whose request head has not arrived completely
+    /// this long after its first byte (slow senders). Defaults to 10 s.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.header_timeout = timeout;
+        self
+    }
+
+    /// Most connections open at once; newer ones beyond it are closed.
+    /// Defaults to half the descriptor limit (`RLIMIT_NOFILE`) less a
+    /// reserve, at most 10 000: each connection costs tiny_http a thread and
+    /// two descriptors.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limits.max_connections = Some(max);
         self
     }
 
@@ -129,23 +157,31 @@ impl RegistryServerBuilder {
             Some(r) => r,
             None => self.table.build()?,
         };
+        let max_connections = match self.limits.max_connections {
+            Some(0) => return Err(Error::config("max_connections", "must be at least 1")),
+            Some(n) => n,
+            None => default_max_connections(),
+        };
+        for (setting, d) in [
+            ("idle_timeout", self.limits.idle_timeout),
+            ("header_timeout", self.limits.header_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::config(setting, "must be above zero"));
+            }
+        }
         let listener = nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|e| Error::io(format!("read the address bound for {bind}"), e))?;
-        let http = tiny_http::Server::from_listener(listener, None).map_err(|e| {
-            Error::io(
-                format!("start the HTTP server on {local_addr}"),
-                io::Error::other(e),
-            )
-        })?;
-        let http = Arc::new(http);
+        let front = Front::new(listener, self.threads)
+            .map_err(|e| Error::io(format!("start the HTTP server on {bind}"), e))?;
+        let local_addr = front.local;
+        let front = Arc::new(front);
         let mut server = RegistryServer {
             url: format!("http://{local_addr}{}", self.path),
             local_addr,
             registry: registry.clone(),
-            http: Some(http.clone()),
+            front: Some(front.clone()),
             workers: Vec::new(),
+            guard: None,
             sweeper: None,
         };
         let port = local_addr.port();
@@ -154,13 +190,22 @@ impl RegistryServerBuilder {
         server.sweeper = Some(registry.start_sweeper_named(format!("rc{port}-sweep"))?);
         let cfg = Arc::new(RouteConfig { path: self.path });
         for i in 0..self.threads {
-            let (http, registry, cfg) = (http.clone(), registry.clone(), cfg.clone());
+            let (front, registry, cfg) = (front.clone(), registry.clone(), cfg.clone());
             let worker = thread::Builder::new()
                 .name(format!("rc{port}-http{i}"))
-                .spawn(move || serve(&http, &registry, &cfg))
+                .spawn(move || worker::serve(i, &front, &registry, &cfg))
                 .map_err(|e| Error::io("spawn a registry worker thread", e))?;
             server.workers.push(worker);
         }
+        let guard_cfg = guard::GuardConfig {
+            idle_timeout: self.limits.idle_timeout,
+            header_timeout: self.limits.header_timeout,
+            max_connections,
+        };
+        server.guard = Some(
+            guard::start(front, guard_cfg, format!("rc{port}-guard"))
+                .map_err(|e| Error::io("spawn the connection guard thread", e))?,
+        );
         log::info!(
             "regcenter serving {} with {} threads",
             server.url,
@@ -187,6 +232,44 @@ fn validate_path(path: &str) -> Result<()> {
     }
 }
 
+/// Longest a request thread waits to write an answer to a client that does
+/// not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds on what clients may hold.
+#[derive(Debug, Clone)]
+struct Limits {
+    idle_timeout: Duration,
+    header_timeout: Duration,
+    max_connections: Option<usize>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            max_connections: None,
+        }
+    }
+}
+
+/// Half the descriptor limit less a reserve, at most 10 000: each connection
+/// costs tiny_http two descriptors and a thread.
+fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    (soft.saturating_sub(64) / 2).clamp(16, 10_000)
+}
+
 /// A listener with `TCP_NODELAY`, which Linux copies to every accepted
 /// socket: tiny_http sets none, and without it keep-alive clients wait on
 /// delayed ACKs (DESIGN.md, "Measured facts").
@@ -194,6 +277,11 @@ fn nodelay_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
+    // Also copied to accepted sockets: a client that stops reading cannot
+    // hold a request thread in a blocked write for longer than this.
+    // (SO_RCVTIMEO is copied too, but on the listener it would make
+    // accept() time out, which ends tiny_http's accept thread.)
+    socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
@@ -212,8 +300,9 @@ pub struct RegistryServer {
     url: String,
     local_addr: SocketAddr,
     registry: Registry,
-    http: Option<Arc<tiny_http::Server>>,
+    front: Option<Arc<Front>>,
     workers: Vec<JoinHandle<()>>,
+    guard: Option<JoinHandle<()>>,
     sweeper: Option<Sweeper>,
 }
 
@@ -225,6 +314,7 @@ impl RegistryServer {
             addr: "127.0.0.1:9999".into(),
             path: DEFAULT_PATH.into(),
             threads: thread::available_parallelism().map_or(2, |n| n.get()),
+            limits: Limits::default(),
             table: Registry::builder(),
             registry: None,
         }
@@ -272,22 +362,25 @@ impl RegistryServer {
     }
 
     fn stop(&mut self) -> Result<()> {
-        let Some(http) = self.http.take() else {
+        let Some(front) = self.front.take() else {
             return Ok(());
         };
-        // One marker per worker: each recv() returns it once (CRATE-NOTES §1.2).
-        for _ in 0..self.workers.len() {
-            http.unblock();
-        }
+        front.stop();
         let mut panicked = false;
-        for w in self.workers.drain(..) {
+        for w in self.workers.drain(..).chain(self.guard.take()) {
             panicked |= w.join().is_err();
         }
         if let Some(s) = self.sweeper.take() {
             panicked |= s.stop().is_err();
         }
-        // The last reference: dropping it closes the listening socket.
-        drop(http);
+        // The last references: dropping them closes the listening socket,
+        // but tiny_http's accept thread closes its own copy a moment later;
+        // wait for it, so the port is free when shutdown returns.
+        drop(front);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while conns::listening(self.local_addr) && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
         let closed = conns::shutdown_accepted(self.local_addr);
         log::debug!("closed {closed} kept-alive connections");
         log::info!("regcenter at {} shut down", self.url);
@@ -297,6 +390,12 @@ impl RegistryServer {
             });
         }
         Ok(())
+    }
+
+    /// How many times the HTTP server was rebuilt after its accept thread
+    /// died (descriptor exhaustion and other accept errors).
+    pub fn rebuilds(&self) -> u64 {
+        self.front.as_ref().map_or(0, |f| f.rebuilds())
     }
 }
 
@@ -312,79 +411,5 @@ impl std::fmt::Debug for RegistryServer {
 impl Drop for RegistryServer {
     fn drop(&mut self) {
         let _ = self.stop();
-    }
-}
-
-fn serve(http: &tiny_http::Server, registry: &Registry, cfg: &RouteConfig) {
-    loop {
-        match http.recv() {
-            Ok(rq) => answer(rq, registry, cfg),
-            // "thread unblocked": our shutdown.
-            Err(e) if e.raw_os_error().is_none() => return,
-            Err(e) => {
-                log::error!("regcenter stopped accepting connections: {e}");
-                return;
-            }
-        }
-    }
-}
-
-fn answer(rq: tiny_http::Request, registry: &Registry, cfg: &RouteConfig) {
-    let req = Request {
-        method: match rq.method() {
-            tiny_http::Method::Get => Method::Get,
-            tiny_http::Method::Head => Method::Head,
-            tiny_http::Method::Post => Method::Post,
-            tiny_http::Method::Delete => Method::Delete,
-            other => Method::Other(other.to_string()),
-        },
-        url: rq.url().to_string(),
-        headers: rq
-            .headers()
-            .iter()
-            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-            .collect(),
-    };
-    let resp = route::handle(registry, cfg, &req);
-    log::debug!("{:?} {} -> {}", req.method, req.url, resp.status);
-    if let Err(e) = rq.respond(to_tiny(resp)) {
-        log::debug!("answering {} failed: {e}", req.url);
-    }
-}
-
-fn to_tiny(resp: Response) -> tiny_http::Response<BodyReader> {
-    let headers = resp
-        .headers
-        .iter()
-        .filter_map(|(n, v)| tiny_http::Header::from_bytes(n.as_bytes(), v.as_bytes()).ok())
-        .collect();
-    let len = resp.body.as_bytes().len();
-    tiny_http::Response::new(
-        tiny_http::StatusCode(resp.status),
-        headers,
-        BodyReader {
-            body: resp.body,
-            pos: 0,
-        },
-        Some(len),
-        None,
-    )
-    // Keep Content-Length on large listings instead of switching to chunked.
-    .with_chunked_threshold(usize::MAX)
-}
-
-/// Streams a body without copying a shared listing.
-struct BodyReader {
-    body: Body,
-    pos: usize,
-}
-
-impl Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let rest = &self.body.as_bytes()[self.pos..];
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.pos += n;
-        Ok(n)
     }
 }
