@@ -28,6 +28,10 @@ usage: regcenter serve [options]
   --max-ttl D         largest TTL a server may ask for (default 1h)
   --threads N         request threads (default: number of cores)
   --max-entries N     most entries held (default 100000)
+  --idle-timeout D    close kept-alive connections idle this long (default 60s)
+  --header-timeout D  close connections whose request head is not complete
+                      this long after it started (default 10s)
+  --max-connections N most open connections (default: from the descriptor limit)
   --insecure          allow a non-loopback address (no write token exists yet)
 durations are Go-style: 500ms, 5s, 1m30s
 ";
@@ -108,6 +112,9 @@ struct Args {
     period: Option<Duration>,
     threads: Option<usize>,
     max_entries: Option<usize>,
+    idle_timeout: Option<Duration>,
+    header_timeout: Option<Duration>,
+    max_connections: Option<usize>,
     weight: Option<u32>,
     meta: Vec<(String, String)>,
     insecure: bool,
@@ -132,6 +139,11 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             Long("period") => a.period = Some(duration(&mut p, "--period")?),
             Long("threads") => a.threads = Some(p.value()?.parse()?),
             Long("max-entries") => a.max_entries = Some(p.value()?.parse()?),
+            Long("idle-timeout") => a.idle_timeout = Some(duration(&mut p, "--idle-timeout")?),
+            Long("header-timeout") => {
+                a.header_timeout = Some(duration(&mut p, "--header-timeout")?)
+            }
+            Long("max-connections") => a.max_connections = Some(p.value()?.parse()?),
             Long("weight") => a.weight = Some(p.value()?.parse()?),
             Long("meta") => {
                 let kv = p.value()?.string()?;
@@ -157,6 +169,9 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 "max-ttl",
                 "threads",
                 "max-entries",
+                "idle-timeout",
+                "header-timeout",
+                "max-connections",
                 "insecure",
             ],
         ),
@@ -217,6 +232,9 @@ impl Args {
         add(self.period.is_some(), "period");
         add(self.threads.is_some(), "threads");
         add(self.max_entries.is_some(), "max-entries");
+        add(self.idle_timeout.is_some(), "idle-timeout");
+        add(self.header_timeout.is_some(), "header-timeout");
+        add(self.max_connections.is_some(), "max-connections");
         add(self.weight.is_some(), "weight");
         add(!self.meta.is_empty(), "meta");
         add(self.insecure, "insecure");
@@ -274,6 +292,15 @@ fn serve(a: Args) -> Result<(), Failure> {
     }
     if let Some(n) = a.max_entries {
         b = b.max_entries(n);
+    }
+    if let Some(t) = a.idle_timeout {
+        b = b.idle_timeout(t);
+    }
+    if let Some(t) = a.header_timeout {
+        b = b.header_timeout(t);
+    }
+    if let Some(n) = a.max_connections {
+        b = b.max_connections(n);
     }
     let signals = Signals::install()?;
     let server = b.start()?;
