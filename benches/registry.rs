@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use regcenter::Registry;
 
 fn main() {
+    memory();
     let long = std::env::var_os("REGCENTER_BENCH_LONG").is_some();
     let budget = Duration::from_millis(if long { 2000 } else { 200 });
     println!(
@@ -64,4 +65,40 @@ fn report(name: &str, entries: usize, budget: Duration, mut op: impl FnMut(usize
         done as f64 / secs,
         secs * 1e9 / done as f64
     );
+}
+
+/// Resident memory of 100 000 entries, listing rendered: the difference in
+/// `VmRSS` before and after filling a registry.
+fn memory() {
+    let before = rss_kib();
+    let reg = Registry::builder()
+        .max_entries(1_000_000)
+        .build()
+        .expect("valid settings");
+    for i in 0..100_000 {
+        reg.put(
+            "bench",
+            &format!("tcp@10.{}.{}.{}:7001", i >> 16, (i >> 8) & 255, i & 255),
+        )
+        .expect("put");
+    }
+    black_box(reg.listing("bench"));
+    let after = rss_kib();
+    println!(
+        "memory: 100000 entries take {:.1} MB resident ({:.0} bytes each)\n",
+        (after - before) as f64 / 1024.0,
+        (after - before) as f64 * 1024.0 / 100_000.0
+    );
+}
+
+fn rss_kib() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -15,13 +15,52 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Instant;
 }
 
-/// The real monotonic clock ([`Instant::now`]).
+/// The real monotonic clock, read at the kernel's tick resolution (a few
+/// milliseconds) where that is cheaper.
+///
+/// Why: every register and renewal reads the clock, and on Linux the coarse
+/// monotonic clock costs about 4 ns against about 25 ns for
+/// [`Instant::now`]; TTLs are seconds, so a few milliseconds of resolution
+/// change nothing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
-        Instant::now()
+        coarse::now()
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod coarse {
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    fn read() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec; this clock id exists on
+        // every Linux since 2.6.32.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// An `Instant` at a fixed point, paired with the coarse reading there:
+    /// later instants are that point plus the coarse clock's progress, so
+    /// they never go backwards.
+    pub(super) fn now() -> Instant {
+        static BASE: OnceLock<(Instant, Duration)> = OnceLock::new();
+        let (at, reading) = *BASE.get_or_init(|| (Instant::now(), read()));
+        at + read().saturating_sub(reading)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod coarse {
+    pub(super) fn now() -> std::time::Instant {
+        std::time::Instant::now()
     }
 }
 

@@ -70,6 +70,7 @@ mod clock;
 mod discovery;
 mod error;
 mod heartbeat;
+pub mod loadgen;
 pub mod protocol;
 mod rand;
 mod registry;

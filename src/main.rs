@@ -14,6 +14,7 @@ usage:
   regcenter list [options]        print the alive servers, one per line
   regcenter register --addr ADDR  keep ADDR registered until SIGINT/SIGTERM
   regcenter deregister --addr ADDR
+  regcenter bench [options]       load a registry and report its throughput
   regcenter COMMAND --help        options of a command
 
 environment: REGCENTER_LOG=error|warn|info|debug|trace (default info)
@@ -58,6 +59,17 @@ usage: regcenter deregister --addr ADDR [options]
   --addr ADDR         the address to remove
   --registry URL      registry URL (default http://127.0.0.1:9999/myRPC/registry)
   --service NAME      service (default: the default service)
+";
+
+const BENCH_USAGE: &str = "\
+usage: regcenter bench [options]
+  --registry URL      registry URL (default http://127.0.0.1:9999/myRPC/registry)
+  --service NAME      service to load (default bench)
+  --clients N         concurrent kept-alive connections (default 8)
+  --duration D        how long to load (default 10s)
+  --op OP             get | renew | register | mixed (default get)
+  --servers K         servers registered first and removed afterwards (default 100)
+  --format F          text | seed: how GETs ask for the list (default text)
 ";
 
 /// A failure and the exit code it maps to: 2 for usage, 1 for the rest.
@@ -115,6 +127,11 @@ struct Args {
     idle_timeout: Option<Duration>,
     header_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    clients: Option<usize>,
+    duration: Option<Duration>,
+    op: Option<regcenter::loadgen::Op>,
+    servers: Option<usize>,
+    format: Option<regcenter::loadgen::ListFormat>,
     weight: Option<u32>,
     meta: Vec<(String, String)>,
     insecure: bool,
@@ -153,6 +170,27 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 a.meta.push((k.to_string(), v.to_string()));
             }
             Long("insecure") => a.insecure = true,
+            Long("clients") => a.clients = Some(p.value()?.parse()?),
+            Long("duration") => a.duration = Some(duration(&mut p, "--duration")?),
+            Long("op") => {
+                let v = p.value()?.string()?;
+                a.op = Some(
+                    v.parse()
+                        .map_err(|e: regcenter::Error| Failure::Usage(format!("--op: {e}")))?,
+                );
+            }
+            Long("servers") => a.servers = Some(p.value()?.parse()?),
+            Long("format") => {
+                a.format = Some(match p.value()?.string()?.as_str() {
+                    "text" => regcenter::loadgen::ListFormat::Text,
+                    "seed" => regcenter::loadgen::ListFormat::Seed,
+                    other => {
+                        return Err(Failure::Usage(format!(
+                            "--format {other:?}: use text or seed"
+                        )));
+                    }
+                })
+            }
             Value(v) if command.is_none() => command = Some(v.string()?),
             _ => return Err(arg.unexpected().into()),
         }
@@ -183,6 +221,12 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             ],
         ),
         "deregister" => (DEREGISTER_USAGE, &["addr", "registry", "service"]),
+        "bench" => (
+            BENCH_USAGE,
+            &[
+                "registry", "service", "clients", "duration", "op", "servers", "format",
+            ],
+        ),
         "help" => {
             print!("{USAGE}");
             return Ok(());
@@ -209,6 +253,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
         "serve" => serve(a),
         "list" => list(a),
         "register" => register(a),
+        "bench" => bench(a),
         _ => deregister(a),
     }
 }
@@ -238,6 +283,11 @@ impl Args {
         add(self.weight.is_some(), "weight");
         add(!self.meta.is_empty(), "meta");
         add(self.insecure, "insecure");
+        add(self.clients.is_some(), "clients");
+        add(self.duration.is_some(), "duration");
+        add(self.op.is_some(), "op");
+        add(self.servers.is_some(), "servers");
+        add(self.format.is_some(), "format");
         g
     }
 
@@ -342,6 +392,20 @@ fn register(a: Args) -> Result<(), Failure> {
     let sig = signals.wait();
     log::info!("signal {sig} received, deregistering {addr}");
     hb.stop()?;
+    Ok(())
+}
+
+fn bench(a: Args) -> Result<(), Failure> {
+    use regcenter::loadgen::{ListFormat, LoadOptions, Op};
+    let opts = LoadOptions::new(a.registry())
+        .service(a.service.as_deref().unwrap_or("bench"))
+        .clients(a.clients.unwrap_or(8))
+        .duration(a.duration.unwrap_or(Duration::from_secs(10)))
+        .op(a.op.unwrap_or(Op::Get))
+        .servers(a.servers.unwrap_or(100))
+        .format(a.format.unwrap_or(ListFormat::Text))
+        .progress(true);
+    println!("{}", opts.run()?);
     Ok(())
 }
 

@@ -2,6 +2,10 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+/// foldhash with a random seed per map: about three times faster than
+/// SipHash on short keys, and still seeded against crafted collisions.
+type RandomState = foldhash::fast::RandomState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -315,7 +319,7 @@ struct Table {
     counter: u64,
     next_generation: u64,
     entries: usize,
-    services: HashMap<Arc<str>, Service>,
+    services: HashMap<Arc<str>, Service, RandomState>,
     /// Expiry queue. A renewal only moves the entry's deadline; its queued
     /// item stays at the old deadline and is re-queued when it comes due, so
     /// renewals cost no queue work.
@@ -334,7 +338,7 @@ struct Due {
 struct Service {
     name: Arc<str>,
     index: u64,
-    entries: HashMap<Arc<str>, Entry>,
+    entries: HashMap<Arc<str>, Entry, RandomState>,
     /// `None` after a change: rebuilt by the next reader.
     listing: Option<Arc<Listing>>,
 }
