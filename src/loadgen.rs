@@ -88,6 +88,7 @@ pub struct LoadOptions {
     max_requests: u64,
     timeout: Duration,
     progress: bool,
+    preregister: bool,
 }
 
 impl LoadOptions {
@@ -104,6 +105,7 @@ impl LoadOptions {
             max_requests: u64::MAX,
             timeout: Duration::from_secs(5),
             progress: false,
+            preregister: true,
         }
     }
 
@@ -156,6 +158,14 @@ impl LoadOptions {
         self
     }
 
+    /// Register the servers (over HTTP, TTL 1 h) before the run and remove
+    /// them after it; turn off when the registry holds them already (see
+    /// [`server_addr`]). Defaults to on.
+    pub fn preregister(mut self, on: bool) -> Self {
+        self.preregister = on;
+        self
+    }
+
     /// Print requests per second to stderr once a second. Defaults to off.
     pub fn progress(mut self, on: bool) -> Self {
         self.progress = on;
@@ -176,6 +186,9 @@ impl LoadOptions {
         }
         let target = Target::parse(&self.registry, &self.service)?;
         let addrs: Vec<String> = (0..self.servers).map(server_addr).collect();
+        if !self.preregister {
+            return Ok(self.load(&target, &addrs));
+        }
         let mut setup = Conn::open(&target, self.timeout)?;
         for a in &addrs {
             setup.post(&target, a, Some("1h"))?;
