@@ -2,6 +2,7 @@
 
 mod common;
 
+mod cli;
 mod discovery;
 mod hardening;
 mod heartbeat;
