@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -272,6 +272,7 @@ impl RegistryBuilder {
                 max_ttl: self.max_ttl,
                 max_entries: self.max_entries,
                 clock: self.clock,
+                notifiers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -311,10 +312,65 @@ struct Inner {
     max_ttl: Duration,
     max_entries: usize,
     clock: Arc<dyn Clock>,
+    /// Called with the services that changed, after the table lock is
+    /// released (the server answers its parked watchers there).
+    notifiers: Mutex<Vec<(u64, Notifier)>>,
+}
+
+/// A callback told which services changed.
+pub(crate) type Notifier = Arc<dyn Fn(&[Arc<str>]) + Send + Sync>;
+
+/// The table lock, plus the changes to announce once it is released.
+struct Locked<'a> {
+    inner: &'a Inner,
+    guard: Option<MutexGuard<'a, Table>>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Table;
+    fn deref(&self) -> &Table {
+        self.guard.as_ref().expect("held until drop")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Table {
+        self.guard.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.guard.take() else {
+            return;
+        };
+        let changed = std::mem::take(&mut guard.changed);
+        drop(guard);
+        self.inner.notify(&changed);
+    }
+}
+
+impl Inner {
+    fn notify(&self, changed: &[Arc<str>]) {
+        if changed.is_empty() {
+            return;
+        }
+        let notifiers: Vec<Notifier> = self
+            .notifiers
+            .lock()
+            .iter()
+            .map(|(_, n)| n.clone())
+            .collect();
+        for n in notifiers {
+            n(changed);
+        }
+    }
 }
 
 #[derive(Default)]
 struct Table {
+    /// Services changed since the lock was taken, announced on release.
+    changed: Vec<Arc<str>>,
     /// Registry-wide modify counter (DESIGN.md, "Modify index").
     counter: u64,
     next_generation: u64,
@@ -353,6 +409,20 @@ struct Entry {
     weight: u32,
     meta: BTreeMap<String, String>,
     last_beat: Instant,
+}
+
+impl Entry {
+    fn info(&self, service: &str, addr: &str, now: Instant) -> EntryInfo {
+        EntryInfo {
+            service: service.to_string(),
+            addr: addr.to_string(),
+            weight: self.weight,
+            meta: self.meta.clone(),
+            ttl: self.ttl,
+            expires_in: self.deadline.map(|d| d.saturating_duration_since(now)),
+            since_beat: now.saturating_duration_since(self.last_beat),
+        }
+    }
 }
 
 /// One registered server as [`Registry::entries`] reports it.
@@ -416,6 +486,29 @@ impl Registry {
         }
     }
 
+    /// Takes the table lock and expires what is due at `now`.
+    fn locked(&self, now: Instant) -> Locked<'_> {
+        let mut guard = self.inner.table.lock();
+        guard.expire_due(now);
+        Locked {
+            inner: &self.inner,
+            guard: Some(guard),
+        }
+    }
+
+    /// Registers a callback told the services whose listing changed; returns
+    /// its id for [`unsubscribe`](Registry::unsubscribe).
+    pub(crate) fn subscribe(&self, notifier: Notifier) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.inner.notifiers.lock().push((id, notifier));
+        id
+    }
+
+    pub(crate) fn unsubscribe(&self, id: u64) {
+        self.inner.notifiers.lock().retain(|(i, _)| *i != id);
+    }
+
     /// The TTL applied when a server asks for `requested` (or for none).
     pub fn effective_ttl(&self, requested: Option<Duration>) -> Duration {
         match requested {
@@ -453,8 +546,7 @@ impl Registry {
         let ttl = self.effective_ttl(opts.ttl);
         let now = self.inner.clock.now();
         let deadline = (!ttl.is_zero()).then(|| now + ttl);
-        let mut t = self.inner.table.lock();
-        t.expire_due(now);
+        let mut t = self.locked(now);
         let t = &mut *t;
         if let Some(svc) = t.services.get_mut(service)
             && let Some(e) = svc.entries.get_mut(addr)
@@ -469,6 +561,7 @@ impl Registry {
                 t.counter += 1;
                 svc.index = t.counter;
                 svc.listing = None;
+                t.changed.push(svc.name.clone());
             }
             // The queued item stays at the old deadline unless the new
             // one is earlier (a shorter TTL) or there is none yet.
@@ -509,6 +602,7 @@ impl Registry {
         log::info!("registered {addr} in service {service:?}");
         let addr: Arc<str> = Arc::from(addr);
         let service = svc.name.clone();
+        t.changed.push(service.clone());
         svc.entries.insert(
             addr.clone(),
             Entry {
@@ -547,8 +641,7 @@ impl Registry {
         validate_service(service)?;
         validate_addr(addr)?;
         let now = self.inner.clock.now();
-        let mut t = self.inner.table.lock();
-        t.expire_due(now);
+        let mut t = self.locked(now);
         let removed = t.remove(service, addr);
         if removed {
             log::info!("deregistered {addr} from service {service:?}");
@@ -567,8 +660,7 @@ impl Registry {
     /// service changes.
     pub fn listing(&self, service: &str) -> Arc<Listing> {
         let now = self.inner.clock.now();
-        let mut t = self.inner.table.lock();
-        t.expire_due(now);
+        let mut t = self.locked(now);
         let counter = t.counter;
         match t.services.get_mut(service) {
             Some(svc) => svc
@@ -590,8 +682,7 @@ impl Registry {
     /// The modify index of `service` (see [`listing`](Registry::listing)).
     pub fn index(&self, service: &str) -> u64 {
         let now = self.inner.clock.now();
-        let mut t = self.inner.table.lock();
-        t.expire_due(now);
+        let t = self.locked(now);
         let counter = t.counter;
         t.services.get(service).map_or(counter, |s| s.index)
     }
@@ -604,8 +695,7 @@ impl Registry {
     /// Number of alive entries across all services.
     pub fn len(&self) -> usize {
         let now = self.inner.clock.now();
-        let mut t = self.inner.table.lock();
-        t.expire_due(now);
+        let t = self.locked(now);
         t.entries
     }
 
@@ -617,32 +707,37 @@ impl Registry {
     /// Names of the services that have alive entries, sorted.
     pub fn services(&self) -> Vec<String> {
         let now = self.inner.clock.now();
-        let mut t = self.inner.table.lock();
-        t.expire_due(now);
+        let t = self.locked(now);
         let mut names: Vec<String> = t.services.keys().map(|k| k.to_string()).collect();
         names.sort_unstable();
         names
     }
 
+    /// The modify index of `service` and its alive entries with their
+    /// details, sorted by address: one consistent snapshot.
+    pub fn instances(&self, service: &str) -> (u64, Vec<EntryInfo>) {
+        let now = self.inner.clock.now();
+        let t = self.locked(now);
+        let Some(svc) = t.services.get(service) else {
+            return (t.counter, Vec::new());
+        };
+        let mut out: Vec<EntryInfo> = svc
+            .entries
+            .iter()
+            .map(|(a, e)| e.info(&svc.name, a, now))
+            .collect();
+        out.sort_unstable_by(|a, b| a.addr.cmp(&b.addr));
+        (svc.index, out)
+    }
+
     /// Every alive entry with its details, sorted by service and address.
     pub fn entries(&self) -> Vec<EntryInfo> {
         let now = self.inner.clock.now();
-        let mut t = self.inner.table.lock();
-        t.expire_due(now);
+        let t = self.locked(now);
         let mut out: Vec<EntryInfo> = t
             .services
             .iter()
-            .flat_map(|(s, svc)| {
-                svc.entries.iter().map(move |(a, e)| EntryInfo {
-                    service: s.to_string(),
-                    addr: a.to_string(),
-                    weight: e.weight,
-                    meta: e.meta.clone(),
-                    ttl: e.ttl,
-                    expires_in: e.deadline.map(|d| d.saturating_duration_since(now)),
-                    since_beat: now.saturating_duration_since(e.last_beat),
-                })
-            })
+            .flat_map(|(s, svc)| svc.entries.iter().map(move |(a, e)| e.info(s, a, now)))
             .collect();
         out.sort_unstable_by(|a, b| (&a.service, &a.addr).cmp(&(&b.service, &b.addr)));
         out
@@ -654,7 +749,11 @@ impl Registry {
     /// call it yourself after moving a [`ManualClock`](crate::ManualClock).
     pub fn sweep(&self) -> usize {
         let now = self.inner.clock.now();
-        self.inner.table.lock().expire_due(now)
+        let mut t = Locked {
+            inner: &self.inner,
+            guard: Some(self.inner.table.lock()),
+        };
+        t.expire_due(now)
     }
 
     /// Starts a thread that removes entries as soon as their deadline passes,
@@ -694,6 +793,10 @@ fn sweep_loop(inner: &Inner, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         let now = inner.clock.now();
         t.expire_due(now);
+        let changed = std::mem::take(&mut t.changed);
+        if !changed.is_empty() {
+            MutexGuard::unlocked(&mut t, || inner.notify(&changed));
+        }
         let wait = t
             .queue
             .peek()
@@ -725,6 +828,7 @@ impl Table {
         }
         self.entries -= 1;
         self.counter += 1;
+        self.changed.push(svc.name.clone());
         if svc.entries.is_empty() {
             self.services.remove(service);
         } else {

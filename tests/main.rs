@@ -7,3 +7,4 @@ mod discovery;
 mod hardening;
 mod heartbeat;
 mod server;
+mod watch;

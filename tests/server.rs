@@ -182,9 +182,9 @@ fn shutdown_leaves_no_thread_behind_and_frees_the_port() {
     let prefix = format!("rc{}-", addr.port());
     // A thread names itself once it runs, so wait for all three names.
     wait_until(
-        "two workers, the guard and the sweeper",
+        "two workers, the guard, the sweeper and the watch timer",
         Duration::from_secs(5),
-        || threads_named(&prefix) == 4,
+        || threads_named(&prefix) == 5,
     );
     assert_eq!(raw(addr, "GET", "/healthz", &[]).status, 200);
     s.shutdown().unwrap();

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::conns::{self, Conn, Scanner};
 use super::front::Front;
+use super::watch::Watchers;
 
 /// Most bytes a request head may take (tiny_http has no limit).
 pub(crate) const MAX_HEAD_BYTES: u64 = 64 * 1024;
@@ -56,15 +57,16 @@ struct Track {
 
 pub(crate) fn start(
     front: Arc<Front>,
+    watchers: Arc<Watchers>,
     cfg: GuardConfig,
     name: String,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name(name)
-        .spawn(move || run(&front, &cfg))
+        .spawn(move || run(&front, &watchers, &cfg))
 }
 
-fn run(front: &Front, cfg: &GuardConfig) {
+fn run(front: &Front, watchers: &Watchers, cfg: &GuardConfig) {
     let mut scanner = Scanner::new(front.local);
     let mut tracks: HashMap<u64, Track> = HashMap::new();
     let mut active: HashSet<SocketAddr> = HashSet::new();
@@ -128,8 +130,10 @@ fn run(front: &Front, cfg: &GuardConfig) {
                 );
                 continue;
             }
+            // A parked long-poll is waiting for us, not idle.
             if t.partial_since.is_none()
                 && Duration::from_millis(st.idle_ms.into()) >= cfg.idle_timeout
+                && !watchers.is_parked(&c.peer)
             {
                 t.closed = close(front, c, 0, "");
                 continue;

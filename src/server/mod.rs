@@ -4,6 +4,7 @@ mod conns;
 mod front;
 mod guard;
 mod route;
+mod watch;
 mod worker;
 
 use std::io;
@@ -20,6 +21,7 @@ use crate::protocol::DEFAULT_PATH;
 use crate::registry::{Registry, RegistryBuilder, Sweeper};
 use front::Front;
 use route::RouteConfig;
+use watch::Watchers;
 
 /// Builds and starts a [`RegistryServer`].
 ///
@@ -183,17 +185,31 @@ impl RegistryServerBuilder {
             workers: Vec::new(),
             guard: None,
             sweeper: None,
+            watchers: None,
+            timer: None,
         };
         let port = local_addr.port();
         // Thread names carry the port (the OS keeps 15 bytes of a name), so
         // an operator or a test can tell whose threads they are.
         server.sweeper = Some(registry.start_sweeper_named(format!("rc{port}-sweep"))?);
         let cfg = Arc::new(RouteConfig { path: self.path });
+        let watchers = Watchers::new(registry.clone());
+        server.watchers = Some(watchers.clone());
+        server.timer = Some(
+            watchers
+                .start_timer(format!("rc{port}-watch"))
+                .map_err(|e| Error::io("spawn the watch timer thread", e))?,
+        );
         for i in 0..self.threads {
-            let (front, registry, cfg) = (front.clone(), registry.clone(), cfg.clone());
+            let (front, registry, cfg, watchers) = (
+                front.clone(),
+                registry.clone(),
+                cfg.clone(),
+                watchers.clone(),
+            );
             let worker = thread::Builder::new()
                 .name(format!("rc{port}-http{i}"))
-                .spawn(move || worker::serve(i, &front, &registry, &cfg))
+                .spawn(move || worker::serve(i, &front, &registry, &cfg, &watchers))
                 .map_err(|e| Error::io("spawn a registry worker thread", e))?;
             server.workers.push(worker);
         }
@@ -203,7 +219,7 @@ impl RegistryServerBuilder {
             max_connections,
         };
         server.guard = Some(
-            guard::start(front, guard_cfg, format!("rc{port}-guard"))
+            guard::start(front, watchers, guard_cfg, format!("rc{port}-guard"))
                 .map_err(|e| Error::io("spawn the connection guard thread", e))?,
         );
         log::info!(
@@ -304,6 +320,8 @@ pub struct RegistryServer {
     workers: Vec<JoinHandle<()>>,
     guard: Option<JoinHandle<()>>,
     sweeper: Option<Sweeper>,
+    watchers: Option<Arc<Watchers>>,
+    timer: Option<JoinHandle<()>>,
 }
 
 impl RegistryServer {
@@ -370,6 +388,13 @@ impl RegistryServer {
         for w in self.workers.drain(..).chain(self.guard.take()) {
             panicked |= w.join().is_err();
         }
+        // Every parked long-poll is answered with the current list.
+        if let Some(w) = self.watchers.take() {
+            w.stop();
+        }
+        if let Some(t) = self.timer.take() {
+            panicked |= t.join().is_err();
+        }
         if let Some(s) = self.sweeper.take() {
             panicked |= s.stop().is_err();
         }
@@ -390,6 +415,11 @@ impl RegistryServer {
             });
         }
         Ok(())
+    }
+
+    /// How many long-poll requests are parked, waiting for a change.
+    pub fn parked(&self) -> usize {
+        self.watchers.as_ref().map_or(0, |w| w.len())
     }
 
     /// How many times the HTTP server was rebuilt after its accept thread

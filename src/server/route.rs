@@ -119,22 +119,32 @@ pub(crate) struct RouteConfig {
 
 /// Answers one request. A panic inside is answered with 500, so a bug in a
 /// route cannot take a worker down.
-pub(crate) fn handle(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Response {
+pub(crate) fn dispatch(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Outcome {
     catch_unwind(AssertUnwindSafe(|| route(reg, cfg, req))).unwrap_or_else(|_| {
         log::error!("route panicked on {:?} {}", req.method, req.url);
         Response::text(
             500,
             "internal error: the request was not applied; report this bug",
         )
+        .into()
     })
 }
 
-fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Response {
+/// Answers one request now, a long-poll included.
+#[cfg(test)]
+pub(crate) fn handle(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Response {
+    match dispatch(reg, cfg, req) {
+        Outcome::Answer(r) => r,
+        Outcome::Park(w) => render(reg, &w.service, w.format),
+    }
+}
+
+fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Outcome {
     let (path, query) = req.url.split_once('?').unwrap_or((&req.url, ""));
     if path == "/healthz" {
         return match req.method {
-            Method::Get | Method::Head => Response::text(200, "ok"),
-            _ => method_not_allowed("GET"),
+            Method::Get | Method::Head => Response::text(200, "ok").into(),
+            _ => method_not_allowed("GET").into(),
         };
     }
     let service = if path == cfg.path {
@@ -145,17 +155,17 @@ fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Response {
             .and_then(|r| r.strip_prefix('/'))
         {
             Some(rest) if !rest.is_empty() => rest,
-            _ => return Response::text(404, format!("no such path {}", clip(path))),
+            _ => return Response::text(404, format!("no such path {}", clip(path))).into(),
         }
     };
     if let Err(e) = validate_service(service) {
-        return Response::text(400, e.to_string());
+        return Response::text(400, e.to_string()).into();
     }
     match req.method {
-        Method::Get | Method::Head => list(reg, service, query),
-        Method::Post => register(reg, service, req),
-        Method::Delete => deregister(reg, service, req),
-        Method::Other(_) => method_not_allowed("GET, POST, DELETE"),
+        Method::Get | Method::Head => list(reg, service, query, req.header("Accept")),
+        Method::Post => register(reg, service, req).into(),
+        Method::Delete => deregister(reg, service, req).into(),
+        Method::Other(_) => method_not_allowed("GET, POST, DELETE").into(),
     }
 }
 
@@ -172,32 +182,145 @@ fn clip(s: &str) -> String {
     out
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Format {
+/// How a listing is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The seed's: `X-Myrpc-Servers` and an empty body.
     Seed,
+    /// One address per line in the body.
     Text,
+    /// `{"service", "index", "servers": [{addr, weight, meta, expires_in_ms}]}`.
+    Json,
 }
 
-fn list(reg: &Registry, service: &str, query: &str) -> Response {
-    let mut format = Format::Seed;
+/// Default and largest wait of a long-poll (DESIGN.md, "Long-poll").
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// A long-poll to park until the service's index passes `index`.
+#[derive(Debug, Clone)]
+pub(crate) struct Watch {
+    pub(crate) service: String,
+    pub(crate) index: u64,
+    pub(crate) wait: Duration,
+    pub(crate) format: Format,
+}
+
+/// What to do with a request: answer it now, or park it.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Answer(Response),
+    Park(Watch),
+}
+
+impl From<Response> for Outcome {
+    fn from(r: Response) -> Outcome {
+        Outcome::Answer(r)
+    }
+}
+
+fn list(reg: &Registry, service: &str, query: &str, accept: Option<&str>) -> Outcome {
+    let mut format = if accept.is_some_and(|a| a.contains("application/json")) {
+        Format::Json
+    } else {
+        Format::Seed
+    };
+    let (mut index, mut wait) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == "format" {
-            format = match v {
-                "seed" | "" => Format::Seed,
-                "text" => Format::Text,
-                other => {
+        match k {
+            "format" => {
+                format = match v {
+                    "seed" | "" => Format::Seed,
+                    "text" => Format::Text,
+                    "json" => Format::Json,
+                    other => {
+                        return Response::text(
+                            400,
+                            format!(
+                                "unknown format {:?}; use text, json or leave it out",
+                                clip(other)
+                            ),
+                        )
+                        .into();
+                    }
+                }
+            }
+            "index" => match v.parse::<u64>() {
+                Ok(n) => index = Some(n),
+                Err(_) => {
                     return Response::text(
                         400,
                         format!(
-                            "unknown format {:?}; use format=text or leave it out",
-                            clip(other)
+                            "invalid index {:?}: use the X-Myrpc-Index of the last answer",
+                            clip(v)
                         ),
-                    );
+                    )
+                    .into();
                 }
-            };
+            },
+            "wait" => match parse_duration(v) {
+                Ok(d) => wait = Some(d.min(MAX_WAIT)),
+                Err(e) => return Response::text(400, format!("invalid wait: {e}")).into(),
+            },
+            // Other parameters are ignored, as the seed ignores the query.
+            _ => {}
         }
-        // Other parameters are ignored, as the seed ignores the query.
+    }
+    if let Some(index) = index {
+        let wait = wait.unwrap_or(DEFAULT_WAIT);
+        // Answer at once when the service moved past the index, when the
+        // index is from before a restart (beyond the counter), or when the
+        // client asked not to wait.
+        if reg.index(service) <= index && index <= reg.counter() && !wait.is_zero() {
+            return Outcome::Park(Watch {
+                service: service.to_string(),
+                index,
+                wait,
+                format,
+            });
+        }
+    }
+    render(reg, service, format).into()
+}
+
+/// The listing of `service` in `format`.
+pub(crate) fn render(reg: &Registry, service: &str, format: Format) -> Response {
+    if format == Format::Json {
+        let (index, entries) = reg.instances(service);
+        let mut body = String::with_capacity(64 + entries.len() * 96);
+        body.push_str("{\"service\":");
+        json_str(&mut body, service);
+        body.push_str(&format!(",\"index\":{index},\"servers\":["));
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str("{\"addr\":");
+            json_str(&mut body, &e.addr);
+            body.push_str(&format!(",\"weight\":{},\"meta\":{{", e.weight));
+            for (j, (k, v)) in e.meta.iter().enumerate() {
+                if j > 0 {
+                    body.push(',');
+                }
+                json_str(&mut body, k);
+                body.push(':');
+                json_str(&mut body, v);
+            }
+            match e.expires_in {
+                Some(d) => body.push_str(&format!("}},\"expires_in_ms\":{}}}", d.as_millis())),
+                None => body.push_str("},\"expires_in_ms\":null}"),
+            }
+        }
+        body.push_str("]}\n");
+        return Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type", "application/json".into()),
+                (HEADER_INDEX, index.to_string()),
+            ],
+            body: Body::Text(body),
+        };
     }
     let listing = reg.listing(service);
     let index = listing.index().to_string();
@@ -207,7 +330,7 @@ fn list(reg: &Registry, service: &str, query: &str) -> Response {
         Format::Seed => Response::empty(200)
             .with_header(HEADER_SERVERS, listing.joined())
             .with_header(HEADER_INDEX, index),
-        Format::Text => Response {
+        _ => Response {
             status: 200,
             headers: vec![
                 ("Content-Type", "text/plain; charset=utf-8".into()),
@@ -216,6 +339,23 @@ fn list(reg: &Registry, service: &str, query: &str) -> Response {
             body: Body::Listing(listing),
         },
     }
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Reads a header the registry interprets, refusing absurd sizes up front.

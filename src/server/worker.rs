@@ -6,7 +6,8 @@ use std::io::{self, Read};
 use super::conns::{self, Scanner};
 use super::front::Front;
 use super::guard::MAX_HEAD_BYTES;
-use super::route::{self, Body, Method, Request, Response, RouteConfig};
+use super::route::{self, Body, Method, Outcome, Request, Response, RouteConfig};
+use super::watch::Watchers;
 use crate::registry::Registry;
 
 /// Bodies up to this size are read by tiny_http before the request is
@@ -17,13 +18,19 @@ const PREREAD_BODY: usize = 1024;
 /// length aborts the process (CRATE-NOTES §1.8e).
 const SAFE_DRAIN: usize = 1 << 20;
 
-pub(crate) fn serve(id: usize, front: &Front, registry: &Registry, cfg: &RouteConfig) {
+pub(crate) fn serve(
+    id: usize,
+    front: &Front,
+    registry: &Registry,
+    cfg: &RouteConfig,
+    watchers: &Watchers,
+) {
     loop {
         let http = front.current();
         match http.recv() {
             Ok(rq) => {
                 front.record(id, rq.remote_addr());
-                answer(rq, front, registry, cfg);
+                answer(rq, front, registry, cfg, watchers);
             }
             // An unblock: our stop, or a rebuild moving us to a new server.
             Err(e) if e.raw_os_error().is_none() => {
@@ -36,7 +43,13 @@ pub(crate) fn serve(id: usize, front: &Front, registry: &Registry, cfg: &RouteCo
     }
 }
 
-fn answer(rq: tiny_http::Request, front: &Front, registry: &Registry, cfg: &RouteConfig) {
+fn answer(
+    rq: tiny_http::Request,
+    front: &Front,
+    registry: &Registry,
+    cfg: &RouteConfig,
+    watchers: &Watchers,
+) {
     let has_unread_body = rq.body_length().is_some_and(|n| n > PREREAD_BODY)
         || rq
             .headers()
@@ -69,9 +82,16 @@ fn answer(rq: tiny_http::Request, front: &Front, registry: &Registry, cfg: &Rout
                 .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
                 .collect(),
         };
-        let resp = route::handle(registry, cfg, &req);
-        log::debug!("{:?} {} -> {}", req.method, req.url, resp.status);
-        resp
+        match route::dispatch(registry, cfg, &req) {
+            Outcome::Answer(resp) => {
+                log::debug!("{:?} {} -> {}", req.method, req.url, resp.status);
+                resp
+            }
+            Outcome::Park(watch) => {
+                log::debug!("{:?} {} parked", req.method, req.url);
+                return watchers.park(rq, watch);
+            }
+        }
     };
     if let Err(e) = rq.respond(to_tiny(resp)) {
         log::debug!("answering a request failed: {e}");
@@ -113,7 +133,7 @@ fn reject_body(rq: tiny_http::Request, front: &Front) {
     }
 }
 
-fn to_tiny(resp: Response) -> tiny_http::Response<BodyReader> {
+pub(crate) fn to_tiny(resp: Response) -> tiny_http::Response<BodyReader> {
     let headers = resp
         .headers
         .iter()
@@ -135,7 +155,7 @@ fn to_tiny(resp: Response) -> tiny_http::Response<BodyReader> {
 }
 
 /// Streams a body without copying a shared listing.
-struct BodyReader {
+pub(crate) struct BodyReader {
     body: Body,
     pos: usize,
 }
