@@ -90,6 +90,23 @@ pub(crate) fn call(
             .send_empty(),
     };
     let mut resp = result.map_err(|e| map_error(url, e))?;
+    read_reply(url, &mut resp)
+}
+
+/// A GET that may wait up to `wait` for its answer (a long-poll): the
+/// agent's other timeouts still bound connecting and sending.
+pub(crate) fn long_poll(agent: &ureq::Agent, url: &str, wait: Duration) -> Result<Reply> {
+    let result = agent
+        .get(url)
+        .config()
+        .timeout_recv_response(Some(wait))
+        .build()
+        .call();
+    let mut resp = result.map_err(|e| map_error(url, e))?;
+    read_reply(url, &mut resp)
+}
+
+fn read_reply(url: &str, resp: &mut ureq::http::Response<ureq::Body>) -> Result<Reply> {
     let status = resp.status().as_u16();
     let headers = resp
         .headers()

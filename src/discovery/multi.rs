@@ -43,7 +43,8 @@ impl Discovery for MultiServersDiscovery {
 
     fn update(&self, servers: Vec<String>) -> Result<()> {
         validate_all(&servers)?;
-        self.picker.lock().servers = servers;
+        let weights = vec![1; servers.len()];
+        self.picker.lock().set(servers, weights);
         Ok(())
     }
 
