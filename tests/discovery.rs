@@ -100,3 +100,232 @@ fn never_fetched_and_unreachable_is_an_error() {
     let e = d.get(SelectMode::Random).unwrap_err();
     assert!(matches!(e, Error::Unreachable { .. }), "{e}");
 }
+
+fn registry_on(addr: &str) -> RegistryServer {
+    RegistryServer::builder()
+        .addr(addr)
+        .ttl(Duration::from_millis(600))
+        .min_ttl(Duration::from_millis(50))
+        .threads(2)
+        .start()
+        .unwrap()
+}
+
+#[test]
+fn picks_up_the_new_list_when_the_registry_is_back() {
+    let s = registry_on("127.0.0.1:0");
+    let addr = s.local_addr().to_string();
+    s.registry().put("", "tcp@old:1").unwrap();
+    let d = RegistryDiscovery::builder(s.url())
+        .refresh_period(Duration::from_millis(20))
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(d.get_all().unwrap(), ["tcp@old:1"]);
+    s.shutdown().unwrap();
+    assert_eq!(
+        d.get(SelectMode::Random).unwrap(),
+        "tcp@old:1",
+        "stale on error"
+    );
+    let back = registry_on(&addr);
+    back.registry().put("", "tcp@new:1").unwrap();
+    crate::common::wait_until("the new list", Duration::from_secs(5), || {
+        d.get_all().unwrap() == ["tcp@new:1"]
+    });
+    assert!(d.age().unwrap() < Duration::from_secs(1));
+}
+
+#[test]
+fn an_empty_restarted_registry_does_not_wipe_the_list_before_a_ttl() {
+    use regcenter::{Heartbeat, HeartbeatOptions};
+    let s = registry_on("127.0.0.1:0");
+    let addr = s.local_addr().to_string();
+    // Move the index well past what a fresh registry will report.
+    for i in 0..20 {
+        s.registry().put("", &format!("tcp@churn:{i}")).unwrap();
+        s.registry().remove("", &format!("tcp@churn:{i}")).unwrap();
+    }
+    s.registry().put("", "tcp@kept:1").unwrap();
+    let d = RegistryDiscovery::builder(s.url())
+        .refresh_period(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    assert_eq!(d.get_all().unwrap(), ["tcp@kept:1"]);
+    s.shutdown().unwrap();
+    let restarted = registry_on(&addr);
+    // The restarted registry answers empty with a smaller index: the list
+    // is kept, not emptied.
+    let t = std::time::Instant::now();
+    crate::common::wait_until(
+        "the discovery to see the restart",
+        Duration::from_secs(2),
+        || {
+            d.get_all().unwrap();
+            d.index().is_some_and(|i| i < 20)
+        },
+    );
+    assert_eq!(
+        d.get_all().unwrap(),
+        ["tcp@kept:1"],
+        "emptied {:?} after the restart",
+        t.elapsed()
+    );
+    // A heartbeat refills the registry meanwhile: its list replaces the old.
+    let hb = Heartbeat::start(restarted.url(), "tcp@fresh:1", HeartbeatOptions::new()).unwrap();
+    crate::common::wait_until("the refilled list", Duration::from_secs(2), || {
+        d.get_all().unwrap() == ["tcp@fresh:1"]
+    });
+    hb.stop().unwrap();
+}
+
+#[test]
+fn the_guard_lets_an_empty_list_through_after_a_ttl() {
+    let s = registry_on("127.0.0.1:0");
+    let addr = s.local_addr().to_string();
+    for i in 0..20 {
+        s.registry().put("", &format!("tcp@churn:{i}")).unwrap();
+        s.registry().remove("", &format!("tcp@churn:{i}")).unwrap();
+    }
+    s.registry().put("", "tcp@gone:1").unwrap(); // TTL 600 ms
+    let d = RegistryDiscovery::builder(s.url())
+        .refresh_period(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    assert_eq!(d.get_all().unwrap(), ["tcp@gone:1"]);
+    s.shutdown().unwrap();
+    let _restarted = registry_on(&addr);
+    let t = std::time::Instant::now();
+    crate::common::wait_until(
+        "the empty list after one TTL",
+        Duration::from_secs(5),
+        || d.get_all().unwrap().is_empty(),
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "emptied after {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn concurrent_callers_cause_a_single_refresh() {
+    use std::sync::Arc;
+    let seed = SeedRegistry::start();
+    seed.servers
+        .lock()
+        .insert("tcp@a:1".into(), std::time::Instant::now());
+    let d = Arc::new(
+        RegistryDiscovery::builder(&seed.url())
+            .refresh_period(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    );
+    d.get_all().unwrap();
+    let before = seed.requests.lock().len();
+    // Let the list expire, then call from 8 threads at once.
+    crate::common::wait_until("the list to expire", Duration::from_secs(2), || {
+        d.age().unwrap() > Duration::from_millis(250)
+    });
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (d, barrier) = (d.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                d.get(SelectMode::Random).unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), "tcp@a:1");
+    }
+    assert_eq!(
+        seed.requests.lock().len() - before,
+        1,
+        "{:?}",
+        seed.requests.lock()
+    );
+}
+
+#[test]
+fn watch_mode_sees_changes_within_milliseconds_and_stops_at_once() {
+    let s = registry_on("127.0.0.1:0");
+    s.registry()
+        .put_with(
+            "svc",
+            "tcp@a:1",
+            &regcenter::PutOptions::new().ttl(Duration::from_secs(60)),
+        )
+        .unwrap();
+    let d = RegistryDiscovery::builder(s.url())
+        .service("svc")
+        .refresh_period(Duration::from_secs(3600))
+        .watch(true)
+        .build()
+        .unwrap();
+    assert_eq!(d.get_all().unwrap(), ["tcp@a:1"]);
+    crate::common::wait_until("the watch to be parked", Duration::from_secs(2), || {
+        s.parked() == 1
+    });
+    let t = std::time::Instant::now();
+    s.registry()
+        .put_with(
+            "svc",
+            "tcp@b:1",
+            &regcenter::PutOptions::new().ttl(Duration::from_secs(60)),
+        )
+        .unwrap();
+    crate::common::wait_until("the change to arrive", Duration::from_secs(2), || {
+        d.get_all().unwrap().len() == 2
+    });
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    let t = std::time::Instant::now();
+    d.stop().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "stop took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn falls_back_to_the_next_registry() {
+    let down = registry_on("127.0.0.1:0");
+    let down_url = down.url().to_string();
+    down.shutdown().unwrap();
+    let up = registry_on("127.0.0.1:0");
+    up.registry().put("", "tcp@x:1").unwrap();
+    let d = RegistryDiscovery::builder(&down_url)
+        .fallback(up.url())
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(d.get_all().unwrap(), ["tcp@x:1"]);
+    assert!(d.url().starts_with(up.url()));
+}
+
+#[test]
+fn weighted_round_robin_follows_the_registry_weights() {
+    let s = registry_on("127.0.0.1:0");
+    let opts = |w| {
+        regcenter::PutOptions::new()
+            .weight(w)
+            .ttl(Duration::from_secs(60))
+    };
+    s.registry().put_with("", "tcp@heavy:1", &opts(3)).unwrap();
+    s.registry().put_with("", "tcp@light:1", &opts(1)).unwrap();
+    let d = RegistryDiscovery::new(s.url()).unwrap();
+    let picks: Vec<String> = (0..8)
+        .map(|_| d.get(SelectMode::WeightedRoundRobin).unwrap())
+        .collect();
+    assert_eq!(
+        picks.iter().filter(|p| *p == "tcp@heavy:1").count(),
+        6,
+        "{picks:?}"
+    );
+}

@@ -110,6 +110,7 @@ impl RegistryDiscoveryBuilder {
                 index: None,
                 ttl_hint: None,
                 hold_until: None,
+                held_empty: false,
             }),
             fetching: Mutex::new(()),
             stop: AtomicBool::new(false),
@@ -186,6 +187,20 @@ struct State {
     ttl_hint: Option<Duration>,
     /// While set, empty answers after a registry restart are not trusted.
     hold_until: Option<Instant>,
+    /// The registry's last answer was empty but held back by the guard.
+    held_empty: bool,
+}
+
+impl State {
+    /// Lets a held-back empty answer through once its hold has passed, even
+    /// when no fetch is due (a watch may be parked for long).
+    fn release_hold(&mut self) {
+        if self.held_empty && self.hold_until.is_some_and(|t| Instant::now() >= t) {
+            self.hold_until = None;
+            self.held_empty = false;
+            self.picker.set(Vec::new(), Vec::new());
+        }
+    }
 }
 
 /// One answer: the servers with their weights, and the index if any.
@@ -404,10 +419,12 @@ fn apply(st: &mut State, f: Fetched, now: Instant) {
         }
         if st.hold_until.is_some_and(|t| now < t) {
             st.index = f.index;
+            st.held_empty = true;
             return;
         }
     }
     st.hold_until = None;
+    st.held_empty = false;
     if !f.servers.is_empty() {
         st.ttl_hint = f.ttl_hint.or(st.ttl_hint);
     }
@@ -504,11 +521,15 @@ impl Discovery for RegistryDiscovery {
     fn get(&self, mode: SelectMode) -> Result<String> {
         self.ensure_fresh()?;
         let url = self.url().to_string();
-        self.shared.state.lock().picker.pick(mode, &url)
+        let mut st = self.shared.state.lock();
+        st.release_hold();
+        st.picker.pick(mode, &url)
     }
 
     fn get_all(&self) -> Result<Vec<String>> {
         self.ensure_fresh()?;
-        Ok(self.shared.state.lock().picker.servers.clone())
+        let mut st = self.shared.state.lock();
+        st.release_hold();
+        Ok(st.picker.servers.clone())
     }
 }
