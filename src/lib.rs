@@ -79,7 +79,7 @@ mod server;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use discovery::{
     Discovery, MultiServersDiscovery, RegistryDiscovery, RegistryDiscoveryBuilder, SelectMode,
-    hash_key,
+    hash_key, list_json,
 };
 pub use error::{Error, Result};
 pub use heartbeat::{Heartbeat, HeartbeatOptions, deregister};

@@ -12,6 +12,7 @@ regcenter: a service registry speaking the GeeRPC registry protocol
 usage:
   regcenter [serve] [options]     run the registry until SIGINT/SIGTERM
   regcenter list [options]        print the alive servers, one per line
+  regcenter watch [options]       print the list each time it changes
   regcenter register --addr ADDR  keep ADDR registered until SIGINT/SIGTERM
   regcenter deregister --addr ADDR
   regcenter bench [options]       load a registry and report its throughput
@@ -41,6 +42,15 @@ const LIST_USAGE: &str = "\
 usage: regcenter list [options]
   --registry URL      registry URL (default http://127.0.0.1:9999/myRPC/registry)
   --service NAME      service (default: the default service)
+  --json              print the registry's JSON listing (weights, metadata, expiry)
+";
+
+const WATCH_USAGE: &str = "\
+usage: regcenter watch [options]
+  --registry URL      registry URL (default http://127.0.0.1:9999/myRPC/registry)
+  --service NAME      service (default: the default service)
+prints '# index N' and the servers, one per line, at start and on every change,
+until SIGINT/SIGTERM
 ";
 
 const REGISTER_USAGE: &str = "\
@@ -135,6 +145,7 @@ struct Args {
     weight: Option<u32>,
     meta: Vec<(String, String)>,
     insecure: bool,
+    json: bool,
 }
 
 fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
@@ -170,6 +181,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 a.meta.push((k.to_string(), v.to_string()));
             }
             Long("insecure") => a.insecure = true,
+            Long("json") => a.json = true,
             Long("clients") => a.clients = Some(p.value()?.parse()?),
             Long("duration") => a.duration = Some(duration(&mut p, "--duration")?),
             Long("op") => {
@@ -213,7 +225,8 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 "insecure",
             ],
         ),
-        "list" => (LIST_USAGE, &["registry", "service"]),
+        "list" => (LIST_USAGE, &["registry", "service", "json"]),
+        "watch" => (WATCH_USAGE, &["registry", "service"]),
         "register" => (
             REGISTER_USAGE,
             &[
@@ -253,6 +266,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
         "serve" => serve(a),
         "list" => list(a),
         "register" => register(a),
+        "watch" => watch(a),
         "bench" => bench(a),
         _ => deregister(a),
     }
@@ -283,6 +297,7 @@ impl Args {
         add(self.weight.is_some(), "weight");
         add(!self.meta.is_empty(), "meta");
         add(self.insecure, "insecure");
+        add(self.json, "json");
         add(self.clients.is_some(), "clients");
         add(self.duration.is_some(), "duration");
         add(self.op.is_some(), "op");
@@ -361,6 +376,10 @@ fn serve(a: Args) -> Result<(), Failure> {
 }
 
 fn list(a: Args) -> Result<(), Failure> {
+    if a.json {
+        print!("{}", regcenter::list_json(a.registry(), a.service())?);
+        return Ok(());
+    }
     let d = RegistryDiscovery::builder(a.registry())
         .service(a.service())
         .build()?;
@@ -368,6 +387,44 @@ fn list(a: Args) -> Result<(), Failure> {
     for s in d.get_all()? {
         println!("{s}");
     }
+    Ok(())
+}
+
+fn watch(a: Args) -> Result<(), Failure> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let signals = Signals::install()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        signals.wait();
+        flag.store(true, Ordering::Release);
+    });
+    let d = RegistryDiscovery::builder(a.registry())
+        .service(a.service())
+        .refresh_period(Duration::from_secs(3600))
+        .watch(true)
+        .build()?;
+    let mut seen = None;
+    while !stop.load(Ordering::Acquire) {
+        let index = d.wait_for_change(seen, Duration::from_millis(200));
+        if index != seen {
+            seen = index;
+            let servers = d.get_all()?;
+            let mut out = format!("# index {}\n", index.map_or("-".into(), |i| i.to_string()));
+            for s in servers {
+                out.push_str(&s);
+                out.push('\n');
+            }
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush())
+                .map_err(|e| Failure::Run(Box::new(e)))?;
+        }
+    }
+    d.stop()?;
     Ok(())
 }
 

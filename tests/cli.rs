@@ -37,7 +37,7 @@ fn bad_flags_and_values_exit_2_with_one_line() {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in ["serve", "list", "register", "deregister", "bench"] {
+    for cmd in ["serve", "list", "watch", "register", "deregister", "bench"] {
         let out = regcenter(&[cmd, "--help"]);
         assert_eq!(out.status.code(), Some(0), "{cmd}");
         assert!(
@@ -117,4 +117,55 @@ fn bench_reports_rate_latency_and_errors() {
         s.registry().alive("bench").is_empty(),
         "the bench removes its servers"
     );
+}
+
+#[test]
+fn list_json_prints_weights_and_metadata() {
+    let s = RegistryServer::start_local().unwrap();
+    let opts = regcenter::PutOptions::new().weight(4).meta("zone", "eu");
+    s.registry().put_with("", "tcp@a:1", &opts).unwrap();
+    let out = regcenter(&["list", "--json", "--registry", s.url()]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["servers"][0]["weight"], 4);
+    assert_eq!(v["servers"][0]["meta"]["zone"], "eu");
+}
+
+#[test]
+fn watch_prints_the_list_on_every_change() {
+    use std::io::{BufRead, BufReader};
+    let s = RegistryServer::start_local().unwrap();
+    let long = regcenter::PutOptions::new().ttl(Duration::from_secs(60));
+    s.registry().put_with("svc", "tcp@a:1", &long).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regcenter"))
+        .args(["watch", "--registry", s.url(), "--service", "svc"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("a line from regcenter watch")
+    };
+    assert!(next().starts_with("# index "));
+    assert_eq!(next(), "tcp@a:1");
+    wait_until("the watch to be parked", Duration::from_secs(5), || {
+        s.parked() == 1
+    });
+    s.registry().put_with("svc", "tcp@b:1", &long).unwrap();
+    assert!(next().starts_with("# index "));
+    assert_eq!(
+        (next(), next()),
+        ("tcp@a:1".to_string(), "tcp@b:1".to_string())
+    );
+    // SAFETY: kill(2) on the child we started, by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }

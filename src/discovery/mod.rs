@@ -5,7 +5,7 @@ mod multi;
 mod registry;
 
 pub use multi::MultiServersDiscovery;
-pub use registry::{RegistryDiscovery, RegistryDiscoveryBuilder};
+pub use registry::{RegistryDiscovery, RegistryDiscoveryBuilder, list_json};
 
 use crate::error::{Error, Result};
 use crate::rand;

@@ -116,6 +116,7 @@ impl RegistryDiscoveryBuilder {
             stop: AtomicBool::new(false),
             stop_lock: Mutex::new(()),
             stop_wake: Condvar::new(),
+            fetched: Condvar::new(),
         });
         let watcher = if self.watch {
             let s = shared.clone();
@@ -173,6 +174,8 @@ struct Shared {
     stop: AtomicBool,
     stop_lock: Mutex<()>,
     stop_wake: Condvar,
+    /// Notified (with `state`) after every successful fetch.
+    fetched: Condvar,
 }
 
 struct State {
@@ -247,6 +250,26 @@ impl RegistryDiscovery {
     /// The registry index of the list in use, if the registry reports one.
     pub fn index(&self) -> Option<u64> {
         self.shared.state.lock().index
+    }
+
+    /// Waits until the list's index differs from `seen`, at most `timeout`;
+    /// returns the index then in force (`seen` on timeout). With
+    /// [`watch`](RegistryDiscoveryBuilder::watch) on, this is how a program
+    /// reacts to changes as they arrive.
+    pub fn wait_for_change(&self, seen: Option<u64>, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.state.lock();
+        while st.index == seen {
+            if self
+                .shared
+                .fetched
+                .wait_until(&mut st, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        st.index
     }
 
     /// Ends the watch thread, if any, and waits for it.
@@ -365,6 +388,7 @@ impl Shared {
                 st.next_attempt = Some(now + self.period);
                 st.retry = FIRST_RETRY;
                 st.failing = false;
+                self.fetched.notify_all();
                 Ok(())
             }
             Err(e) => {
@@ -482,6 +506,25 @@ fn parse(url: &str, r: &Reply) -> Result<Fetched> {
         index: Some(index),
         ttl_hint,
     })
+}
+
+/// The JSON listing of `service` at `registry_url`, as the registry sends it
+/// (`?format=json`).
+///
+/// # Errors
+///
+/// [`Error::InvalidService`], [`Error::Unreachable`], [`Error::Status`].
+pub fn list_json(registry_url: &str, service: &str) -> Result<String> {
+    let url = service_url(registry_url, service)?;
+    let agent = client::agent(DEFAULT_CALL_TIMEOUT);
+    let reply = client::call(&agent, Verb::Get, &format!("{url}?format=json"), &[])?.ok(&url)?;
+    if reply.header(HEADER_INDEX).is_none() {
+        return Err(Error::BadResponse {
+            url,
+            reason: "the registry speaks only the seed's protocol (no JSON listings)".into(),
+        });
+    }
+    Ok(reply.body)
 }
 
 impl std::fmt::Debug for RegistryDiscovery {
