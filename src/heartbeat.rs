@@ -40,6 +40,7 @@ pub struct HeartbeatOptions {
     weight: Option<u32>,
     meta: Vec<(String, String)>,
     timeout: Duration,
+    also: Vec<String>,
 }
 
 impl Default for HeartbeatOptions {
@@ -51,6 +52,7 @@ impl Default for HeartbeatOptions {
             weight: None,
             meta: Vec::new(),
             timeout: DEFAULT_CALL_TIMEOUT,
+            also: Vec::new(),
         }
     }
 }
@@ -96,6 +98,14 @@ impl HeartbeatOptions {
         self
     }
 
+    /// Another registry to keep the server registered at, beaten
+    /// independently (one thread each), so that discoveries using it as a
+    /// fallback find the server. Defaults to none.
+    pub fn also(mut self, registry_url: &str) -> Self {
+        self.also.push(registry_url.to_string());
+        self
+    }
+
     /// Bound of each phase of each call to the registry. Defaults to 2 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -118,8 +128,9 @@ impl HeartbeatOptions {
 #[must_use = "dropping the Heartbeat stops it and deregisters the server"]
 pub struct Heartbeat {
     shared: Arc<Shared>,
-    beat: Arc<Beat>,
-    thread: Option<JoinHandle<()>>,
+    /// One per registry, each with its own thread.
+    beats: Vec<Arc<Beat>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 struct Shared {
@@ -182,7 +193,7 @@ impl Heartbeat {
     /// cannot be spawned.
     pub fn start(registry_url: &str, addr: &str, options: HeartbeatOptions) -> Result<Heartbeat> {
         validate_addr(addr)?;
-        let url = service_url(registry_url, &options.service)?;
+        service_url(registry_url, &options.service)?;
         if options.period.is_some_and(|p| p < MIN_PERIOD) {
             return Err(Error::config("period", "must be at least 10ms"));
         }
@@ -205,39 +216,60 @@ impl Heartbeat {
         if !options.meta.is_empty() {
             headers.push(("X-Myrpc-Meta", encode_meta(&options.meta)));
         }
-        let beat = Arc::new(Beat {
-            agent: client::agent(options.timeout),
-            url,
-            addr: addr.to_string(),
-            headers,
-            period: options.period,
-            timeout: options.timeout,
-        });
-        let first = match beat.send() {
-            Ok(period) => Ok(period),
-            Err(e) if e.is_transient() => {
-                log::warn!("heartbeat for {addr}: {e}; retrying in the background");
-                Err(e)
+        let mut beats = Vec::new();
+        for registry in std::iter::once(registry_url).chain(options.also.iter().map(String::as_str))
+        {
+            beats.push(Arc::new(Beat {
+                agent: client::agent(options.timeout),
+                url: service_url(registry, &options.service)?,
+                addr: addr.to_string(),
+                headers: headers.clone(),
+                period: options.period,
+                timeout: options.timeout,
+            }));
+        }
+        let mut firsts = Vec::new();
+        for (i, beat) in beats.iter().enumerate() {
+            match beat.send() {
+                Ok(period) => firsts.push(Ok(period)),
+                Err(e) if e.is_transient() => {
+                    log::warn!(
+                        "heartbeat for {addr} at {}: {e}; retrying in the background",
+                        beat.url
+                    );
+                    firsts.push(Err(e));
+                }
+                Err(e) => {
+                    // Undo the registrations already made; they would
+                    // otherwise linger until their TTL.
+                    for b in &beats[..i] {
+                        let _ = b.deregister();
+                    }
+                    return Err(e);
+                }
             }
-            Err(e) => return Err(e),
-        };
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                beats: u64::from(first.is_ok()),
+                beats: firsts.iter().filter(|f| f.is_ok()).count() as u64,
                 ..State::default()
             }),
             wake: Condvar::new(),
         });
-        let (s, b) = (shared.clone(), beat.clone());
-        let thread = thread::Builder::new()
-            .name("regcenter-heartbeat".into())
-            .spawn(move || beat_loop(&s, &b, first))
-            .map_err(|e| Error::io("spawn heartbeat thread", e))?;
-        Ok(Heartbeat {
+        let mut hb = Heartbeat {
             shared,
-            beat,
-            thread: Some(thread),
-        })
+            beats,
+            threads: Vec::new(),
+        };
+        for (beat, first) in hb.beats.clone().into_iter().zip(firsts) {
+            let s = hb.shared.clone();
+            let thread = thread::Builder::new()
+                .name("regcenter-heartbeat".into())
+                .spawn(move || beat_loop(&s, &beat, first))
+                .map_err(|e| Error::io("spawn heartbeat thread", e))?;
+            hb.threads.push(thread);
+        }
+        Ok(hb)
     }
 
     /// How many beats the registry has accepted so far.
@@ -245,14 +277,14 @@ impl Heartbeat {
         self.shared.state.lock().beats
     }
 
-    /// Whether the thread still beats (it ends on a permanent error).
+    /// Whether every thread still beats (one ends on a permanent error).
     pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
     }
 
-    /// The registry URL the server is registered at.
+    /// The URL the server is registered at (the first registry's).
     pub fn url(&self) -> &str {
-        &self.beat.url
+        &self.beats[0].url
     }
 
     /// Stops beating, joins the thread and deregisters the server.
@@ -267,40 +299,46 @@ impl Heartbeat {
     }
 
     fn stop_inner(&mut self) -> Result<()> {
-        let Some(thread) = self.thread.take() else {
+        if self.threads.is_empty() {
             return Ok(());
-        };
+        }
         {
             let mut st = self.shared.state.lock();
             st.stop = true;
             self.shared.wake.notify_all();
         }
-        let panicked = thread.join().is_err();
+        let mut panicked = false;
+        for t in self.threads.drain(..) {
+            panicked |= t.join().is_err();
+        }
         if let Some(e) = self.shared.state.lock().failure.take() {
             return Err(e);
         }
         if panicked {
             return Err(Error::Stopped {
-                what: format!("heartbeat for {} (its thread panicked)", self.beat.addr),
+                what: format!("heartbeat for {} (its thread panicked)", self.beats[0].addr),
             });
         }
-        self.deregister()
+        // Every registry is told, even when one of them fails.
+        let results: Vec<Result<()>> = self.beats.iter().map(|b| b.deregister()).collect();
+        results.into_iter().collect()
     }
+}
 
+impl Beat {
     fn deregister(&self) -> Result<()> {
         // A fresh short-lived agent: the DELETE must not wait behind a
         // pooled connection to a registry that restarted meanwhile.
-        let agent = client::agent(self.beat.timeout.min(Duration::from_secs(1)));
-        let url = &self.beat.url;
+        let agent = client::agent(self.timeout.min(Duration::from_secs(1)));
         let reply = client::call(
             &agent,
             Verb::Delete,
-            url,
-            &[(HEADER_SERVER, &self.beat.addr)],
+            &self.url,
+            &[(HEADER_SERVER, &self.addr)],
         )?;
         match reply.status {
             404 | 405 => Ok(()),
-            _ => reply.ok(url).map(drop),
+            _ => reply.ok(&self.url).map(drop),
         }
     }
 }
@@ -308,8 +346,11 @@ impl Heartbeat {
 impl std::fmt::Debug for Heartbeat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Heartbeat")
-            .field("url", &self.beat.url)
-            .field("addr", &self.beat.addr)
+            .field(
+                "urls",
+                &self.beats.iter().map(|b| &b.url).collect::<Vec<_>>(),
+            )
+            .field("addr", &self.beats[0].addr)
             .field("beats", &self.beats())
             .finish()
     }
@@ -318,7 +359,7 @@ impl std::fmt::Debug for Heartbeat {
 impl Drop for Heartbeat {
     fn drop(&mut self) {
         if let Err(e) = self.stop_inner() {
-            log::warn!("heartbeat for {}: {e}", self.beat.addr);
+            log::warn!("heartbeat for {}: {e}", self.beats[0].addr);
         }
     }
 }

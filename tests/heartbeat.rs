@@ -118,3 +118,21 @@ fn stop_reports_an_unreachable_registry_but_still_returns() {
     let e = hb.stop().unwrap_err();
     assert!(matches!(e, Error::Unreachable { .. }), "{e}");
 }
+
+#[test]
+fn beats_every_registry_given_and_deregisters_from_all() {
+    let a = registry_on("127.0.0.1:0");
+    let b = registry_on("127.0.0.1:0");
+    let opts = HeartbeatOptions::new().also(b.url());
+    let hb = Heartbeat::start(a.url(), "tcp@both:1", opts).unwrap();
+    assert_eq!(a.registry().alive(""), ["tcp@both:1"]);
+    assert_eq!(b.registry().alive(""), ["tcp@both:1"]);
+    wait_until("renewals at both", SECS, || hb.beats() >= 6);
+    assert_eq!(
+        b.registry().alive(""),
+        ["tcp@both:1"],
+        "b kept it past its TTL"
+    );
+    hb.stop().unwrap();
+    assert!(a.registry().is_empty() && b.registry().is_empty());
+}
