@@ -215,3 +215,51 @@ fn handles_are_send_and_sync() {
     check::<regcenter::RegistryDiscovery>();
     check::<regcenter::MultiServersDiscovery>();
 }
+
+#[test]
+fn weight_meta_and_ttl_are_validated_and_bad_ones_change_nothing() {
+    let s = server();
+    let a = s.local_addr();
+    let big_meta = format!("k={}", "v".repeat(1100));
+    let counter = s.registry().counter();
+    for (name, value) in [
+        ("X-Myrpc-Weight", "0"),
+        ("X-Myrpc-Weight", "-1"),
+        ("X-Myrpc-Weight", "10001"),
+        ("X-Myrpc-Weight", "abc"),
+        ("X-Myrpc-Meta", "=v"),
+        ("X-Myrpc-Meta", "k=%G1"),
+        ("X-Myrpc-Meta", big_meta.as_str()),
+        ("X-Myrpc-Ttl", "-5s"),
+        ("X-Myrpc-Ttl", "5x"),
+        ("X-Myrpc-Ttl", "99999999999999h"),
+    ] {
+        let r = raw(
+            a,
+            "POST",
+            P,
+            &[("X-Myrpc-Server", "tcp@v:1"), (name, value)],
+        );
+        assert_eq!(r.status, 400, "{name}: {value}");
+        assert_eq!(r.text().lines().count(), 1, "{}", r.text());
+    }
+    assert!(s.registry().is_empty());
+    assert_eq!(s.registry().counter(), counter);
+    // Good values are applied; a change of weight moves the index.
+    let ok = [
+        ("X-Myrpc-Server", "tcp@v:1"),
+        ("X-Myrpc-Weight", "7"),
+        ("X-Myrpc-Meta", "zone=eu"),
+    ];
+    assert_eq!(raw(a, "POST", P, &ok).status, 200);
+    let i = s.registry().index("");
+    let heavier = [
+        ("X-Myrpc-Server", "tcp@v:1"),
+        ("X-Myrpc-Weight", "8"),
+        ("X-Myrpc-Meta", "zone=eu"),
+    ];
+    assert_eq!(raw(a, "POST", P, &heavier).status, 200);
+    assert!(s.registry().index("") > i);
+    let e = &s.registry().entries()[0];
+    assert_eq!((e.weight, e.meta["zone"].as_str()), (8, "eu"));
+}

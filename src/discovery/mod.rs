@@ -69,6 +69,8 @@ pub trait Discovery: Send + Sync {
 struct Picker {
     servers: Vec<String>,
     weights: Vec<u32>,
+    /// Consistent hashing: each address's stable hash, computed once.
+    hashes: Vec<u64>,
     /// Round robin: the next position.
     index: usize,
     /// Smooth weighted round robin: each server's current weight.
@@ -82,6 +84,7 @@ impl Picker {
         // started together do not all hit the first server.
         Picker {
             current: vec![0; servers.len()],
+            hashes: servers.iter().map(|s| hash_key(s)).collect(),
             servers,
             weights,
             index: rand::below(usize::MAX >> 1),
@@ -93,17 +96,23 @@ impl Picker {
         debug_assert_eq!(servers.len(), weights.len());
         if servers != self.servers || weights != self.weights {
             self.current = vec![0; servers.len()];
+            self.hashes = servers.iter().map(|s| hash_key(s)).collect();
         }
         self.servers = servers;
         self.weights = weights;
     }
 
     fn pick(&mut self, mode: SelectMode, source: &str) -> Result<String> {
+        self.try_pick(mode).ok_or_else(|| Error::NoServers {
+            source: source.to_string(),
+        })
+    }
+
+    /// A pick, or `None` when the list is empty.
+    fn try_pick(&mut self, mode: SelectMode) -> Option<String> {
         let n = self.servers.len();
         if n == 0 {
-            return Err(Error::NoServers {
-                source: source.to_string(),
-            });
+            return None;
         }
         let i = match mode {
             SelectMode::Random => rand::below(n),
@@ -113,11 +122,14 @@ impl Picker {
                 i
             }
             SelectMode::WeightedRoundRobin => self.smooth_weighted(),
-            SelectMode::ConsistentHash(key) => (0..n)
-                .max_by_key(|&i| rendezvous(key, &self.servers[i]))
-                .expect("the list is not empty"),
+            SelectMode::ConsistentHash(key) => {
+                let key = splitmix(key);
+                (0..n)
+                    .max_by_key(|&i| splitmix(self.hashes[i] ^ key))
+                    .expect("the list is not empty")
+            }
         };
-        Ok(self.servers[i].clone())
+        Some(self.servers[i].clone())
     }
 
     /// Nginx's smooth weighted round robin: every server gains its weight,
@@ -137,12 +149,9 @@ impl Picker {
     }
 }
 
-/// Rendezvous (highest random weight) score of `addr` for `key`: stable
-/// across processes and versions, so every client maps a key alike.
-fn rendezvous(key: u64, addr: &str) -> u64 {
-    splitmix(hash_key(addr) ^ splitmix(key))
-}
-
+/// Mixes a 64-bit value (splitmix64's finaliser). Rendezvous scores are
+/// `splitmix(hash_key(addr) ^ splitmix(key))`: stable across processes and
+/// versions, so every client maps a key alike.
 fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

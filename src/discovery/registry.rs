@@ -563,10 +563,13 @@ impl Discovery for RegistryDiscovery {
 
     fn get(&self, mode: SelectMode) -> Result<String> {
         self.ensure_fresh()?;
-        let url = self.url().to_string();
         let mut st = self.shared.state.lock();
         st.release_hold();
-        st.picker.pick(mode, &url)
+        // The URL is only formatted for the error: picks stay allocation-free
+        // but for the address itself.
+        st.picker.try_pick(mode).ok_or_else(|| Error::NoServers {
+            source: self.url().to_string(),
+        })
     }
 
     fn get_all(&self) -> Result<Vec<String>> {
