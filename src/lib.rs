@@ -33,8 +33,9 @@
 //! # Threads and shutdown
 //!
 //! Every background thread belongs to a handle: [`RegistryServer`] (its
-//! request threads and the [`Sweeper`] that expires entries), [`Heartbeat`]
-//! and [`Sweeper`]. `shutdown()`/`stop()` ends and joins them, and so does
+//! request threads, its connection guard, its watch timer and the
+//! [`Sweeper`] that expires entries), [`Heartbeat`] (one thread per
+//! registry), a [`RegistryDiscovery`] in watch mode, and [`Sweeper`]. `shutdown()`/`stop()` ends and joins them, and so does
 //! dropping the handle. Every HTTP call a client makes has per-phase
 //! timeouts (2 s by default), so no call hangs.
 //!
@@ -62,6 +63,8 @@
 //! - A heartbeat's default period is a third of the registry's TTL (the
 //!   seed's "timeout minus one minute" is negative for its 5 s default).
 //! - A discovery keeps serving its last list when the registry is down.
+//! - Long-poll watch (`?index=N&wait=D`), weights, metadata, per-entry TTLs
+//!   and JSON listings; weighted and consistent-hash selection.
 
 #![warn(missing_docs)]
 
