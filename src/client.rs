@@ -32,6 +32,22 @@ pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
+/// The `Authorization` header for a bearer token, if any.
+pub(crate) fn bearer(token: Option<&str>) -> Option<(&'static str, String)> {
+    token.map(|t| ("Authorization", format!("Bearer {t}")))
+}
+
+/// Checks a token before it is sent in a header.
+pub(crate) fn validate_token(token: &str) -> Result<()> {
+    if token.is_empty() || !token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(Error::config(
+            "token",
+            "must be non-empty visible ASCII (no spaces or line breaks)",
+        ));
+    }
+    Ok(())
+}
+
 /// An answer, read to the end so the connection goes back to the pool.
 #[derive(Debug)]
 pub(crate) struct Reply {
@@ -95,9 +111,15 @@ pub(crate) fn call(
 
 /// A GET that may wait up to `wait` for its answer (a long-poll): the
 /// agent's other timeouts still bound connecting and sending.
-pub(crate) fn long_poll(agent: &ureq::Agent, url: &str, wait: Duration) -> Result<Reply> {
-    let result = agent
-        .get(url)
+pub(crate) fn long_poll(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+    wait: Duration,
+) -> Result<Reply> {
+    let result = headers
+        .iter()
+        .fold(agent.get(url), |r, (n, v)| r.header(*n, *v))
         .config()
         .timeout_recv_response(Some(wait))
         .build()

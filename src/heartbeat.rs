@@ -41,6 +41,7 @@ pub struct HeartbeatOptions {
     meta: Vec<(String, String)>,
     timeout: Duration,
     also: Vec<String>,
+    token: Option<String>,
 }
 
 impl Default for HeartbeatOptions {
@@ -53,6 +54,7 @@ impl Default for HeartbeatOptions {
             meta: Vec::new(),
             timeout: DEFAULT_CALL_TIMEOUT,
             also: Vec::new(),
+            token: None,
         }
     }
 }
@@ -103,6 +105,13 @@ impl HeartbeatOptions {
     /// fallback find the server. Defaults to none.
     pub fn also(mut self, registry_url: &str) -> Self {
         self.also.push(registry_url.to_string());
+        self
+    }
+
+    /// The registry's bearer token (sent as `Authorization: Bearer …`).
+    /// Defaults to none.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
         self
     }
 
@@ -206,7 +215,11 @@ impl Heartbeat {
         if options.timeout.is_zero() {
             return Err(Error::config("timeout", "must be above zero"));
         }
+        if let Some(t) = &options.token {
+            client::validate_token(t)?;
+        }
         let mut headers = Vec::new();
+        headers.extend(client::bearer(options.token.as_deref()));
         if let Some(ttl) = options.ttl {
             headers.push((HEADER_TTL, format_duration(ttl)));
         }
@@ -330,12 +343,15 @@ impl Beat {
         // A fresh short-lived agent: the DELETE must not wait behind a
         // pooled connection to a registry that restarted meanwhile.
         let agent = client::agent(self.timeout.min(Duration::from_secs(1)));
-        let reply = client::call(
-            &agent,
-            Verb::Delete,
-            &self.url,
-            &[(HEADER_SERVER, &self.addr)],
-        )?;
+        let headers: Vec<(&str, &str)> = std::iter::once((HEADER_SERVER, self.addr.as_str()))
+            .chain(
+                self.headers
+                    .iter()
+                    .filter(|(n, _)| *n == "Authorization")
+                    .map(|(n, v)| (*n, v.as_str())),
+            )
+            .collect();
+        let reply = client::call(&agent, Verb::Delete, &self.url, &headers)?;
         match reply.status {
             404 | 405 => Ok(()),
             _ => reply.ok(&self.url).map(drop),
@@ -427,11 +443,23 @@ fn beat_loop(shared: &Shared, beat: &Beat, first: Result<Duration>) {
 /// [`Error::InvalidAddr`] or [`Error::InvalidService`] for bad input,
 /// [`Error::Unreachable`] or [`Error::Status`] when the call fails (a
 /// registry that only speaks the seed's protocol answers 405).
-pub fn deregister(registry_url: &str, service: &str, addr: &str) -> Result<bool> {
+pub fn deregister(
+    registry_url: &str,
+    service: &str,
+    addr: &str,
+    token: Option<&str>,
+) -> Result<bool> {
     validate_addr(addr)?;
     let url = service_url(registry_url, service)?;
+    if let Some(t) = token {
+        client::validate_token(t)?;
+    }
     let agent = client::agent(DEFAULT_CALL_TIMEOUT);
-    let reply = client::call(&agent, Verb::Delete, &url, &[(HEADER_SERVER, addr)])?;
+    let auth = client::bearer(token);
+    let headers: Vec<(&str, &str)> = std::iter::once((HEADER_SERVER, addr))
+        .chain(auth.iter().map(|(n, v)| (*n, v.as_str())))
+        .collect();
+    let reply = client::call(&agent, Verb::Delete, &url, &headers)?;
     if reply.status == 404 {
         return Ok(false);
     }

@@ -89,6 +89,7 @@ pub struct LoadOptions {
     timeout: Duration,
     progress: bool,
     preregister: bool,
+    token: Option<String>,
 }
 
 impl LoadOptions {
@@ -106,6 +107,7 @@ impl LoadOptions {
             timeout: Duration::from_secs(5),
             progress: false,
             preregister: true,
+            token: None,
         }
     }
 
@@ -166,6 +168,13 @@ impl LoadOptions {
         self
     }
 
+    /// The registry's bearer token, sent with every request. Defaults to
+    /// none.
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
     /// Print requests per second to stderr once a second. Defaults to off.
     pub fn progress(mut self, on: bool) -> Self {
         self.progress = on;
@@ -184,7 +193,11 @@ impl LoadOptions {
         if self.clients == 0 {
             return Err(Error::config("clients", "must be at least 1"));
         }
-        let target = Target::parse(&self.registry, &self.service)?;
+        let mut target = Target::parse(&self.registry, &self.service)?;
+        if let Some(t) = &self.token {
+            crate::client::validate_token(t)?;
+            target.head = format!("{}\r\nAuthorization: Bearer {t}", target.host);
+        }
         let addrs: Vec<String> = (0..self.servers).map(server_addr).collect();
         if !self.preregister {
             return Ok(self.load(&target, &addrs));
@@ -264,6 +277,9 @@ pub fn server_addr(i: usize) -> String {
 struct Target {
     addr: SocketAddr,
     host: String,
+    /// The Host header's value, followed by the Authorization header when
+    /// a token is set: what every request template puts after `Host: `.
+    head: String,
     path: String,
 }
 
@@ -289,6 +305,7 @@ impl Target {
         Ok(Target {
             addr,
             host: host.to_string(),
+            head: host.to_string(),
             path,
         })
     }
@@ -334,7 +351,7 @@ impl Conn {
     fn post(&mut self, target: &Target, addr: &str, ttl: Option<&str>) -> Result<()> {
         let mut req = format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\n{HEADER_SERVER}: {addr}\r\nContent-Length: 0\r\n",
-            target.path, target.host
+            target.path, target.head
         );
         if let Some(t) = ttl {
             req.push_str(&format!("{HEADER_TTL}: {t}\r\n"));
@@ -346,7 +363,7 @@ impl Conn {
     fn delete(&mut self, target: &Target, addr: &str) -> Result<()> {
         let req = format!(
             "DELETE {} HTTP/1.1\r\nHost: {}\r\n{HEADER_SERVER}: {addr}\r\n\r\n",
-            target.path, target.host
+            target.path, target.head
         );
         self.expect_ok(target, req.as_bytes())
     }
@@ -442,12 +459,12 @@ impl Requests {
         Requests {
             get: format!(
                 "GET {}{query} HTTP/1.1\r\nHost: {}\r\n\r\n",
-                target.path, target.host
+                target.path, target.head
             )
             .into_bytes(),
             renewals: addrs.iter().map(|a| Self::post(target, a, "1h")).collect(),
             path: target.path.clone(),
-            host: target.host.clone(),
+            host: target.head.clone(),
             op,
         }
     }
@@ -455,7 +472,7 @@ impl Requests {
     fn post(target: &Target, addr: &str, ttl: &str) -> Vec<u8> {
         format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\n{HEADER_SERVER}: {addr}\r\n{HEADER_TTL}: {ttl}\r\nContent-Length: 0\r\n\r\n",
-            target.path, target.host
+            target.path, target.head
         )
         .into_bytes()
     }

@@ -18,6 +18,9 @@ usage:
   regcenter bench [options]       load a registry and report its throughput
   regcenter COMMAND --help        options of a command
 
+every command takes --token-file FILE: the registry's bearer token (serve:
+the token that POST and DELETE must carry); without it REGCENTER_TOKEN is used.
+
 environment: REGCENTER_LOG=error|warn|info|debug|trace (default info)
 ";
 
@@ -34,7 +37,10 @@ usage: regcenter serve [options]
   --header-timeout D  close connections whose request head is not complete
                       this long after it started (default 10s)
   --max-connections N most open connections (default: from the descriptor limit)
-  --insecure          allow a non-loopback address (no write token exists yet)
+  --token-file FILE   require this bearer token for POST and DELETE
+                      (or set REGCENTER_TOKEN); needed to bind beyond loopback
+  --protect-reads     require the token for listings too
+  --insecure          allow a non-loopback address without a token
 durations are Go-style: 500ms, 5s, 1m30s
 ";
 
@@ -146,6 +152,8 @@ struct Args {
     meta: Vec<(String, String)>,
     insecure: bool,
     json: bool,
+    token_file: Option<String>,
+    protect_reads: bool,
 }
 
 fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
@@ -182,6 +190,8 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             }
             Long("insecure") => a.insecure = true,
             Long("json") => a.json = true,
+            Long("token-file") => a.token_file = Some(p.value()?.string()?),
+            Long("protect-reads") => a.protect_reads = true,
             Long("clients") => a.clients = Some(p.value()?.parse()?),
             Long("duration") => a.duration = Some(duration(&mut p, "--duration")?),
             Long("op") => {
@@ -223,21 +233,40 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 "header-timeout",
                 "max-connections",
                 "insecure",
+                "token-file",
+                "protect-reads",
             ],
         ),
-        "list" => (LIST_USAGE, &["registry", "service", "json"]),
-        "watch" => (WATCH_USAGE, &["registry", "service"]),
+        "list" => (LIST_USAGE, &["registry", "service", "json", "token-file"]),
+        "watch" => (WATCH_USAGE, &["registry", "service", "token-file"]),
         "register" => (
             REGISTER_USAGE,
             &[
-                "addr", "registry", "service", "period", "ttl", "weight", "meta",
+                "addr",
+                "registry",
+                "service",
+                "period",
+                "ttl",
+                "weight",
+                "meta",
+                "token-file",
             ],
         ),
-        "deregister" => (DEREGISTER_USAGE, &["addr", "registry", "service"]),
+        "deregister" => (
+            DEREGISTER_USAGE,
+            &["addr", "registry", "service", "token-file"],
+        ),
         "bench" => (
             BENCH_USAGE,
             &[
-                "registry", "service", "clients", "duration", "op", "servers", "format",
+                "registry",
+                "service",
+                "clients",
+                "duration",
+                "op",
+                "servers",
+                "format",
+                "token-file",
             ],
         ),
         "help" => {
@@ -298,6 +327,8 @@ impl Args {
         add(!self.meta.is_empty(), "meta");
         add(self.insecure, "insecure");
         add(self.json, "json");
+        add(self.token_file.is_some(), "token-file");
+        add(self.protect_reads, "protect-reads");
         add(self.clients.is_some(), "clients");
         add(self.duration.is_some(), "duration");
         add(self.op.is_some(), "op");
@@ -312,6 +343,27 @@ impl Args {
 
     fn service(&self) -> &str {
         self.service.as_deref().unwrap_or("")
+    }
+
+    /// The bearer token: from `--token-file`, else `REGCENTER_TOKEN`. Never
+    /// from a command-line value, which every user of the machine sees.
+    fn token(&self) -> Result<Option<String>, Failure> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Failure::Run(format!("reading the token file {path} failed: {e}").into())
+            })?;
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(Failure::Usage(format!(
+                    "--token-file {path}: the file is empty"
+                )));
+            }
+            return Ok(Some(token));
+        }
+        Ok(std::env::var("REGCENTER_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()))
     }
 
     fn required_addr(&self, command: &str) -> Result<&str, Failure> {
@@ -334,11 +386,17 @@ fn serve(a: Args) -> Result<(), Failure> {
             "--addr {addr:?}: expected IP:PORT such as 127.0.0.1:9999"
         ))
     })?;
-    if !ip.ip().is_loopback() && !a.insecure {
+    let token = a.token()?;
+    if !ip.ip().is_loopback() && !a.insecure && token.is_none() {
         return Err(Failure::Usage(format!(
             "refusing to serve on {addr}, which is not a loopback address, without a write token; \
-             pass --insecure to do it anyway"
+             give --token-file (or REGCENTER_TOKEN), or pass --insecure to do it anyway"
         )));
+    }
+    if a.protect_reads && token.is_none() {
+        return Err(Failure::Usage(
+            "--protect-reads needs a token: give --token-file or set REGCENTER_TOKEN".into(),
+        ));
     }
     let mut b = RegistryServer::builder()
         .addr(addr)
@@ -367,6 +425,9 @@ fn serve(a: Args) -> Result<(), Failure> {
     if let Some(n) = a.max_connections {
         b = b.max_connections(n);
     }
+    if let Some(t) = token {
+        b = b.token(t).protect_reads(a.protect_reads);
+    }
     let signals = Signals::install()?;
     let server = b.start()?;
     let sig = signals.wait();
@@ -377,12 +438,18 @@ fn serve(a: Args) -> Result<(), Failure> {
 
 fn list(a: Args) -> Result<(), Failure> {
     if a.json {
-        print!("{}", regcenter::list_json(a.registry(), a.service())?);
+        let token = a.token()?;
+        print!(
+            "{}",
+            regcenter::list_json(a.registry(), a.service(), token.as_deref())?
+        );
         return Ok(());
     }
-    let d = RegistryDiscovery::builder(a.registry())
-        .service(a.service())
-        .build()?;
+    let mut b = RegistryDiscovery::builder(a.registry()).service(a.service());
+    if let Some(t) = a.token()? {
+        b = b.token(t);
+    }
+    let d = b.build()?;
     d.refresh()?;
     for s in d.get_all()? {
         println!("{s}");
@@ -400,11 +467,14 @@ fn watch(a: Args) -> Result<(), Failure> {
         signals.wait();
         flag.store(true, Ordering::Release);
     });
-    let d = RegistryDiscovery::builder(a.registry())
+    let mut b = RegistryDiscovery::builder(a.registry())
         .service(a.service())
         .refresh_period(Duration::from_secs(3600))
-        .watch(true)
-        .build()?;
+        .watch(true);
+    if let Some(t) = a.token()? {
+        b = b.token(t);
+    }
+    let d = b.build()?;
     let mut seen = None;
     while !stop.load(Ordering::Acquire) {
         let index = d.wait_for_change(seen, Duration::from_millis(200));
@@ -431,6 +501,9 @@ fn watch(a: Args) -> Result<(), Failure> {
 fn register(a: Args) -> Result<(), Failure> {
     let addr = a.required_addr("register")?;
     let mut opts = HeartbeatOptions::new().service(a.service());
+    if let Some(t) = a.token()? {
+        opts = opts.token(t);
+    }
     if let Some(p) = a.period {
         opts = opts.period(p);
     }
@@ -461,6 +534,7 @@ fn bench(a: Args) -> Result<(), Failure> {
         .op(a.op.unwrap_or(Op::Get))
         .servers(a.servers.unwrap_or(100))
         .format(a.format.unwrap_or(ListFormat::Text))
+        .token(a.token()?)
         .progress(true);
     println!("{}", opts.run()?);
     Ok(())
@@ -468,7 +542,8 @@ fn bench(a: Args) -> Result<(), Failure> {
 
 fn deregister(a: Args) -> Result<(), Failure> {
     let addr = a.required_addr("deregister")?;
-    if !regcenter::deregister(a.registry(), a.service(), addr)? {
+    let token = a.token()?;
+    if !regcenter::deregister(a.registry(), a.service(), addr, token.as_deref())? {
         eprintln!("regcenter: {addr} was not registered");
     }
     Ok(())

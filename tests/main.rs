@@ -2,6 +2,7 @@
 
 mod common;
 
+mod auth;
 mod cli;
 mod discovery;
 mod hardening;

@@ -31,6 +31,7 @@ pub struct RegistryDiscoveryBuilder {
     timeout: Duration,
     watch: bool,
     wait: Duration,
+    token: Option<String>,
 }
 
 impl RegistryDiscoveryBuilder {
@@ -57,6 +58,13 @@ impl RegistryDiscoveryBuilder {
     /// Bound of each phase of each call to the registry. Defaults to 2 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The registry's bearer token, for a registry that protects reads.
+    /// Defaults to none.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
         self
     }
 
@@ -94,6 +102,9 @@ impl RegistryDiscoveryBuilder {
         if self.wait.is_zero() {
             return Err(Error::config("watch_wait", "must be above zero"));
         }
+        if let Some(t) = &self.token {
+            client::validate_token(t)?;
+        }
         let shared = Arc::new(Shared {
             urls,
             current: AtomicUsize::new(0),
@@ -101,6 +112,7 @@ impl RegistryDiscoveryBuilder {
             watch_agent: client::agent(self.timeout),
             period: self.period,
             wait: self.wait,
+            auth: client::bearer(self.token.as_deref()),
             state: Mutex::new(State {
                 picker: Picker::new(Vec::new()),
                 fetched: None,
@@ -168,6 +180,7 @@ struct Shared {
     watch_agent: ureq::Agent,
     period: Duration,
     wait: Duration,
+    auth: Option<(&'static str, String)>,
     state: Mutex<State>,
     /// Held while fetching: one fetch at a time.
     fetching: Mutex<()>,
@@ -233,6 +246,7 @@ impl RegistryDiscovery {
             timeout: DEFAULT_CALL_TIMEOUT,
             watch: false,
             wait: Duration::from_secs(30),
+            token: None,
         }
     }
 
@@ -342,14 +356,16 @@ impl Shared {
         for k in 0..n {
             let i = (first + k) % n;
             let url = &self.urls[i];
+            let auth: Vec<(&str, &str)> = self.auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let result = match watch {
-                None => client::call(&self.agent, Verb::Get, &format!("{url}?format=json"), &[]),
+                None => client::call(&self.agent, Verb::Get, &format!("{url}?format=json"), &auth),
                 Some(index) => client::long_poll(
                     &self.watch_agent,
                     &format!(
                         "{url}?format=json&index={index}&wait={}ms",
                         self.wait.as_millis()
                     ),
+                    &auth,
                     self.wait + self.wait / 16 + Duration::from_secs(2),
                 ),
             };
@@ -509,15 +525,21 @@ fn parse(url: &str, r: &Reply) -> Result<Fetched> {
 }
 
 /// The JSON listing of `service` at `registry_url`, as the registry sends it
-/// (`?format=json`).
+/// (`?format=json`), with the registry's bearer token if it protects reads.
 ///
 /// # Errors
 ///
 /// [`Error::InvalidService`], [`Error::Unreachable`], [`Error::Status`].
-pub fn list_json(registry_url: &str, service: &str) -> Result<String> {
+pub fn list_json(registry_url: &str, service: &str, token: Option<&str>) -> Result<String> {
     let url = service_url(registry_url, service)?;
+    if let Some(t) = token {
+        client::validate_token(t)?;
+    }
     let agent = client::agent(DEFAULT_CALL_TIMEOUT);
-    let reply = client::call(&agent, Verb::Get, &format!("{url}?format=json"), &[])?.ok(&url)?;
+    let auth = client::bearer(token);
+    let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let reply =
+        client::call(&agent, Verb::Get, &format!("{url}?format=json"), &headers)?.ok(&url)?;
     if reply.header(HEADER_INDEX).is_none() {
         return Err(Error::BadResponse {
             url,

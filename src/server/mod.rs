@@ -43,6 +43,8 @@ pub struct RegistryServerBuilder {
     addr: String,
     path: String,
     threads: usize,
+    token: Option<String>,
+    protect_reads: bool,
     limits: Limits,
     table: RegistryBuilder,
     registry: Option<Registry>,
@@ -65,6 +67,22 @@ impl RegistryServerBuilder {
     /// How many threads answer requests. Defaults to the number of cores.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
+        self
+    }
+
+    /// A bearer token that POST and DELETE must carry
+    /// (`Authorization: Bearer <token>`), else 401. Read it from a file or
+    /// the environment, never from a command line. Defaults to none: anyone
+    /// who can connect may register.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Requires the token for listing (GET) as well. Defaults to off:
+    /// reads stay open.
+    pub fn protect_reads(mut self, on: bool) -> Self {
+        self.protect_reads = on;
         self
     }
 
@@ -192,7 +210,22 @@ impl RegistryServerBuilder {
         // Thread names carry the port (the OS keeps 15 bytes of a name), so
         // an operator or a test can tell whose threads they are.
         server.sweeper = Some(registry.start_sweeper_named(format!("rc{port}-sweep"))?);
-        let cfg = Arc::new(RouteConfig { path: self.path });
+        if let Some(t) = &self.token
+            && (t.is_empty() || !t.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+        {
+            return Err(Error::config(
+                "token",
+                "must be non-empty visible ASCII (no spaces or line breaks)",
+            ));
+        }
+        if self.protect_reads && self.token.is_none() {
+            return Err(Error::config("protect_reads", "needs a token"));
+        }
+        let cfg = Arc::new(RouteConfig {
+            path: self.path,
+            token: self.token,
+            protect_reads: self.protect_reads,
+        });
         let watchers = Watchers::new(registry.clone());
         server.watchers = Some(watchers.clone());
         server.timer = Some(
@@ -332,6 +365,8 @@ impl RegistryServer {
             addr: "127.0.0.1:9999".into(),
             path: DEFAULT_PATH.into(),
             threads: thread::available_parallelism().map_or(2, |n| n.get()),
+            token: None,
+            protect_reads: false,
             limits: Limits::default(),
             table: Registry::builder(),
             registry: None,

@@ -115,6 +115,48 @@ impl Response {
 pub(crate) struct RouteConfig {
     /// Base path without a trailing slash, e.g. `/myRPC/registry`.
     pub(crate) path: String,
+    /// Bearer token that POST and DELETE need, if any.
+    pub(crate) token: Option<String>,
+    /// Whether GETs of listings need the token too.
+    pub(crate) protect_reads: bool,
+}
+
+impl RouteConfig {
+    /// 401 unless the request carries the token (when one is set).
+    fn authorize(&self, req: &Request, write: bool) -> Result<(), Response> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        if !write && !self.protect_reads {
+            return Ok(());
+        }
+        let given = req
+            .header("Authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(unauthorized("the bearer token is wrong")),
+            None => Err(unauthorized(
+                "this registry needs Authorization: Bearer <token>",
+            )),
+        }
+    }
+}
+
+fn unauthorized(reason: &str) -> Response {
+    Response::text(401, reason).with_header("WWW-Authenticate", "Bearer")
+}
+
+/// Compares in time independent of where the inputs differ, so the token
+/// cannot be guessed byte by byte from response times (only its length
+/// shows).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// Answers one request. A panic inside is answered with 500, so a bug in a
@@ -160,6 +202,10 @@ fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Outcome {
     };
     if let Err(e) = validate_service(service) {
         return Response::text(400, e.to_string()).into();
+    }
+    let write = matches!(req.method, Method::Post | Method::Delete);
+    if let Err(r) = cfg.authorize(req, write) {
+        return r.into();
     }
     match req.method {
         Method::Get | Method::Head => list(reg, service, query, req.header("Accept")),
@@ -490,7 +536,44 @@ mod tests {
     fn cfg() -> RouteConfig {
         RouteConfig {
             path: "/myRPC/registry".into(),
+            token: None,
+            protect_reads: false,
         }
+    }
+
+    #[test]
+    fn writes_need_the_token_reads_only_when_protected() {
+        let reg = Registry::new();
+        let mut cfg = cfg();
+        cfg.token = Some("s3cret".into());
+        let post = |auth: Option<&str>, cfg: &RouteConfig| {
+            let mut h = vec![("X-Myrpc-Server", "tcp@a:1")];
+            if let Some(a) = auth {
+                h.push(("Authorization", a));
+            }
+            handle(&reg, cfg, &req(Method::Post, "/myRPC/registry", &h)).status
+        };
+        assert_eq!(post(None, &cfg), 401);
+        assert_eq!(post(Some("Bearer wrong!"), &cfg), 401);
+        assert_eq!(post(Some("Basic s3cret"), &cfg), 401);
+        assert!(reg.is_empty());
+        assert_eq!(post(Some("Bearer s3cret"), &cfg), 200);
+        let get =
+            |cfg: &RouteConfig| handle(&reg, cfg, &req(Method::Get, "/myRPC/registry", &[])).status;
+        assert_eq!(get(&cfg), 200);
+        cfg.protect_reads = true;
+        assert_eq!(get(&cfg), 401);
+        assert_eq!(
+            handle(&reg, &cfg, &req(Method::Get, "/healthz", &[])).status,
+            200
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 
     fn req(method: Method, url: &str, headers: &[(&str, &str)]) -> Request {
