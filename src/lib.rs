@@ -87,7 +87,7 @@ pub use discovery::{
 pub use error::{Error, Result};
 pub use heartbeat::{Heartbeat, HeartbeatOptions, deregister};
 pub use registry::{
-    EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, Sweeper,
+    EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, RegistryStats, Sweeper,
 };
 pub use server::{RegistryServer, RegistryServerBuilder};
 

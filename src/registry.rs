@@ -380,6 +380,22 @@ struct Table {
     /// item stays at the old deadline and is re-queued when it comes due, so
     /// renewals cost no queue work.
     queue: BinaryHeap<Reverse<Due>>,
+    stats: RegistryStats,
+}
+
+/// Counts of what the registry did since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// New addresses registered.
+    pub registrations: u64,
+    /// Puts of an address already registered (heartbeats).
+    pub renewals: u64,
+    /// Addresses removed by a deregistration.
+    pub deregistrations: u64,
+    /// Addresses removed because their TTL passed.
+    pub expiries: u64,
+    /// Alive entries now.
+    pub entries: usize,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -554,6 +570,7 @@ impl Registry {
             e.ttl = ttl;
             e.deadline = deadline;
             e.last_beat = now;
+            t.stats.renewals += 1;
             let changed = e.weight != opts.weight || e.meta != opts.meta;
             if changed {
                 e.weight = opts.weight;
@@ -589,6 +606,7 @@ impl Registry {
         t.counter += 1;
         t.next_generation += 1;
         t.entries += 1;
+        t.stats.registrations += 1;
         let (generation, index) = (t.next_generation, t.counter);
         let svc = t
             .services
@@ -644,6 +662,7 @@ impl Registry {
         let mut t = self.locked(now);
         let removed = t.remove(service, addr);
         if removed {
+            t.stats.deregistrations += 1;
             log::info!("deregistered {addr} from service {service:?}");
         }
         Ok(removed)
@@ -685,6 +704,29 @@ impl Registry {
         let t = self.locked(now);
         let counter = t.counter;
         t.services.get(service).map_or(counter, |s| s.index)
+    }
+
+    /// Counts of registrations, renewals, deregistrations and expiries.
+    pub fn stats(&self) -> RegistryStats {
+        let now = self.inner.clock.now();
+        let t = self.locked(now);
+        RegistryStats {
+            entries: t.entries,
+            ..t.stats
+        }
+    }
+
+    /// Alive entries per service, sorted by name.
+    pub fn service_sizes(&self) -> Vec<(String, usize)> {
+        let now = self.inner.clock.now();
+        let t = self.locked(now);
+        let mut out: Vec<(String, usize)> = t
+            .services
+            .iter()
+            .map(|(k, s)| (k.to_string(), s.entries.len()))
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// The registry-wide modify counter.
@@ -861,6 +903,7 @@ impl Table {
             match e.deadline {
                 Some(d) if d <= now => {
                     self.remove(&due.service, &due.addr);
+                    self.stats.expiries += 1;
                     log::info!("expired {} from service {:?}", due.addr, &*due.service);
                     expired += 1;
                 }

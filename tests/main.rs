@@ -7,5 +7,6 @@ mod cli;
 mod discovery;
 mod hardening;
 mod heartbeat;
+mod operations;
 mod server;
 mod watch;

@@ -20,11 +20,13 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::conns::{self, Conn, Scanner};
 use super::front::Front;
+use super::metrics::{Counters, Metrics};
 use super::watch::Watchers;
 
 /// Most bytes a request head may take (tiny_http has no limit).
@@ -58,15 +60,16 @@ struct Track {
 pub(crate) fn start(
     front: Arc<Front>,
     watchers: Arc<Watchers>,
+    metrics: Arc<Metrics>,
     cfg: GuardConfig,
     name: String,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name(name)
-        .spawn(move || run(&front, &watchers, &cfg))
+        .spawn(move || run(&front, &watchers, &metrics.counters, &cfg))
 }
 
-fn run(front: &Front, watchers: &Watchers, cfg: &GuardConfig) {
+fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfig) {
     let mut scanner = Scanner::new(front.local);
     let mut tracks: HashMap<u64, Track> = HashMap::new();
     let mut active: HashSet<SocketAddr> = HashSet::new();
@@ -117,6 +120,7 @@ fn run(front: &Front, watchers: &Watchers, cfg: &GuardConfig) {
             }
             if st.received - t.base > MAX_HEAD_BYTES {
                 t.closed = close(front, c, 431, "request head larger than 64 KiB");
+                counters.closed_oversized.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             if t.partial_since
@@ -128,6 +132,7 @@ fn run(front: &Front, watchers: &Watchers, cfg: &GuardConfig) {
                     408,
                     "request head not complete within the header timeout",
                 );
+                counters.closed_slow.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             // A parked long-poll is waiting for us, not idle.
@@ -136,6 +141,7 @@ fn run(front: &Front, watchers: &Watchers, cfg: &GuardConfig) {
                 && !watchers.is_parked(&c.peer)
             {
                 t.closed = close(front, c, 0, "");
+                counters.closed_idle.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             if st.unread > 0 {
@@ -160,6 +166,7 @@ fn run(front: &Front, watchers: &Watchers, cfg: &GuardConfig) {
             newest.sort_by_key(|c| std::cmp::Reverse(tracks[&c.inode].first_seen));
             for c in newest.into_iter().take(excess) {
                 let closed = close(front, c, 503, "too many connections; retry later");
+                counters.closed_excess.fetch_add(1, Ordering::Relaxed);
                 if let Some(t) = tracks.get_mut(&c.inode) {
                     t.closed = closed;
                 }
@@ -171,6 +178,7 @@ fn run(front: &Front, watchers: &Watchers, cfg: &GuardConfig) {
             // connection's task ends it and takes the next queued one.
             let _ = TcpStream::connect_timeout(&kick_to, Duration::from_millis(100));
         }
+        counters.kicks.fetch_add(kicks as u64, Ordering::Relaxed);
         if kicks > 0 {
             log::debug!("kicked {kicks} starved connections");
         }

@@ -3,6 +3,7 @@
 mod conns;
 mod front;
 mod guard;
+mod metrics;
 mod route;
 mod watch;
 mod worker;
@@ -20,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::protocol::DEFAULT_PATH;
 use crate::registry::{Registry, RegistryBuilder, Sweeper};
 use front::Front;
+use metrics::Metrics;
 use route::RouteConfig;
 use watch::Watchers;
 
@@ -221,11 +223,11 @@ impl RegistryServerBuilder {
         if self.protect_reads && self.token.is_none() {
             return Err(Error::config("protect_reads", "needs a token"));
         }
-        let cfg = Arc::new(RouteConfig {
+        let cfg = RouteConfig {
             path: self.path,
             token: self.token,
             protect_reads: self.protect_reads,
-        });
+        };
         let watchers = Watchers::new(registry.clone());
         server.watchers = Some(watchers.clone());
         server.timer = Some(
@@ -233,16 +235,20 @@ impl RegistryServerBuilder {
                 .start_timer(format!("rc{port}-watch"))
                 .map_err(|e| Error::io("spawn the watch timer thread", e))?,
         );
+        let metrics = Arc::new(Metrics::new(self.threads));
+        let ctx = Arc::new(worker::Ctx {
+            front: front.clone(),
+            registry: registry.clone(),
+            cfg,
+            watchers: watchers.clone(),
+            metrics: metrics.clone(),
+            url: server.url.clone(),
+        });
         for i in 0..self.threads {
-            let (front, registry, cfg, watchers) = (
-                front.clone(),
-                registry.clone(),
-                cfg.clone(),
-                watchers.clone(),
-            );
+            let ctx = ctx.clone();
             let worker = thread::Builder::new()
                 .name(format!("rc{port}-http{i}"))
-                .spawn(move || worker::serve(i, &front, &registry, &cfg, &watchers))
+                .spawn(move || worker::serve(i, &ctx))
                 .map_err(|e| Error::io("spawn a registry worker thread", e))?;
             server.workers.push(worker);
         }
@@ -252,8 +258,14 @@ impl RegistryServerBuilder {
             max_connections,
         };
         server.guard = Some(
-            guard::start(front, watchers, guard_cfg, format!("rc{port}-guard"))
-                .map_err(|e| Error::io("spawn the connection guard thread", e))?,
+            guard::start(
+                front,
+                watchers,
+                metrics,
+                guard_cfg,
+                format!("rc{port}-guard"),
+            )
+            .map_err(|e| Error::io("spawn the connection guard thread", e))?,
         );
         log::info!(
             "regcenter serving {} with {} threads",

@@ -95,6 +95,15 @@ impl Response {
         }
     }
 
+    /// A 2xx answer with a body of the given type.
+    pub(crate) fn with_body(status: u16, content_type: &str, body: String) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type", content_type.to_string())],
+            body: Body::Text(body),
+        }
+    }
+
     fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self
@@ -123,7 +132,7 @@ pub(crate) struct RouteConfig {
 
 impl RouteConfig {
     /// 401 unless the request carries the token (when one is set).
-    fn authorize(&self, req: &Request, write: bool) -> Result<(), Response> {
+    pub(crate) fn authorize(&self, req: &Request, write: bool) -> Result<(), Response> {
         let Some(token) = &self.token else {
             return Ok(());
         };
@@ -215,7 +224,7 @@ fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Outcome {
     }
 }
 
-fn method_not_allowed(allow: &str) -> Response {
+pub(crate) fn method_not_allowed(allow: &str) -> Response {
     Response::text(405, format!("method not allowed; use {allow}")).with_header("Allow", allow)
 }
 

@@ -3,9 +3,14 @@
 
 use std::io::{self, Read};
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
 use super::conns::{self, Scanner};
 use super::front::Front;
 use super::guard::MAX_HEAD_BYTES;
+use super::metrics::{self, Metrics};
 use super::route::{self, Body, Method, Outcome, Request, Response, RouteConfig};
 use super::watch::Watchers;
 use crate::registry::Registry;
@@ -18,45 +23,59 @@ const PREREAD_BODY: usize = 1024;
 /// length aborts the process (CRATE-NOTES §1.8e).
 const SAFE_DRAIN: usize = 1 << 20;
 
-pub(crate) fn serve(
-    id: usize,
-    front: &Front,
-    registry: &Registry,
-    cfg: &RouteConfig,
-    watchers: &Watchers,
-) {
+/// What every request thread shares.
+pub(crate) struct Ctx {
+    pub(crate) front: Arc<Front>,
+    pub(crate) registry: Registry,
+    pub(crate) cfg: RouteConfig,
+    pub(crate) watchers: Arc<Watchers>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) url: String,
+}
+
+pub(crate) fn serve(id: usize, ctx: &Ctx) {
     loop {
-        let http = front.current();
+        let http = ctx.front.current();
         match http.recv() {
             Ok(rq) => {
-                front.record(id, rq.remote_addr());
-                answer(rq, front, registry, cfg, watchers);
+                let started = Instant::now();
+                ctx.front.record(id, rq.remote_addr());
+                let method = match rq.method() {
+                    tiny_http::Method::Get => "GET",
+                    tiny_http::Method::Head => "HEAD",
+                    tiny_http::Method::Post => "POST",
+                    tiny_http::Method::Delete => "DELETE",
+                    _ => "OTHER",
+                };
+                if let Some(status) = answer(rq, ctx) {
+                    ctx.metrics.record(id, method, status, started.elapsed());
+                }
             }
             // An unblock: our stop, or a rebuild moving us to a new server.
             Err(e) if e.raw_os_error().is_none() => {
-                if front.stopping() {
+                if ctx.front.stopping() {
                     return;
                 }
             }
-            Err(e) => front.rebuild(&http, &format!("accept failed: {e}")),
+            Err(e) => ctx.front.rebuild(&http, &format!("accept failed: {e}")),
         }
     }
 }
 
-fn answer(
-    rq: tiny_http::Request,
-    front: &Front,
-    registry: &Registry,
-    cfg: &RouteConfig,
-    watchers: &Watchers,
-) {
+/// Answers (or parks) one request; the status answered, if answered now.
+fn answer(rq: tiny_http::Request, ctx: &Ctx) -> Option<u16> {
     let has_unread_body = rq.body_length().is_some_and(|n| n > PREREAD_BODY)
         || rq
             .headers()
             .iter()
             .any(|h| h.field.equiv("Transfer-Encoding"));
     if has_unread_body {
-        return reject_body(rq, front);
+        ctx.metrics
+            .counters
+            .refused_bodies
+            .fetch_add(1, Ordering::Relaxed);
+        reject_body(rq, &ctx.front);
+        return Some(413);
     }
     let head_bytes: usize = rq
         .headers()
@@ -82,20 +101,50 @@ fn answer(
                 .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
                 .collect(),
         };
-        match route::dispatch(registry, cfg, &req) {
-            Outcome::Answer(resp) => {
-                log::debug!("{:?} {} -> {}", req.method, req.url, resp.status);
-                resp
-            }
-            Outcome::Park(watch) => {
-                log::debug!("{:?} {} parked", req.method, req.url);
-                return watchers.park(rq, watch);
-            }
+        match operations(ctx, &req) {
+            Some(resp) => resp,
+            None => match route::dispatch(&ctx.registry, &ctx.cfg, &req) {
+                Outcome::Answer(resp) => {
+                    log::debug!("{:?} {} -> {}", req.method, req.url, resp.status);
+                    resp
+                }
+                Outcome::Park(watch) => {
+                    log::debug!("{:?} {} parked", req.method, req.url);
+                    ctx.watchers.park(rq, watch);
+                    return None;
+                }
+            },
         }
     };
+    let status = resp.status;
     if let Err(e) = rq.respond(to_tiny(resp)) {
         log::debug!("answering a request failed: {e}");
     }
+    Some(status)
+}
+
+/// `GET /metrics` and `GET /`: the operator's pages, which need the whole
+/// server's state, not only the registry's.
+fn operations(ctx: &Ctx, req: &Request) -> Option<Response> {
+    let path = req.url.split_once('?').map_or(req.url.as_str(), |(p, _)| p);
+    if path != "/metrics" && path != "/" {
+        return None;
+    }
+    if !matches!(req.method, Method::Get | Method::Head) {
+        return Some(route::method_not_allowed("GET"));
+    }
+    if let Err(r) = ctx.cfg.authorize(req, false) {
+        return Some(r);
+    }
+    Some(if path == "/metrics" {
+        let body = ctx
+            .metrics
+            .render(&ctx.registry, ctx.watchers.len(), ctx.front.rebuilds());
+        Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", body)
+    } else {
+        let body = metrics::status_page(&ctx.registry, &ctx.url);
+        Response::with_body(200, "text/html; charset=utf-8", body)
+    })
 }
 
 /// Answers 413 to a request whose body was not read, without letting
