@@ -40,17 +40,16 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
                     .is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))),
             "sample of an undeclared family: {line}"
         );
-        if let Some(labels) = key.strip_prefix(name) {
-            if !labels.is_empty() {
-                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
-                for pair in labels[1..labels.len() - 1].split(',') {
-                    let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line}"));
-                    assert!(
-                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-                        "{line}"
-                    );
-                    assert!(v.starts_with('"') && v.ends_with('"'), "{line}");
-                }
+        let labels = &key[name.len()..];
+        if !labels.is_empty() {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            for pair in labels[1..labels.len() - 1].split(',') {
+                let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line}"));
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                assert!(v.starts_with('"') && v.ends_with('"'), "{line}");
             }
         }
         samples.insert(key.to_string(), value);
