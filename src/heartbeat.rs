@@ -9,7 +9,8 @@ use parking_lot::{Condvar, Mutex};
 use crate::client::{self, DEFAULT_CALL_TIMEOUT, Verb};
 use crate::error::{Error, Result};
 use crate::protocol::{
-    HEADER_SERVER, HEADER_TTL, format_duration, parse_duration, service_url, validate_addr,
+    HEADER_SERVER, HEADER_TTL, encode_meta, format_duration, parse_duration, service_url,
+    validate_addr,
 };
 use crate::rand::jitter;
 use crate::registry::{DEFAULT_TTL, MAX_WEIGHT};
@@ -466,41 +467,9 @@ pub fn deregister(
     reply.ok(&url).map(|_| true)
 }
 
-/// Encodes metadata as a URL query: `k=v&k2=v2`, reserved bytes as `%XX`.
-fn encode_meta(meta: &[(String, String)]) -> String {
-    fn enc(s: &str, out: &mut String) {
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-    }
-    let mut out = String::new();
-    for (i, (k, v)) in meta.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        enc(k, &mut out);
-        out.push('=');
-        enc(v, &mut out);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn meta_is_url_encoded() {
-        let m = vec![
-            ("zone".to_string(), "eu west".to_string()),
-            ("v".into(), "1&2=3".into()),
-        ];
-        assert_eq!(encode_meta(&m), "zone=eu%20west&v=1%262%3D3");
-    }
 
     #[test]
     fn bad_options_are_refused_before_any_call() {

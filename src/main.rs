@@ -40,6 +40,8 @@ usage: regcenter serve [options]
   --token-file FILE   require this bearer token for POST and DELETE
                       (or set REGCENTER_TOKEN); needed to bind beyond loopback
   --protect-reads     require the token for listings too
+  --snapshot FILE     keep the table in FILE: loaded at start, written every 5s
+                      and at shutdown
   --insecure          allow a non-loopback address without a token
 durations are Go-style: 500ms, 5s, 1m30s
 ";
@@ -154,6 +156,7 @@ struct Args {
     json: bool,
     token_file: Option<String>,
     protect_reads: bool,
+    snapshot: Option<String>,
 }
 
 fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
@@ -192,6 +195,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             Long("json") => a.json = true,
             Long("token-file") => a.token_file = Some(p.value()?.string()?),
             Long("protect-reads") => a.protect_reads = true,
+            Long("snapshot") => a.snapshot = Some(p.value()?.string()?),
             Long("clients") => a.clients = Some(p.value()?.parse()?),
             Long("duration") => a.duration = Some(duration(&mut p, "--duration")?),
             Long("op") => {
@@ -235,6 +239,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 "insecure",
                 "token-file",
                 "protect-reads",
+                "snapshot",
             ],
         ),
         "list" => (LIST_USAGE, &["registry", "service", "json", "token-file"]),
@@ -329,6 +334,7 @@ impl Args {
         add(self.json, "json");
         add(self.token_file.is_some(), "token-file");
         add(self.protect_reads, "protect-reads");
+        add(self.snapshot.is_some(), "snapshot");
         add(self.clients.is_some(), "clients");
         add(self.duration.is_some(), "duration");
         add(self.op.is_some(), "op");
@@ -427,6 +433,9 @@ fn serve(a: Args) -> Result<(), Failure> {
     }
     if let Some(t) = token {
         b = b.token(t).protect_reads(a.protect_reads);
+    }
+    if let Some(path) = &a.snapshot {
+        b = b.snapshot(path);
     }
     let signals = Signals::install()?;
     let server = b.start()?;

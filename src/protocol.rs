@@ -259,9 +259,81 @@ pub fn service_url(registry: &str, service: &str) -> Result<String> {
     })
 }
 
+/// Parses `k=v&k2=v2` with URL-query decoding (`%XX`, `+` as space).
+pub(crate) fn parse_meta(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for pair in s.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k)?;
+        if k.is_empty() {
+            return Err("a key is empty; write k=v&k2=v2".into());
+        }
+        out.push((k, percent_decode(v)?));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        format!("bad percent escape in {:?}", truncate_for_message(s))
+                    })?;
+                out.push(hex);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out)
+        .map_err(|_| format!("{:?} does not decode to UTF-8", truncate_for_message(s)))
+}
+
+/// Encodes metadata as a URL query: `k=v&k2=v2`, reserved bytes as `%XX`.
+pub(crate) fn encode_meta(meta: &[(String, String)]) -> String {
+    fn enc(s: &str, out: &mut String) {
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, (k, v)) in meta.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        enc(k, &mut out);
+        out.push('=');
+        enc(v, &mut out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meta_is_url_encoded() {
+        let m = vec![
+            ("zone".to_string(), "eu west".to_string()),
+            ("v".into(), "1&2=3".into()),
+        ];
+        assert_eq!(encode_meta(&m), "zone=eu%20west&v=1%262%3D3");
+    }
 
     #[test]
     fn addresses_follow_the_visible_ascii_rule() {

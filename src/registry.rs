@@ -706,6 +706,127 @@ impl Registry {
         t.services.get(service).map_or(counter, |s| s.index)
     }
 
+    /// The table as text, with each entry's remaining TTL: what
+    /// [`restore`](Registry::restore) reads back. One line per entry
+    /// between a header (format version and modify counter) and a trailer
+    /// (entry count), so a truncated copy is detected.
+    pub fn snapshot(&self) -> String {
+        let now = self.inner.clock.now();
+        let t = self.locked(now);
+        let written = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let mut out = format!(
+            "{SNAPSHOT_MAGIC}\ncounter {}\nwritten {written}\n",
+            t.counter
+        );
+        let mut n = 0usize;
+        for (service, svc) in &t.services {
+            for (addr, e) in &svc.entries {
+                let left = e.deadline.map_or("-".to_string(), |d| {
+                    d.saturating_duration_since(now).as_millis().to_string()
+                });
+                let meta: Vec<(String, String)> =
+                    e.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                out.push_str(&format!(
+                    "{service}\t{addr}\t{}\t{}\t{left}\t{}\n",
+                    e.weight,
+                    e.ttl.as_millis(),
+                    crate::protocol::encode_meta(&meta)
+                ));
+                n += 1;
+            }
+        }
+        out.push_str(&format!("end {n}\n"));
+        out
+    }
+
+    /// Loads a [`snapshot`](Registry::snapshot) into the table: entries come
+    /// back with the TTL they had left (those already expired are dropped),
+    /// and the modify counter never goes below the snapshot's, so clients
+    /// never see an index go backwards across a restart. Returns how many
+    /// entries were loaded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadResponse`] naming the line when the text is not a whole
+    /// snapshot (corrupt or truncated); nothing is loaded then.
+    pub fn restore(&self, text: &str) -> Result<usize> {
+        let parsed = parse_snapshot(text)?;
+        // The time the registry was down counts against the remaining TTLs
+        // (wall clock: the monotonic clock does not survive a restart; a
+        // clock set backwards counts as no time).
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let down = Duration::from_millis(now_ms.saturating_sub(parsed.written_ms));
+        let now = self.inner.clock.now();
+        let mut t = self.locked(now);
+        t.counter = t.counter.max(parsed.counter);
+        let mut loaded = 0;
+        for mut e in parsed.entries {
+            e.left = e.left.map(|l| l.saturating_sub(down));
+            if e.left.is_some_and(|l| l.is_zero()) {
+                continue;
+            }
+            let deadline = e.left.map(|l| now + l);
+            let t = &mut *t;
+            if t.services
+                .get(e.service.as_str())
+                .is_some_and(|s| s.entries.contains_key(e.addr.as_str()))
+            {
+                continue; // registered again before the restore: keep it
+            }
+            t.next_generation += 1;
+            t.entries += 1;
+            let generation = t.next_generation;
+            let counter = t.counter;
+            let svc = t
+                .services
+                .entry(Arc::from(e.service.as_str()))
+                .or_insert_with_key(|name| Service {
+                    name: name.clone(),
+                    ..Service::default()
+                });
+            // At least the counter of the snapshot: not below any index a
+            // client saw before the restart.
+            svc.index = svc.index.max(counter);
+            svc.listing = None;
+            let addr: Arc<str> = Arc::from(e.addr.as_str());
+            let service = svc.name.clone();
+            svc.entries.insert(
+                addr.clone(),
+                Entry {
+                    addr: addr.clone(),
+                    generation,
+                    ttl: e.ttl,
+                    deadline,
+                    queued: deadline,
+                    weight: e.weight,
+                    meta: e.meta,
+                    last_beat: now,
+                },
+            );
+            t.changed.push(service.clone());
+            if let Some(at) = deadline {
+                schedule(
+                    &mut t.queue,
+                    &self.inner.wake,
+                    Due {
+                        at,
+                        generation,
+                        service,
+                        addr,
+                    },
+                );
+            }
+            loaded += 1;
+        }
+        Ok(loaded)
+    }
+
     /// Counts of registrations, renewals, deregistrations and expiries.
     pub fn stats(&self) -> RegistryStats {
         let now = self.inner.clock.now();
@@ -822,6 +943,99 @@ impl Registry {
             handle: Some(handle),
         })
     }
+}
+
+/// First line of a snapshot: the format and its version.
+const SNAPSHOT_MAGIC: &str = "regcenter-snapshot 1";
+
+struct SnapshotEntry {
+    service: String,
+    addr: String,
+    weight: u32,
+    ttl: Duration,
+    left: Option<Duration>,
+    meta: BTreeMap<String, String>,
+}
+
+struct Snapshot {
+    counter: u64,
+    written_ms: u64,
+    entries: Vec<SnapshotEntry>,
+}
+
+fn parse_snapshot(text: &str) -> Result<Snapshot> {
+    let bad = |line: usize, what: &str| Error::BadResponse {
+        url: "snapshot".into(),
+        reason: format!("line {line}: {what}"),
+    };
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+    match lines.next() {
+        Some((_, SNAPSHOT_MAGIC)) => {}
+        _ => return Err(bad(1, "not a regcenter snapshot (version 1)")),
+    }
+    let counter = match lines.next() {
+        Some((_, l)) => l
+            .strip_prefix("counter ")
+            .and_then(|c| c.parse::<u64>().ok())
+            .ok_or_else(|| bad(2, "expected `counter N`"))?,
+        None => return Err(bad(2, "truncated before the counter")),
+    };
+    let written_ms = match lines.next() {
+        Some((_, l)) => l
+            .strip_prefix("written ")
+            .and_then(|c| c.parse::<u64>().ok())
+            .ok_or_else(|| bad(3, "expected `written UNIX_MS`"))?,
+        None => return Err(bad(3, "truncated before the time it was written")),
+    };
+    let mut entries = Vec::new();
+    for (n, line) in lines {
+        if let Some(count) = line.strip_prefix("end ") {
+            if count.parse::<usize>().ok() != Some(entries.len()) {
+                return Err(bad(
+                    n,
+                    "the entry count does not match: truncated or edited",
+                ));
+            }
+            return Ok(Snapshot {
+                counter,
+                written_ms,
+                entries,
+            });
+        }
+        let f: Vec<&str> = line.split('\t').collect();
+        let [service, addr, weight, ttl, left, meta] = f[..] else {
+            return Err(bad(n, "expected six tab-separated fields"));
+        };
+        validate_service(service).map_err(|e| bad(n, &e.to_string()))?;
+        validate_addr(addr).map_err(|e| bad(n, &e.to_string()))?;
+        let weight = weight
+            .parse::<u32>()
+            .ok()
+            .filter(|w| (1..=MAX_WEIGHT).contains(w))
+            .ok_or_else(|| bad(n, "bad weight"))?;
+        let ms = |s: &str| s.parse::<u64>().map(Duration::from_millis);
+        let ttl = ms(ttl).map_err(|_| bad(n, "bad ttl"))?;
+        let left = match left {
+            "-" => None,
+            l => Some(ms(l).map_err(|_| bad(n, "bad remaining ttl"))?),
+        };
+        let meta = crate::protocol::parse_meta(meta)
+            .map_err(|e| bad(n, &e))?
+            .into_iter()
+            .collect();
+        entries.push(SnapshotEntry {
+            service: service.to_string(),
+            addr: addr.to_string(),
+            weight,
+            ttl,
+            left,
+            meta,
+        });
+    }
+    Err(bad(
+        text.lines().count(),
+        "no `end` line: the snapshot is truncated",
+    ))
 }
 
 /// Longest the sweeper sleeps without looking at the clock; bounds how late
@@ -1236,6 +1450,64 @@ mod tests {
         }
         assert_eq!(reg.counter(), counter + 2);
         sweeper.stop().unwrap();
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_drop_what_expired() {
+        let clock = ManualClock::new();
+        let reg = registry(&clock);
+        reg.put_with(
+            "svc",
+            "a",
+            &PutOptions::new()
+                .ttl(30 * S)
+                .weight(4)
+                .meta("zone", "e u&x"),
+        )
+        .unwrap();
+        reg.put_with("", "b", &PutOptions::new().ttl(2 * S))
+            .unwrap();
+        let counter = reg.counter();
+        let text = reg.snapshot();
+        clock.advance(S);
+        let fresh = registry(&clock);
+        // Time passes during the restart: b has 2 s left in the snapshot.
+        clock.advance(S);
+        assert_eq!(fresh.restore(&text).unwrap(), 2);
+        assert!(fresh.counter() >= counter);
+        assert!(fresh.index("svc") >= counter, "no index goes backwards");
+        let e = &fresh.entries()[1];
+        assert_eq!(
+            (e.addr.as_str(), e.weight, e.meta["zone"].as_str()),
+            ("a", 4, "e u&x")
+        );
+        clock.advance(2 * S);
+        assert!(fresh.alive("").is_empty(), "b's remaining 2 s passed");
+        assert_eq!(fresh.alive("svc"), ["a"]);
+    }
+
+    #[test]
+    fn corrupt_or_truncated_snapshots_load_nothing() {
+        let reg = Registry::new();
+        reg.put("svc", "a").unwrap();
+        reg.put("svc", "b").unwrap();
+        let text = reg.snapshot();
+        let fresh = Registry::new();
+        let truncated = &text[..text.rfind("end").unwrap()];
+        for bad in [
+            "",
+            "garbage",
+            truncated,
+            &text.replacen("\t1\t5000", "\tx\t5000", 1),
+            &text.replace("end 2", "end 3"),
+        ] {
+            assert!(
+                matches!(fresh.restore(bad), Err(Error::BadResponse { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(fresh.is_empty());
+        assert_eq!(fresh.restore(&text).unwrap(), 2);
     }
 
     #[test]

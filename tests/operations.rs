@@ -201,3 +201,143 @@ fn the_status_page_renders_in_a_real_browser() {
         assert!(dom.contains(text), "{text:?} not rendered in {dom}");
     }
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("regcenter-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn a_restarted_registry_answers_from_its_snapshot_at_once() {
+    let dir = temp_dir("snap");
+    let file = dir.join("table");
+    let start = |addr: &str| {
+        RegistryServer::builder()
+            .addr(addr)
+            .min_ttl(Duration::from_millis(50))
+            .snapshot(&file)
+            .start()
+            .unwrap()
+    };
+    let s = start("127.0.0.1:0");
+    let addr = s.local_addr().to_string();
+    let long = regcenter::PutOptions::new()
+        .ttl(Duration::from_secs(60))
+        .weight(3)
+        .meta("zone", "eu");
+    s.registry().put_with("arith", "tcp@kept:1", &long).unwrap();
+    let short = regcenter::PutOptions::new().ttl(Duration::from_millis(300));
+    s.registry()
+        .put_with("arith", "tcp@short:1", &short)
+        .unwrap();
+    let index = s.registry().index("arith");
+    s.shutdown().unwrap();
+    assert!(file.exists(), "written at shutdown");
+    // The registry was down for a second: the short entry's TTL passed
+    // meanwhile. (The snapshot says when it was written.)
+    let text = std::fs::read_to_string(&file).unwrap();
+    let written: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("written "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let text = text.replace(
+        &format!("written {written}"),
+        &format!("written {}", written - 1000),
+    );
+    std::fs::write(&file, text).unwrap();
+    let s = start(&addr);
+    let r = raw(
+        s.local_addr(),
+        "GET",
+        &format!("{P}/arith?format=json"),
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["servers"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["servers"][0]["addr"], "tcp@kept:1");
+    assert_eq!(v["servers"][0]["weight"], 3);
+    assert!(
+        v["index"].as_u64().unwrap() >= index,
+        "the index went backwards"
+    );
+    s.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_corrupt_snapshot_is_reported_and_the_registry_starts_empty() {
+    let dir = temp_dir("corrupt");
+    let file = dir.join("table");
+    std::fs::write(
+        &file,
+        "regcenter-snapshot 1\ncounter 9\narith\ttcp@a:1\t1\t5000\t",
+    )
+    .unwrap();
+    let s = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .snapshot(&file)
+        .start()
+        .unwrap();
+    assert!(s.registry().is_empty());
+    assert!(
+        dir.join("table.corrupt").exists(),
+        "kept aside for inspection"
+    );
+    s.registry().put("", "tcp@new:1").unwrap();
+    s.shutdown().unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("tcp@new:1"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sigterm_answers_watchers_writes_the_snapshot_and_exits_0() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = temp_dir("sigterm");
+    let file = dir.join("table");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regcenter"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--snapshot"])
+        .arg(&file)
+        .env("REGCENTER_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().expect("a log line").unwrap();
+        if let Some(rest) = line.split("serving http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    let r = raw(
+        addr,
+        "POST",
+        P,
+        &[("X-Myrpc-Server", "tcp@a:1"), ("X-Myrpc-Ttl", "1m")],
+    );
+    assert_eq!(r.status, 200);
+    let index = r.header("X-Myrpc-Index").unwrap().to_string();
+    let watcher =
+        std::thread::spawn(move || raw(addr, "GET", &format!("{P}?index={index}&wait=60s"), &[]));
+    // Give the watcher time to be parked; it is answered either way.
+    crate::common::wait_until("the watcher to connect", Duration::from_secs(5), || {
+        raw(addr, "GET", "/metrics", &[])
+            .text()
+            .contains("regcenter_parked_watchers 1")
+    });
+    // SAFETY: kill(2) on the child we started, by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "exit code 0");
+    assert_eq!(
+        watcher.join().unwrap().status,
+        200,
+        "the parked watcher was answered"
+    );
+    assert!(std::fs::read_to_string(&file).unwrap().contains("tcp@a:1"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

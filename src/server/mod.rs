@@ -5,6 +5,7 @@ mod front;
 mod guard;
 mod metrics;
 mod route;
+mod snapshot;
 mod watch;
 mod worker;
 
@@ -47,6 +48,7 @@ pub struct RegistryServerBuilder {
     threads: usize,
     token: Option<String>,
     protect_reads: bool,
+    snapshot: Option<(std::path::PathBuf, Duration)>,
     limits: Limits,
     table: RegistryBuilder,
     registry: Option<Registry>,
@@ -85,6 +87,15 @@ impl RegistryServerBuilder {
     /// reads stay open.
     pub fn protect_reads(mut self, on: bool) -> Self {
         self.protect_reads = on;
+        self
+    }
+
+    /// Keeps the table in `path`: loaded at start (entries already expired
+    /// are dropped; an unusable file is reported, kept as `FILE.corrupt`, and
+    /// the registry starts empty), written atomically every 5 s and at
+    /// shutdown. Defaults to none.
+    pub fn snapshot(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.snapshot = Some((path.into(), Duration::from_secs(5)));
         self
     }
 
@@ -192,6 +203,9 @@ impl RegistryServerBuilder {
                 return Err(Error::config(setting, "must be above zero"));
             }
         }
+        if let Some((path, _)) = &self.snapshot {
+            snapshot::load(&registry, path);
+        }
         let listener = nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
         let front = Front::new(listener, self.threads)
             .map_err(|e| Error::io(format!("start the HTTP server on {bind}"), e))?;
@@ -207,11 +221,18 @@ impl RegistryServerBuilder {
             sweeper: None,
             watchers: None,
             timer: None,
+            snapshot: None,
         };
         let port = local_addr.port();
         // Thread names carry the port (the OS keeps 15 bytes of a name), so
         // an operator or a test can tell whose threads they are.
         server.sweeper = Some(registry.start_sweeper_named(format!("rc{port}-sweep"))?);
+        if let Some((path, every)) = self.snapshot {
+            server.snapshot = Some(
+                snapshot::Writer::start(registry.clone(), path, every, format!("rc{port}-snap"))
+                    .map_err(|e| Error::io("spawn the snapshot thread", e))?,
+            );
+        }
         if let Some(t) = &self.token
             && (t.is_empty() || !t.bytes().all(|b| (0x21..=0x7e).contains(&b)))
         {
@@ -367,6 +388,7 @@ pub struct RegistryServer {
     sweeper: Option<Sweeper>,
     watchers: Option<Arc<Watchers>>,
     timer: Option<JoinHandle<()>>,
+    snapshot: Option<snapshot::Writer>,
 }
 
 impl RegistryServer {
@@ -379,6 +401,7 @@ impl RegistryServer {
             threads: thread::available_parallelism().map_or(2, |n| n.get()),
             token: None,
             protect_reads: false,
+            snapshot: None,
             limits: Limits::default(),
             table: Registry::builder(),
             registry: None,
@@ -445,6 +468,7 @@ impl RegistryServer {
         if let Some(s) = self.sweeper.take() {
             panicked |= s.stop().is_err();
         }
+        let snapshot = self.snapshot.take().map(|mut w| w.stop());
         // The last references: dropping them closes the listening socket,
         // but tiny_http's accept thread closes its own copy a moment later;
         // wait for it, so the port is free when shutdown returns.
@@ -460,6 +484,9 @@ impl RegistryServer {
             return Err(Error::Stopped {
                 what: format!("registry server {} (a thread panicked)", self.url),
             });
+        }
+        if let Some(Err(e)) = snapshot {
+            return Err(Error::io("write the final snapshot", e));
         }
         Ok(())
     }

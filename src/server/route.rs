@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::protocol::{
     HEADER_INDEX, HEADER_SERVER, HEADER_SERVERS, HEADER_TTL, format_duration, parse_duration,
-    validate_service,
+    parse_meta, validate_service,
 };
 use crate::registry::{Listing, PutOptions, Registry};
 
@@ -464,43 +464,6 @@ fn put_options(req: &Request) -> Result<PutOptions, Response> {
         }
     }
     Ok(opts)
-}
-
-/// Parses `k=v&k2=v2` with URL-query decoding (`%XX`, `+` as space).
-pub(crate) fn parse_meta(s: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    for pair in s.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k)?;
-        if k.is_empty() {
-            return Err("a key is empty; write k=v&k2=v2".into());
-        }
-        out.push((k, percent_decode(v)?));
-    }
-    Ok(out)
-}
-
-fn percent_decode(s: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!("bad percent escape in {:?}", clip(s)))?;
-                out.push(hex);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| format!("{:?} does not decode to UTF-8", clip(s)))
 }
 
 fn register(reg: &Registry, service: &str, req: &Request) -> Response {
