@@ -432,3 +432,48 @@ fn shutdown_leaves_no_kept_alive_client_hanging() {
         started.elapsed()
     );
 }
+
+#[test]
+fn idle_and_slow_drip_crowds_do_not_starve_a_normal_client() {
+    let server = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    // 500 idle connections, each holding a tiny_http thread.
+    let idle: Vec<TcpStream> = (0..500).map(|_| connect(addr)).collect();
+    // 20 clients dripping a request head one byte every 50 ms, for 2 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let drips: Vec<_> = (0..20)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut s = connect(addr);
+                let head = b"GET /healthz HTTP/1.1\r\nX-Slow: ";
+                for b in head.iter().chain(std::iter::repeat(&b'a')).take(40) {
+                    if stop.load(Ordering::Relaxed) || s.write_all(&[*b]).is_err() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(50)); // the attack's own pace
+                }
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = raw(addr, "GET", &format!("{P}?format=text"), &[]);
+        assert_eq!(r.status, 200);
+        worst = worst.max(t.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for d in drips {
+        d.join().unwrap();
+    }
+    drop(idle);
+    assert!(
+        worst < Duration::from_millis(500),
+        "slowest normal answer {worst:?}"
+    );
+    still_serves(addr);
+}

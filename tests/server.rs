@@ -263,3 +263,93 @@ fn weight_meta_and_ttl_are_validated_and_bad_ones_change_nothing() {
     let e = &s.registry().entries()[0];
     assert_eq!((e.weight, e.meta["zone"].as_str()), (8, "eu"));
 }
+
+#[test]
+fn a_battery_of_bad_requests_gets_4xx_with_a_reason_and_changes_nothing() {
+    use std::io::{Read, Write};
+    let s = server();
+    let a = s.local_addr();
+    let long_addr = "a".repeat(300);
+    let long_service = format!("{P}/{}", "s".repeat(200));
+    let big = "x".repeat(100 * 1024);
+    let cases: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+        ("POST", P.into(), vec![("X-Myrpc-Server", "a,b")]),
+        ("POST", P.into(), vec![("X-Myrpc-Server", "a b")]),
+        ("POST", P.into(), vec![("X-Myrpc-Server", "a\u{b}b")]),
+        ("POST", P.into(), vec![("X-Myrpc-Server", "")]),
+        ("POST", P.into(), vec![("X-Myrpc-Server", &long_addr)]),
+        ("POST", format!("{P}/.."), vec![("X-Myrpc-Server", "ok")]),
+        ("POST", format!("{P}/a/b"), vec![("X-Myrpc-Server", "ok")]),
+        ("POST", long_service, vec![("X-Myrpc-Server", "ok")]),
+        ("POST", format!("{P}/../x"), vec![("X-Myrpc-Server", "ok")]),
+        (
+            "POST",
+            P.into(),
+            vec![("X-Myrpc-Server", "ok"), ("X-Myrpc-Weight", "0")],
+        ),
+        (
+            "POST",
+            P.into(),
+            vec![("X-Myrpc-Server", "ok"), ("X-Myrpc-Weight", "-1")],
+        ),
+        (
+            "POST",
+            P.into(),
+            vec![("X-Myrpc-Server", "ok"), ("X-Myrpc-Weight", "10001")],
+        ),
+        (
+            "POST",
+            P.into(),
+            vec![("X-Myrpc-Server", "ok"), ("X-Myrpc-Weight", "abc")],
+        ),
+        (
+            "POST",
+            P.into(),
+            vec![("X-Myrpc-Server", "ok"), ("X-Myrpc-Ttl", "-5s")],
+        ),
+        (
+            "POST",
+            P.into(),
+            vec![("X-Myrpc-Server", "ok"), ("X-Myrpc-Ttl", "5x")],
+        ),
+        (
+            "POST",
+            P.into(),
+            vec![
+                ("X-Myrpc-Server", "ok"),
+                ("X-Myrpc-Ttl", "99999999999999999h"),
+            ],
+        ),
+        (
+            "POST",
+            P.into(),
+            vec![("X-Myrpc-Server", "ok"), ("X-Big", &big)],
+        ),
+        ("BREW", P.into(), vec![("X-Myrpc-Server", "ok")]),
+        ("GET", "/../etc/passwd".into(), vec![]),
+    ];
+    for (method, path, headers) in &cases {
+        let r = raw(a, method, path, headers);
+        assert!(
+            (400..500).contains(&r.status),
+            "{method} {path}: {}",
+            r.status
+        );
+        assert!(!r.text().trim().is_empty(), "{method} {path}: no reason");
+    }
+    // Non-ASCII bytes in a header: tiny_http closes the connection before
+    // the request reaches regcenter (it cannot be answered 400).
+    let mut c = std::net::TcpStream::connect(a).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.write_all(b"POST /myRPC/registry HTTP/1.1\r\nX-Myrpc-Server: caf\xc3\xa9\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    assert!(
+        buf.is_empty() || buf.starts_with(b"HTTP/1.1 4"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(s.registry().is_empty(), "{:?}", s.registry().entries());
+    assert_eq!(s.registry().counter(), 0, "nothing changed");
+}

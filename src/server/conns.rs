@@ -23,22 +23,20 @@ pub(crate) struct Conn {
 /// What the kernel says of a connection right now.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ConnStats {
-    /// Bytes received but not yet read by tiny_http.
-    pub(crate) unread: usize,
     /// Bytes received over the connection's life.
     pub(crate) received: u64,
     /// Time since data last arrived, in milliseconds.
     pub(crate) idle_ms: u32,
 }
 
-pub(crate) use imp::{Scanner, listen_queue, listening, send_and_close, stats};
+pub(crate) use imp::{Scanner, listen_queue, listening, send_and_close, stats, unread};
 
 /// Shuts down every accepted connection of the listener at `local`; returns
 /// how many.
 pub(crate) fn shutdown_accepted(local: SocketAddr) -> usize {
     let mut scanner = Scanner::new(local);
     scanner
-        .scan()
+        .scan(true)
         .into_iter()
         .filter(|c| send_and_close(c, local, b""))
         .count()
@@ -60,7 +58,12 @@ mod imp {
     /// descriptor once a socket has been classified.
     pub(crate) struct Scanner {
         local: SocketAddr,
+        /// Socket inode → its peer if it is one of our connections.
         known: HashMap<u64, Option<SocketAddr>>,
+        /// Descriptor → (inode, peer) as last read; inode 0: not a socket.
+        fds: HashMap<RawFd, (u64, Option<SocketAddr>)>,
+        /// Open descriptors at the last listing (0: not known).
+        count: u64,
     }
 
     impl Scanner {
@@ -68,15 +71,41 @@ mod imp {
             Scanner {
                 local,
                 known: HashMap::new(),
+                fds: HashMap::new(),
+                count: 0,
             }
         }
 
-        pub(crate) fn scan(&mut self) -> Vec<Conn> {
+        /// Lists our connections. A `full` scan reads every descriptor's
+        /// link; a quick one reads only descriptors it has not seen before
+        /// (one `getdents` plus a `readlink` per new descriptor), trusting
+        /// that a descriptor number seen on the last scan still names the
+        /// same socket; full scans correct the rare reuse in between.
+        pub(crate) fn scan(&mut self, full: bool) -> Vec<Conn> {
+            // Since Linux 6.2 the size of /proc/self/fd is the number of open
+            // descriptors: when it has not changed, a quick scan reuses the
+            // last listing instead of reading the directory (whose cost grows
+            // with every connection).
+            let count = std::fs::metadata("/proc/self/fd").map_or(0, |m| m.len());
+            if !full && count != 0 && count == self.count {
+                return self
+                    .fds
+                    .iter()
+                    .filter_map(|(&fd, &(inode, peer))| {
+                        Some(Conn {
+                            fd,
+                            inode,
+                            peer: peer?,
+                        })
+                    })
+                    .collect();
+            }
+            self.count = count;
             let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
                 return Vec::new(); // out of descriptors: try again next time
             };
             let mut out = Vec::new();
-            let mut seen = HashMap::with_capacity(self.known.len());
+            let mut fds = HashMap::with_capacity(self.fds.len());
             for entry in dir.flatten() {
                 let Some(fd) = entry
                     .file_name()
@@ -85,29 +114,56 @@ mod imp {
                 else {
                     continue;
                 };
-                let Ok(link) = std::fs::read_link(entry.path()) else {
-                    continue;
+                let (inode, peer) = match self.fds.get(&fd) {
+                    Some(&cached) if !full => cached,
+                    _ => {
+                        let inode = std::fs::read_link(entry.path())
+                            .ok()
+                            .and_then(|link| {
+                                link.to_str()
+                                    .and_then(|l| l.strip_prefix("socket:["))
+                                    .and_then(|l| l.strip_suffix(']'))
+                                    .and_then(|l| l.parse::<u64>().ok())
+                            })
+                            .unwrap_or(0);
+                        let peer = if inode == 0 {
+                            None
+                        } else {
+                            match self.known.get(&inode) {
+                                Some(p) => *p,
+                                None => peer_if_ours(fd, self.local),
+                            }
+                        };
+                        (inode, peer)
+                    }
                 };
-                let Some(inode) = link
-                    .to_str()
-                    .and_then(|l| l.strip_prefix("socket:["))
-                    .and_then(|l| l.strip_suffix(']'))
-                    .and_then(|l| l.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                let peer = match self.known.get(&inode) {
-                    Some(p) => *p,
-                    None => peer_if_ours(fd, self.local),
-                };
-                seen.insert(inode, peer);
+                fds.insert(fd, (inode, peer));
                 if let Some(peer) = peer {
                     out.push(Conn { fd, inode, peer });
                 }
             }
-            self.known = seen;
+            if full {
+                self.known = fds.values().filter(|(i, _)| *i != 0).copied().collect();
+            } else {
+                for (inode, peer) in fds.values() {
+                    if *inode != 0 {
+                        self.known.entry(*inode).or_insert(*peer);
+                    }
+                }
+            }
+            self.fds = fds;
             out
         }
+    }
+
+    /// Bytes received on `c` that tiny_http has not read yet.
+    pub(crate) fn unread(c: &Conn) -> usize {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int.
+        if unsafe { libc::ioctl(c.fd, libc::FIONREAD, &mut unread) } != 0 {
+            return 0;
+        }
+        usize::try_from(unread).unwrap_or(0)
     }
 
     /// Whether a listening socket bound to `local` is still open in this
@@ -172,13 +228,7 @@ mod imp {
         }
         // SAFETY: zero-initialised and (partly) filled by the kernel.
         let info = unsafe { info.assume_init() };
-        let mut unread: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one c_int.
-        if unsafe { libc::ioctl(c.fd, libc::FIONREAD, &mut unread) } != 0 {
-            unread = 0;
-        }
         Some(ConnStats {
-            unread: usize::try_from(unread).unwrap_or(0),
             received: info.tcpi_bytes_received,
             idle_ms: info.tcpi_last_data_recv,
         })
@@ -232,13 +282,17 @@ mod imp {
             Scanner
         }
 
-        pub(crate) fn scan(&mut self) -> Vec<Conn> {
+        pub(crate) fn scan(&mut self, _full: bool) -> Vec<Conn> {
             Vec::new()
         }
     }
 
     pub(crate) fn listening(_: SocketAddr) -> bool {
         false
+    }
+
+    pub(crate) fn unread(_: &Conn) -> usize {
+        0
     }
 
     pub(crate) fn stats(_: &Conn) -> Option<ConnStats> {
@@ -270,18 +324,18 @@ mod tests {
         let mut scanner = Scanner::new(local);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let st = loop {
-            let found = scanner.scan();
+            let found = scanner.scan(true);
             assert_eq!(found.len(), 1, "{found:?}");
             assert_eq!(found[0].peer, peer);
             let st = stats(&found[0]).unwrap();
-            if st.unread == 1000 || std::time::Instant::now() > deadline {
+            if unread(&found[0]) == 1000 || std::time::Instant::now() > deadline {
                 break st;
             }
         };
-        assert_eq!(st.unread, 1000);
+        assert_eq!(unread(&scanner.scan(false)[0]), 1000);
         assert_eq!(st.received, 1000);
         assert!(st.idle_ms < 5000);
-        let c = scanner.scan()[0];
+        let c = scanner.scan(true)[0];
         assert!(send_and_close(&c, local, b"bye"));
         let mut buf = Vec::new();
         client.read_to_end(&mut buf).unwrap();

@@ -1,6 +1,7 @@
-//! The connection guard: a thread that looks at every open connection a few
-//! dozen times a second and closes or frees the ones tiny_http would leave
-//! hanging (CRATE-NOTES §0, §1.8):
+//! The connection guard: a thread that looks at every open connection 25
+//! times a second (its unread bytes; its TCP statistics 4 times a second)
+//! and closes or frees the ones tiny_http would leave hanging (CRATE-NOTES
+//! §0, §1.8):
 //!
 //! - starved: a request waits unread because tiny_http's thread pool lost
 //!   the wake-up meant for it (a race during bursts of new connections); a
@@ -32,7 +33,11 @@ use super::watch::Watchers;
 /// Most bytes a request head may take (tiny_http has no limit).
 pub(crate) const MAX_HEAD_BYTES: u64 = 64 * 1024;
 /// Shortest time between two passes; longer when a pass itself is slow.
-const TICK: Duration = Duration::from_millis(20);
+const TICK: Duration = Duration::from_millis(40);
+/// Every how many passes the guard reads TCP statistics (about 4 a second).
+const FULL_EVERY: u64 = 6;
+/// Every how many passes every descriptor is identified again (about 5 s).
+const RELINK_EVERY: u64 = 120;
 /// How long connections may wait in the accept queue untaken before the
 /// accept thread is taken for dead.
 const STUCK_ACCEPT: Duration = Duration::from_millis(500);
@@ -73,6 +78,8 @@ fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfi
     let mut scanner = Scanner::new(front.local);
     let mut tracks: HashMap<u64, Track> = HashMap::new();
     let mut active: HashSet<SocketAddr> = HashSet::new();
+    let mut active_since_full: HashSet<SocketAddr> = HashSet::new();
+    let mut pass: u64 = 0;
     let mut queue_since: Option<Instant> = None;
     let kick_to = kick_addr(front.local);
     let mut tick = TICK;
@@ -91,14 +98,21 @@ fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfi
             _ => queue_since = None,
         }
 
+        // Quick passes look for starved requests only; every FULL_EVERY-th
+        // pass also reads each connection's TCP statistics for the idle,
+        // slow, oversized and excess checks, which need no finer timing.
+        let full = pass.is_multiple_of(FULL_EVERY);
+        pass += 1;
         active.clear();
         front.take_activity(&mut active);
-        let list = scanner.scan();
+        active_since_full.extend(active.iter().copied());
+        // Every descriptor's link is read again only every few seconds,
+        // which corrects a descriptor number reused between two listings.
+        let list = scanner.scan(pass % RELINK_EVERY == 1);
         let mut kicks = 0usize;
         let mut seen = HashSet::with_capacity(list.len());
         for c in &list {
             seen.insert(c.inode);
-            let Some(st) = conns::stats(c) else { continue };
             let t = tracks.entry(c.inode).or_insert_with(|| Track {
                 first_seen: started,
                 base: 0,
@@ -110,9 +124,23 @@ fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfi
                 continue;
             }
             if active.contains(&c.peer) {
+                t.waiting_passes = 0;
+            } else if conns::unread(c) > 0 {
+                t.waiting_passes += 1;
+                if t.waiting_passes >= 2 {
+                    kicks += 1;
+                    t.waiting_passes = 0;
+                }
+            } else {
+                t.waiting_passes = 0;
+            }
+            if !full {
+                continue;
+            }
+            let Some(st) = conns::stats(c) else { continue };
+            if active_since_full.contains(&c.peer) {
                 t.base = st.received;
                 t.partial_since = None;
-                t.waiting_passes = 0;
                 continue;
             }
             if st.received > t.base {
@@ -142,33 +170,26 @@ fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfi
             {
                 t.closed = close(front, c, 0, "");
                 counters.closed_idle.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if st.unread > 0 {
-                t.waiting_passes += 1;
-                if t.waiting_passes >= 2 {
-                    kicks += 1;
-                    t.waiting_passes = 0;
-                }
-            } else {
-                t.waiting_passes = 0;
             }
         }
         tracks.retain(|inode, _| seen.contains(inode));
 
-        let open: Vec<&Conn> = list
-            .iter()
-            .filter(|c| tracks.get(&c.inode).is_some_and(|t| !t.closed))
-            .collect();
-        if open.len() > cfg.max_connections {
-            let excess = open.len() - cfg.max_connections;
-            let mut newest = open;
-            newest.sort_by_key(|c| std::cmp::Reverse(tracks[&c.inode].first_seen));
-            for c in newest.into_iter().take(excess) {
-                let closed = close(front, c, 503, "too many connections; retry later");
-                counters.closed_excess.fetch_add(1, Ordering::Relaxed);
-                if let Some(t) = tracks.get_mut(&c.inode) {
-                    t.closed = closed;
+        if full {
+            active_since_full.clear();
+            let open: Vec<&Conn> = list
+                .iter()
+                .filter(|c| tracks.get(&c.inode).is_some_and(|t| !t.closed))
+                .collect();
+            if open.len() > cfg.max_connections {
+                let excess = open.len() - cfg.max_connections;
+                let mut newest = open;
+                newest.sort_by_key(|c| std::cmp::Reverse(tracks[&c.inode].first_seen));
+                for c in newest.into_iter().take(excess) {
+                    let closed = close(front, c, 503, "too many connections; retry later");
+                    counters.closed_excess.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = tracks.get_mut(&c.inode) {
+                        t.closed = closed;
+                    }
                 }
             }
         }

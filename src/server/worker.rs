@@ -159,7 +159,7 @@ fn reject_body(rq: tiny_http::Request, front: &Front) {
     );
     let closed = rq.remote_addr().copied().is_some_and(|peer| {
         Scanner::new(front.local)
-            .scan()
+            .scan(true)
             .into_iter()
             .find(|c| c.peer == peer)
             .is_some_and(|c| conns::send_and_close(&c, front.local, answer.as_bytes()))
