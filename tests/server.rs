@@ -272,7 +272,8 @@ fn a_battery_of_bad_requests_gets_4xx_with_a_reason_and_changes_nothing() {
     let long_addr = "a".repeat(300);
     let long_service = format!("{P}/{}", "s".repeat(200));
     let big = "x".repeat(100 * 1024);
-    let cases: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         ("POST", P.into(), vec![("X-Myrpc-Server", "a,b")]),
         ("POST", P.into(), vec![("X-Myrpc-Server", "a b")]),
         ("POST", P.into(), vec![("X-Myrpc-Server", "a\u{b}b")]),
