@@ -35,14 +35,14 @@ const PERMANENT_PERIOD: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct HeartbeatOptions {
-    service: String,
-    period: Option<Duration>,
-    ttl: Option<Duration>,
-    weight: Option<u32>,
-    meta: Vec<(String, String)>,
-    timeout: Duration,
-    also: Vec<String>,
-    token: Option<String>,
+    pub(crate) service: String,
+    pub(crate) period: Option<Duration>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) weight: Option<u32>,
+    pub(crate) meta: Vec<(String, String)>,
+    pub(crate) timeout: Duration,
+    pub(crate) also: Vec<String>,
+    pub(crate) token: Option<String>,
 }
 
 impl Default for HeartbeatOptions {

@@ -72,6 +72,8 @@ mod client;
 mod clock;
 mod discovery;
 mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod heartbeat;
 pub mod loadgen;
 pub mod protocol;
@@ -85,6 +87,8 @@ pub use discovery::{
     hash_key, list_json,
 };
 pub use error::{Error, Result};
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdRegistration;
 pub use heartbeat::{Heartbeat, HeartbeatOptions, deregister};
 pub use registry::{
     EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, RegistryStats, Sweeper,

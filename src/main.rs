@@ -21,6 +21,9 @@ usage:
 every command takes --token-file FILE: the registry's bearer token (serve:
 the token that POST and DELETE must carry); without it REGCENTER_TOKEN is used.
 
+list, watch and register take --etcd URL[,URL...] to use etcd instead of a
+registry (builds with the `etcd` feature).
+
 environment: REGCENTER_LOG=error|warn|info|debug|trace (default info)
 ";
 
@@ -157,6 +160,7 @@ struct Args {
     token_file: Option<String>,
     protect_reads: bool,
     snapshot: Option<String>,
+    etcd: Option<String>,
 }
 
 fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
@@ -196,6 +200,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             Long("token-file") => a.token_file = Some(p.value()?.string()?),
             Long("protect-reads") => a.protect_reads = true,
             Long("snapshot") => a.snapshot = Some(p.value()?.string()?),
+            Long("etcd") => a.etcd = Some(p.value()?.string()?),
             Long("clients") => a.clients = Some(p.value()?.parse()?),
             Long("duration") => a.duration = Some(duration(&mut p, "--duration")?),
             Long("op") => {
@@ -242,8 +247,11 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 "snapshot",
             ],
         ),
-        "list" => (LIST_USAGE, &["registry", "service", "json", "token-file"]),
-        "watch" => (WATCH_USAGE, &["registry", "service", "token-file"]),
+        "list" => (
+            LIST_USAGE,
+            &["registry", "service", "json", "token-file", "etcd"],
+        ),
+        "watch" => (WATCH_USAGE, &["registry", "service", "token-file", "etcd"]),
         "register" => (
             REGISTER_USAGE,
             &[
@@ -255,6 +263,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 "weight",
                 "meta",
                 "token-file",
+                "etcd",
             ],
         ),
         "deregister" => (
@@ -335,6 +344,7 @@ impl Args {
         add(self.token_file.is_some(), "token-file");
         add(self.protect_reads, "protect-reads");
         add(self.snapshot.is_some(), "snapshot");
+        add(self.etcd.is_some(), "etcd");
         add(self.clients.is_some(), "clients");
         add(self.duration.is_some(), "duration");
         add(self.op.is_some(), "op");
@@ -370,6 +380,22 @@ impl Args {
             .ok()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty()))
+    }
+
+    /// A discovery of the registry, or of etcd with `--etcd`.
+    fn discovery(&self, watch: bool) -> Result<RegistryDiscovery, Failure> {
+        let mut b = match &self.etcd {
+            Some(list) => etcd_builder(list)?,
+            None => RegistryDiscovery::builder(self.registry()),
+        };
+        b = b.service(self.service());
+        if watch {
+            b = b.refresh_period(Duration::from_secs(3600)).watch(true);
+        }
+        if let Some(t) = self.token()? {
+            b = b.token(t);
+        }
+        Ok(b.build()?)
     }
 
     fn required_addr(&self, command: &str) -> Result<&str, Failure> {
@@ -454,11 +480,7 @@ fn list(a: Args) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let mut b = RegistryDiscovery::builder(a.registry()).service(a.service());
-    if let Some(t) = a.token()? {
-        b = b.token(t);
-    }
-    let d = b.build()?;
+    let d = a.discovery(false)?;
     d.refresh()?;
     for s in d.get_all()? {
         println!("{s}");
@@ -476,14 +498,7 @@ fn watch(a: Args) -> Result<(), Failure> {
         signals.wait();
         flag.store(true, Ordering::Release);
     });
-    let mut b = RegistryDiscovery::builder(a.registry())
-        .service(a.service())
-        .refresh_period(Duration::from_secs(3600))
-        .watch(true);
-    if let Some(t) = a.token()? {
-        b = b.token(t);
-    }
-    let d = b.build()?;
+    let d = a.discovery(true)?;
     let mut seen = None;
     while !stop.load(Ordering::Acquire) {
         let index = d.wait_for_change(seen, Duration::from_millis(200));
@@ -526,6 +541,9 @@ fn register(a: Args) -> Result<(), Failure> {
         opts = opts.meta(k, v);
     }
     let signals = Signals::install()?;
+    if let Some(list) = &a.etcd {
+        return register_etcd(list, addr, opts, signals);
+    }
     let hb = Heartbeat::start(a.registry(), addr, opts)?;
     eprintln!("regcenter: keeping {addr} registered at {}", hb.url());
     let sig = signals.wait();
@@ -547,6 +565,43 @@ fn bench(a: Args) -> Result<(), Failure> {
         .progress(true);
     println!("{}", opts.run()?);
     Ok(())
+}
+
+#[cfg(feature = "etcd")]
+fn etcd_builder(list: &str) -> Result<regcenter::RegistryDiscoveryBuilder, Failure> {
+    let endpoints: Vec<&str> = list.split(',').filter(|e| !e.is_empty()).collect();
+    Ok(RegistryDiscovery::etcd(&endpoints))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn etcd_builder(_: &str) -> Result<regcenter::RegistryDiscoveryBuilder, Failure> {
+    Err(Failure::Usage(
+        "--etcd needs a regcenter built with the etcd feature (cargo build --features etcd)".into(),
+    ))
+}
+
+#[cfg(feature = "etcd")]
+fn register_etcd(
+    list: &str,
+    addr: &str,
+    opts: HeartbeatOptions,
+    signals: Signals,
+) -> Result<(), Failure> {
+    let endpoints: Vec<&str> = list.split(',').filter(|e| !e.is_empty()).collect();
+    let reg = regcenter::EtcdRegistration::start(&endpoints, addr, opts)?;
+    eprintln!(
+        "regcenter: keeping {addr} registered in etcd as {}",
+        reg.key()
+    );
+    let sig = signals.wait();
+    log::info!("signal {sig} received, revoking {addr}");
+    reg.stop()?;
+    Ok(())
+}
+
+#[cfg(not(feature = "etcd"))]
+fn register_etcd(_: &str, _: &str, _: HeartbeatOptions, _: Signals) -> Result<(), Failure> {
+    etcd_builder("").map(drop)
 }
 
 fn deregister(a: Args) -> Result<(), Failure> {

@@ -5,6 +5,8 @@ mod multi;
 mod registry;
 
 pub use multi::MultiServersDiscovery;
+#[cfg(feature = "etcd")]
+pub(crate) use registry::Fetched;
 pub use registry::{RegistryDiscovery, RegistryDiscoveryBuilder, list_json};
 
 use crate::error::{Error, Result};

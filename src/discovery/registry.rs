@@ -32,9 +32,20 @@ pub struct RegistryDiscoveryBuilder {
     watch: bool,
     wait: Duration,
     token: Option<String>,
+    #[cfg(feature = "etcd")]
+    etcd: Option<String>,
 }
 
 impl RegistryDiscoveryBuilder {
+    /// Reads the servers from etcd instead of a registry: the keys under
+    /// `prefix/service/` (`prefix` defaults to `/regcenter`), and in watch
+    /// mode etcd's watch. Everything else behaves the same.
+    #[cfg(feature = "etcd")]
+    pub fn etcd_prefix(mut self, prefix: &str) -> Self {
+        self.etcd = Some(prefix.to_string());
+        self
+    }
+
     /// The service to discover. Defaults to the default service.
     pub fn service(mut self, service: impl Into<String>) -> Self {
         self.service = service.into();
@@ -91,6 +102,26 @@ impl RegistryDiscoveryBuilder {
     /// [`Error::InvalidService`], [`Error::InvalidConfig`] (zero timeout or
     /// wait), [`Error::Io`] when the watch thread cannot be spawned.
     pub fn build(self) -> Result<RegistryDiscovery> {
+        #[cfg(feature = "etcd")]
+        let etcd = match &self.etcd {
+            Some(prefix) => Some(crate::etcd::EtcdSource::new(
+                &self.registries,
+                prefix,
+                &self.service,
+                self.timeout,
+            )?),
+            None => None,
+        };
+        #[cfg(feature = "etcd")]
+        let urls = match &etcd {
+            Some(e) => vec![e.describe()],
+            None => self
+                .registries
+                .iter()
+                .map(|r| service_url(r, &self.service))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        #[cfg(not(feature = "etcd"))]
         let urls = self
             .registries
             .iter()
@@ -113,6 +144,8 @@ impl RegistryDiscoveryBuilder {
             period: self.period,
             wait: self.wait,
             auth: client::bearer(self.token.as_deref()),
+            #[cfg(feature = "etcd")]
+            etcd,
             state: Mutex::new(State {
                 picker: Picker::new(Vec::new()),
                 fetched: None,
@@ -181,6 +214,8 @@ struct Shared {
     period: Duration,
     wait: Duration,
     auth: Option<(&'static str, String)>,
+    #[cfg(feature = "etcd")]
+    etcd: Option<crate::etcd::EtcdSource>,
     state: Mutex<State>,
     /// Held while fetching: one fetch at a time.
     fetching: Mutex<()>,
@@ -220,11 +255,11 @@ impl State {
 }
 
 /// One answer: the servers with their weights, and the index if any.
-struct Fetched {
-    servers: Vec<String>,
-    weights: Vec<u32>,
-    index: Option<u64>,
-    ttl_hint: Option<Duration>,
+pub(crate) struct Fetched {
+    pub(crate) servers: Vec<String>,
+    pub(crate) weights: Vec<u32>,
+    pub(crate) index: Option<u64>,
+    pub(crate) ttl_hint: Option<Duration>,
 }
 
 impl RegistryDiscovery {
@@ -247,7 +282,18 @@ impl RegistryDiscovery {
             watch: false,
             wait: Duration::from_secs(30),
             token: None,
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
+    }
+
+    /// A builder for discovery from etcd at `endpoints` (e.g.
+    /// `http://127.0.0.1:2379`, tried in turn), keys under `/regcenter`.
+    #[cfg(feature = "etcd")]
+    pub fn etcd(endpoints: &[&str]) -> RegistryDiscoveryBuilder {
+        let mut b = RegistryDiscovery::builder(endpoints.first().copied().unwrap_or(""));
+        b.registries = endpoints.iter().map(|e| e.to_string()).collect();
+        b.etcd_prefix(crate::etcd::DEFAULT_PREFIX)
     }
 
     /// The URL of the service's listing at the registry in use.
@@ -306,6 +352,10 @@ impl RegistryDiscovery {
         }
         // Interrupts a long-poll blocked in its read at once.
         self.shared.watch_agent.clone().shutdown();
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &self.shared.etcd {
+            etcd.interrupt();
+        }
         t.join().map_err(|_| Error::Stopped {
             what: "discovery watch thread (it panicked)".into(),
         })
@@ -350,6 +400,10 @@ impl Shared {
     /// One GET to each registry in turn, starting with the one that
     /// answered last, until one answers; `watch`: a long-poll from `index`.
     fn fetch(&self, watch: Option<u64>) -> Result<Fetched> {
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &self.etcd {
+            return etcd.fetch(watch, self.wait);
+        }
         let n = self.urls.len();
         let first = self.current.load(Ordering::Relaxed);
         let mut last_err = None;

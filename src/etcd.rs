@@ -1,0 +1,544 @@
+//! The same client API over etcd (feature `etcd`): registration with a lease
+//! kept alive ([`EtcdRegistration`], the counterpart of
+//! [`Heartbeat`](crate::Heartbeat)) and discovery from a range plus watch
+//! (`RegistryDiscovery::etcd`), through etcd's JSON gateway (etcd 3.4,
+//! `/v3/…`, keys and values base64) with ureq.
+//!
+//! Keys are `{prefix}/{service}/{addr}` (prefix `/regcenter` by default),
+//! values `{"addr": …, "weight": …, "meta": {…}}`, each bound to the
+//! registration's lease, so a server that dies without revoking disappears
+//! when its lease expires.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use parking_lot::{Condvar, Mutex};
+use serde_json::{Value, json};
+
+use crate::discovery::Fetched;
+use crate::error::{Error, Result};
+use crate::heartbeat::HeartbeatOptions;
+use crate::protocol::{validate_addr, validate_service};
+use crate::rand::jitter;
+
+/// The key prefix used when none is given.
+pub const DEFAULT_PREFIX: &str = "/regcenter";
+/// TTL of a registration that asks for none (etcd grants at least 2 s).
+const DEFAULT_TTL: Duration = Duration::from_secs(5);
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(&last) = end.last() {
+        if last < 0xff {
+            *end.last_mut().expect("not empty") += 1;
+            return end;
+        }
+        end.pop();
+    }
+    vec![0]
+}
+
+/// etcd's int64 fields arrive as JSON strings.
+fn int(v: &Value) -> Option<u64> {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_u64())
+}
+
+/// One or more etcd endpoints, tried in turn.
+pub(crate) struct Etcd {
+    endpoints: Vec<String>,
+    current: AtomicUsize,
+    agent: ureq::Agent,
+}
+
+impl Etcd {
+    pub(crate) fn new(endpoints: &[String], timeout: Duration) -> Result<Etcd> {
+        if endpoints.is_empty() {
+            return Err(Error::config(
+                "etcd",
+                "no endpoint given; e.g. http://127.0.0.1:2379",
+            ));
+        }
+        for e in endpoints {
+            if !e.starts_with("http://") {
+                return Err(Error::config(
+                    "etcd",
+                    format!("{e:?}: use http://host:port"),
+                ));
+            }
+        }
+        Ok(Etcd {
+            endpoints: endpoints
+                .iter()
+                .map(|e| e.trim_end_matches('/').to_string())
+                .collect(),
+            current: AtomicUsize::new(0),
+            agent: crate::client::agent(timeout),
+        })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!("etcd {}", self.endpoints.join(","))
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
+    }
+
+    /// One unary call, to each endpoint in turn until one answers.
+    pub(crate) fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        let n = self.endpoints.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let url = format!("{}{path}", self.endpoints[i]);
+            match self.call_one(&url, body) {
+                Ok(v) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if e.is_transient() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one endpoint"))
+    }
+
+    fn call_one(&self, url: &str, body: &Value) -> Result<Value> {
+        let reply = self
+            .agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(body.to_string());
+        let mut resp = reply.map_err(|e| Error::Unreachable {
+            url: url.to_string(),
+            source: Box::new(e),
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_string()
+            .map_err(|e| Error::Unreachable {
+                url: url.to_string(),
+                source: Box::new(e),
+            })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::BadResponse {
+            url: url.to_string(),
+            reason: format!("etcd answered {status} with something that is not JSON: {e}"),
+        })?;
+        if (200..300).contains(&status) {
+            return Ok(v);
+        }
+        Err(Error::Status {
+            url: url.to_string(),
+            status,
+            reason: format!(
+                "etcd: {} (grpc code {})",
+                v["message"].as_str().unwrap_or("no message"),
+                v["code"]
+            ),
+        })
+    }
+}
+
+fn key_of(prefix: &str, service: &str, addr: &str) -> String {
+    format!("{}/{service}/{addr}", prefix.trim_end_matches('/'))
+}
+
+/// Keeps a server registered in etcd: a lease with the TTL, the key bound
+/// to it, and a thread that keeps the lease alive every third of the TTL.
+/// When etcd says the lease is gone (it expired during a partition, or etcd
+/// lost its data), a new lease is granted and the key put again.
+///
+/// [`stop`](EtcdRegistration::stop), or dropping the handle, ends and joins
+/// the thread and revokes the lease, which deletes the key at once.
+#[must_use = "dropping the EtcdRegistration stops it and removes the server"]
+pub struct EtcdRegistration {
+    shared: Arc<RegShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct RegShared {
+    etcd: Etcd,
+    key: String,
+    value: String,
+    ttl_secs: u64,
+    lease: Mutex<String>,
+    beats: AtomicU64,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl RegShared {
+    /// Grants a lease and puts the key bound to it.
+    fn register(&self) -> Result<()> {
+        let grant = self
+            .etcd
+            .call("/v3/lease/grant", &json!({ "TTL": self.ttl_secs }))?;
+        let id = grant["ID"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::BadResponse {
+                url: self.etcd.describe(),
+                reason: "lease grant without an ID".into(),
+            })?;
+        self.etcd.call(
+            "/v3/kv/put",
+            &json!({ "key": b64(self.key.as_bytes()), "value": b64(self.value.as_bytes()), "lease": id }),
+        )?;
+        *self.lease.lock() = id;
+        Ok(())
+    }
+
+    /// Keeps the lease alive; registers again when etcd no longer has it.
+    fn keep_alive(&self) -> Result<()> {
+        let id = self.lease.lock().clone();
+        let v = self
+            .etcd
+            .call("/v3/lease/keepalive", &json!({ "ID": id }))?;
+        // A gone lease is answered 200 without a TTL (CRATE-NOTES §4.3).
+        if int(&v["result"]["TTL"]).is_some_and(|t| t > 0) {
+            return Ok(());
+        }
+        log::warn!("etcd lease of {} is gone; registering again", self.key);
+        self.register()
+    }
+}
+
+impl EtcdRegistration {
+    /// Registers `addr` in etcd under the default prefix `/regcenter`.
+    ///
+    /// `options` are those of a [`Heartbeat`](crate::Heartbeat): service,
+    /// TTL (whole seconds, at least 2; default 5 s), period (default a third
+    /// of the TTL), weight, metadata and the timeout of each call.
+    ///
+    /// # Errors
+    ///
+    /// As [`start_with_prefix`](EtcdRegistration::start_with_prefix).
+    pub fn start(
+        endpoints: &[&str],
+        addr: &str,
+        options: HeartbeatOptions,
+    ) -> Result<EtcdRegistration> {
+        Self::start_with_prefix(DEFAULT_PREFIX, endpoints, addr, options)
+    }
+
+    /// Registers `addr` in etcd under `prefix`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAddr`], [`Error::InvalidService`],
+    /// [`Error::InvalidConfig`] for bad input; [`Error::Unreachable`] or
+    /// [`Error::Status`] (with etcd's message) when the first registration
+    /// fails; [`Error::Io`] when the thread cannot be spawned.
+    pub fn start_with_prefix(
+        prefix: &str,
+        endpoints: &[&str],
+        addr: &str,
+        options: HeartbeatOptions,
+    ) -> Result<EtcdRegistration> {
+        validate_addr(addr)?;
+        validate_service(&options.service)?;
+        let endpoints: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+        let etcd = Etcd::new(&endpoints, options.timeout)?;
+        let ttl = options.ttl.unwrap_or(DEFAULT_TTL);
+        let ttl_secs = ttl.as_secs_f64().ceil().max(2.0) as u64;
+        let period = options
+            .period
+            .unwrap_or(Duration::from_secs(ttl_secs) / 3)
+            .max(Duration::from_millis(100));
+        let meta: serde_json::Map<String, Value> = options
+            .meta
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        let value = json!({ "addr": addr, "weight": options.weight.unwrap_or(1), "meta": meta })
+            .to_string();
+        let shared = Arc::new(RegShared {
+            etcd,
+            key: key_of(prefix, &options.service, addr),
+            value,
+            ttl_secs,
+            lease: Mutex::new(String::new()),
+            beats: AtomicU64::new(0),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        shared.register()?;
+        shared.beats.store(1, Ordering::Relaxed);
+        let s = shared.clone();
+        let thread = thread::Builder::new()
+            .name("regcenter-etcd-lease".into())
+            .spawn(move || lease_loop(&s, period))
+            .map_err(|e| Error::io("spawn the etcd lease thread", e))?;
+        Ok(EtcdRegistration {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Registrations and keep-alives etcd has accepted so far.
+    pub fn beats(&self) -> u64 {
+        self.shared.beats.load(Ordering::Relaxed)
+    }
+
+    /// The key the server is registered under.
+    pub fn key(&self) -> &str {
+        &self.shared.key
+    }
+
+    /// Stops keeping the lease alive, joins the thread and revokes the
+    /// lease (the key is deleted at once).
+    ///
+    /// # Errors
+    ///
+    /// The error of the revoke when etcd cannot be reached (the key then
+    /// goes when the lease expires).
+    pub fn stop(mut self) -> Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<()> {
+        let Some(t) = self.thread.take() else {
+            return Ok(());
+        };
+        *self.shared.stop.lock() = true;
+        self.shared.wake.notify_all();
+        let _ = t.join();
+        let id = self.shared.lease.lock().clone();
+        match self
+            .shared
+            .etcd
+            .call("/v3/lease/revoke", &json!({ "ID": id }))
+        {
+            Ok(_) | Err(Error::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for EtcdRegistration {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            log::warn!("etcd registration {}: {e}", self.shared.key);
+        }
+    }
+}
+
+impl std::fmt::Debug for EtcdRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistration")
+            .field("key", &self.shared.key)
+            .finish()
+    }
+}
+
+fn lease_loop(s: &RegShared, period: Duration) {
+    let mut wait = period;
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    loop {
+        {
+            let mut stop = s.stop.lock();
+            let deadline = Instant::now() + wait;
+            s.wake.wait_while_until(&mut stop, |stop| !*stop, deadline);
+            if *stop {
+                return;
+            }
+        }
+        match s.keep_alive() {
+            Ok(()) => {
+                if failing {
+                    log::info!("etcd registration {} is kept alive again", s.key);
+                    failing = false;
+                }
+                s.beats.fetch_add(1, Ordering::Relaxed);
+                wait = period;
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                if !failing {
+                    log::warn!("etcd registration {}: {e}; retrying", s.key);
+                    failing = true;
+                }
+                wait = jitter(backoff.min(period), 0.5).min(period);
+                backoff = (backoff * 2).min(period);
+            }
+        }
+    }
+}
+
+/// Discovery's view of etcd: a range over the service's keys, and a watch
+/// used as a long-poll (wait for the first event after a revision, then
+/// range again).
+pub(crate) struct EtcdSource {
+    etcd: Etcd,
+    watch_agent: ureq::Agent,
+    key: Vec<u8>,
+    end: Vec<u8>,
+}
+
+impl EtcdSource {
+    pub(crate) fn new(
+        endpoints: &[String],
+        prefix: &str,
+        service: &str,
+        timeout: Duration,
+    ) -> Result<EtcdSource> {
+        validate_service(service)?;
+        let key = format!("{}/{service}/", prefix.trim_end_matches('/')).into_bytes();
+        Ok(EtcdSource {
+            etcd: Etcd::new(endpoints, timeout)?,
+            watch_agent: crate::client::agent(timeout),
+            end: prefix_end(&key),
+            key,
+        })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} {}",
+            self.etcd.describe(),
+            String::from_utf8_lossy(&self.key)
+        )
+    }
+
+    /// Interrupts a watch blocked in its read (used on stop).
+    pub(crate) fn interrupt(&self) {
+        self.watch_agent.clone().shutdown();
+    }
+
+    pub(crate) fn fetch(&self, watch: Option<u64>, wait: Duration) -> Result<Fetched> {
+        let now = self.range()?;
+        let Some(rev) = watch else {
+            return Ok(now);
+        };
+        // A revision below the one watched from: etcd lost its data and
+        // started again; answer at once (the index went backwards).
+        if now.index.is_some_and(|r| r != rev) {
+            return Ok(now);
+        }
+        self.wait_event(rev, wait)?;
+        self.range()
+    }
+
+    fn range(&self) -> Result<Fetched> {
+        let v = self.etcd.call(
+            "/v3/kv/range",
+            &json!({ "key": b64(&self.key), "range_end": b64(&self.end) }),
+        )?;
+        let revision = int(&v["header"]["revision"]);
+        let mut list: Vec<(String, u32)> = Vec::new();
+        for kv in v["kvs"].as_array().into_iter().flatten() {
+            let key = kv["key"].as_str().and_then(unb64).unwrap_or_default();
+            let value: Value = kv["value"]
+                .as_str()
+                .and_then(unb64)
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null);
+            let addr = value["addr"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    String::from_utf8_lossy(&key[self.key.len().min(key.len())..]).into_owned()
+                });
+            if validate_addr(&addr).is_err() {
+                continue; // someone else's key under our prefix
+            }
+            let weight = value["weight"]
+                .as_u64()
+                .map_or(1, |w| w.clamp(1, 10_000) as u32);
+            list.push((addr, weight));
+        }
+        list.sort();
+        let (servers, weights) = list.into_iter().unzip();
+        Ok(Fetched {
+            servers,
+            weights,
+            index: revision,
+            ttl_hint: None,
+        })
+    }
+
+    /// Blocks until an event after `rev` arrives or `wait` passes.
+    fn wait_event(&self, rev: u64, wait: Duration) -> Result<()> {
+        use std::io::BufRead;
+        let url = format!("{}/v3/watch", self.etcd.endpoint());
+        let body = json!({ "create_request": {
+            "key": b64(&self.key), "range_end": b64(&self.end), "start_revision": (rev + 1).to_string()
+        }});
+        let resp = self
+            .watch_agent
+            .post(&url)
+            .config()
+            .timeout_recv_body(Some(wait))
+            .build()
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map_err(|e| Error::Unreachable {
+                url: url.clone(),
+                source: Box::new(e),
+            })?;
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else {
+                return Ok(()); // the wait passed (or the stream broke): range again
+            };
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["error"].is_object() {
+                return Err(Error::Status {
+                    url,
+                    status: int(&v["error"]["http_code"]).unwrap_or(503) as u16,
+                    reason: format!("etcd watch: {}", v["error"]["message"]),
+                });
+            }
+            if v["result"]["events"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty())
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/regcenter/arith/"), b"/regcenter/arith0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(
+            key_of("/regcenter/", "arith", "tcp@a:1"),
+            "/regcenter/arith/tcp@a:1"
+        );
+        assert_eq!(
+            int(&json!("4111120205240231178")),
+            Some(4_111_120_205_240_231_178)
+        );
+    }
+}
