@@ -5,6 +5,8 @@ mod common;
 mod auth;
 mod cli;
 mod discovery;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod hardening;
 mod heartbeat;
 mod operations;

@@ -1,0 +1,310 @@
+//! The etcd backend against a real etcd on loopback (Debian's etcd-server).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use regcenter::{Discovery, EtcdRegistration, HeartbeatOptions, RegistryDiscovery, SelectMode};
+
+use crate::common::wait_until;
+
+/// An etcd process on free loopback ports with its own data directory,
+/// stopped (by its PID) and removed on drop.
+struct Etcd {
+    child: Option<Child>,
+    dir: PathBuf,
+    client: u16,
+    peer: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn etcd_binary() -> Option<&'static str> {
+    let found = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "etcd is missing under CI: .ci/run installs it (apt-get install -y etcd-server)"
+        );
+        eprintln!(
+            "SKIPPED: etcd is not installed (apt-get install etcd-server); the etcd tests did not run"
+        );
+    }
+    found
+}
+
+impl Etcd {
+    fn start() -> Option<Etcd> {
+        etcd_binary()?;
+        let dir = std::env::temp_dir().join(format!(
+            "regcenter-etcd-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let mut e = Etcd {
+            child: None,
+            dir,
+            client: free_port(),
+            peer: free_port(),
+        };
+        e.launch();
+        Some(e)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    fn launch(&mut self) {
+        let (c, p) = (self.client, self.peer);
+        let child = Command::new(etcd_binary().expect("checked at start"))
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{c}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{c}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{p}"),
+            ])
+            .args(["--initial-cluster", &format!("t=http://127.0.0.1:{p}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let url = format!("{}/health", self.url());
+        wait_until("etcd to be healthy", Duration::from_secs(20), || {
+            ureq::get(&url)
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_string().ok())
+                .is_some_and(|b| b.contains("true"))
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the child we started, by its PID.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts on the same ports; `wipe`: with its data lost.
+    fn restart(&mut self, wipe: bool) {
+        self.stop();
+        if wipe {
+            let _ = std::fs::remove_dir_all(self.dir.join("data"));
+        }
+        self.launch();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn opts(service: &str) -> HeartbeatOptions {
+    HeartbeatOptions::new()
+        .service(service)
+        .ttl(Duration::from_secs(2))
+}
+
+fn discovery(e: &Etcd, service: &str, watch: bool) -> RegistryDiscovery {
+    RegistryDiscovery::etcd(&[&e.url()])
+        .service(service)
+        .refresh_period(if watch {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(50)
+        })
+        .timeout(Duration::from_millis(500))
+        .watch(watch)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn register_list_weights_and_metadata() {
+    let Some(e) = Etcd::start() else { return };
+    let heavy = EtcdRegistration::start(
+        &[&e.url()],
+        "tcp@heavy:1",
+        opts("arith").weight(3).meta("zone", "eu"),
+    )
+    .unwrap();
+    let light = EtcdRegistration::start(&[&e.url()], "tcp@light:1", opts("arith")).unwrap();
+    let d = discovery(&e, "arith", false);
+    assert_eq!(d.get_all().unwrap(), ["tcp@heavy:1", "tcp@light:1"]);
+    let picks: Vec<String> = (0..8)
+        .map(|_| d.get(SelectMode::WeightedRoundRobin).unwrap())
+        .collect();
+    assert_eq!(
+        picks.iter().filter(|p| *p == "tcp@heavy:1").count(),
+        6,
+        "{picks:?}"
+    );
+    // The value round-trips weight and metadata.
+    let key = base64_encode(heavy.key());
+    let v: serde_json::Value = ureq::post(&format!("{}/v3/kv/range", e.url()))
+        .send(format!("{{\"key\":\"{key}\"}}"))
+        .unwrap()
+        .body_mut()
+        .read_json_value();
+    let value = String::from_utf8(base64_decode(v["kvs"][0]["value"].as_str().unwrap())).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&value).unwrap();
+    assert_eq!(
+        (value["weight"].as_u64(), value["meta"]["zone"].as_str()),
+        (Some(3), Some("eu"))
+    );
+    heavy.stop().unwrap();
+    light.stop().unwrap();
+}
+
+trait ReadJson {
+    fn read_json_value(&mut self) -> serde_json::Value;
+}
+
+impl ReadJson for ureq::Body {
+    fn read_json_value(&mut self) -> serde_json::Value {
+        serde_json::from_str(&self.read_to_string().unwrap()).unwrap()
+    }
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+#[test]
+fn keep_alive_holds_past_several_ttls_and_stop_revokes_at_once() {
+    let Some(e) = Etcd::start() else { return };
+    let reg = EtcdRegistration::start(&[&e.url()], "tcp@kept:1", opts("svc")).unwrap();
+    let d = discovery(&e, "svc", false);
+    // TTL 2 s, kept alive every ~0.67 s: 7 keep-alives span more than 2 TTLs.
+    wait_until("7 keep-alives", Duration::from_secs(15), || {
+        reg.beats() >= 7
+    });
+    assert_eq!(d.get_all().unwrap(), ["tcp@kept:1"]);
+    reg.stop().unwrap();
+    d.refresh().unwrap();
+    assert!(d.get_all().unwrap().is_empty(), "revoked at once");
+}
+
+#[test]
+fn a_registration_whose_process_dies_disappears_after_its_ttl() {
+    let Some(e) = Etcd::start() else { return };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regcenter"))
+        .args([
+            "register",
+            "--etcd",
+            &e.url(),
+            "--addr",
+            "tcp@dies:1",
+            "--ttl",
+            "2s",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = discovery(&e, "", false);
+    wait_until("the sidecar to register", Duration::from_secs(10), || {
+        d.get_all().unwrap() == ["tcp@dies:1"]
+    });
+    let t = Instant::now();
+    // SIGKILL: no chance to revoke.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("the lease to expire", Duration::from_secs(10), || {
+        d.get_all().unwrap().is_empty()
+    });
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "gone after {:?}, before its TTL",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn watch_mode_sees_a_registration_and_a_removal_quickly() {
+    let Some(e) = Etcd::start() else { return };
+    let d = discovery(&e, "w", true);
+    assert!(d.get_all().unwrap().is_empty());
+    let t = Instant::now();
+    let reg = EtcdRegistration::start(&[&e.url()], "tcp@w:1", opts("w")).unwrap();
+    wait_until("the registration to arrive", Duration::from_secs(5), || {
+        d.get_all().unwrap() == ["tcp@w:1"]
+    });
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let t = Instant::now();
+    reg.stop().unwrap();
+    wait_until("the removal to arrive", Duration::from_secs(5), || {
+        d.get_all().unwrap().is_empty()
+    });
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let t = Instant::now();
+    d.stop().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "stop took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn after_etcd_loses_its_data_the_registration_comes_back_and_discovery_recovers() {
+    let Some(mut e) = Etcd::start() else { return };
+    let reg = EtcdRegistration::start(&[&e.url()], "tcp@back:1", opts("r")).unwrap();
+    let d = discovery(&e, "r", true);
+    assert_eq!(d.get_all().unwrap(), ["tcp@back:1"]);
+    e.restart(true);
+    // The keep-alive finds its lease gone, grants a new one and puts again;
+    // the watching discovery reconnects and lists it.
+    wait_until(
+        "the registration to come back",
+        Duration::from_secs(15),
+        || d.get_all().unwrap() == ["tcp@back:1"] && d.index().is_some_and(|i| i < 10),
+    );
+    reg.stop().unwrap();
+}
+
+#[test]
+fn discovery_keeps_its_list_while_etcd_is_down() {
+    let Some(mut e) = Etcd::start() else { return };
+    let reg = EtcdRegistration::start(
+        &[&e.url()],
+        "tcp@stay:1",
+        opts("k").ttl(Duration::from_secs(30)),
+    )
+    .unwrap();
+    let d = discovery(&e, "k", false);
+    assert_eq!(d.get_all().unwrap(), ["tcp@stay:1"]);
+    e.stop();
+    for _ in 0..5 {
+        assert_eq!(d.get(SelectMode::Random).unwrap(), "tcp@stay:1");
+    }
+    assert!(
+        d.refresh().is_err(),
+        "an explicit refresh reports the outage"
+    );
+    e.restart(false);
+    drop(reg);
+}
