@@ -251,13 +251,7 @@ fn concurrent_callers_cause_a_single_refresh() {
 #[test]
 fn watch_mode_sees_changes_within_milliseconds_and_stops_at_once() {
     let s = registry_on("127.0.0.1:0");
-    s.registry()
-        .put_with(
-            "svc",
-            "tcp@a:1",
-            &regcenter::PutOptions::new().ttl(Duration::from_secs(60)),
-        )
-        .unwrap();
+    crate::common::put_for_a_minute(s.registry(), "svc", "tcp@a:1");
     let d = RegistryDiscovery::builder(s.url())
         .service("svc")
         .refresh_period(Duration::from_secs(3600))
@@ -269,13 +263,7 @@ fn watch_mode_sees_changes_within_milliseconds_and_stops_at_once() {
         s.parked() == 1
     });
     let t = std::time::Instant::now();
-    s.registry()
-        .put_with(
-            "svc",
-            "tcp@b:1",
-            &regcenter::PutOptions::new().ttl(Duration::from_secs(60)),
-        )
-        .unwrap();
+    crate::common::put_for_a_minute(s.registry(), "svc", "tcp@b:1");
     crate::common::wait_until("the change to arrive", Duration::from_secs(2), || {
         d.get_all().unwrap().len() == 2
     });

@@ -66,13 +66,7 @@ fn a_register_wakes_a_watcher_but_a_renewal_does_not() {
 #[test]
 fn a_deregister_over_http_wakes_a_watcher() {
     let s = server();
-    s.registry()
-        .put_with(
-            "svc",
-            "tcp@a:1",
-            &regcenter::PutOptions::new().ttl(Duration::from_secs(60)),
-        )
-        .unwrap();
+    crate::common::put_for_a_minute(s.registry(), "svc", "tcp@a:1");
     let n = current(&s);
     let w = watch(&s, &format!("index={n}"));
     let r = raw(
@@ -103,13 +97,7 @@ fn an_expiry_wakes_a_watcher() {
 #[test]
 fn a_wait_that_passes_answers_the_same_index() {
     let s = server();
-    s.registry()
-        .put_with(
-            "svc",
-            "tcp@a:1",
-            &regcenter::PutOptions::new().ttl(Duration::from_secs(60)),
-        )
-        .unwrap();
+    crate::common::put_for_a_minute(s.registry(), "svc", "tcp@a:1");
     let n = current(&s);
     let w = watch(&s, &format!("index={n}&wait=200ms"));
     let (r, took) = w.join().unwrap();
@@ -160,13 +148,7 @@ fn two_hundred_watchers_are_all_answered_after_one_change() {
         s.parked() == 200
     });
     let t = Instant::now();
-    s.registry()
-        .put_with(
-            "svc",
-            "tcp@new:1",
-            &regcenter::PutOptions::new().ttl(Duration::from_secs(60)),
-        )
-        .unwrap();
+    crate::common::put_for_a_minute(s.registry(), "svc", "tcp@new:1");
     for w in watchers {
         let r = w.join().unwrap();
         assert_eq!(r.text(), "tcp@new:1\n");

@@ -28,6 +28,13 @@ pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// Registers `addr` with a one-minute TTL, so it cannot expire mid-test.
+pub fn put_for_a_minute(reg: &regcenter::Registry, service: &str, addr: &str) {
+    let opts = regcenter::PutOptions::new().ttl(Duration::from_secs(60));
+    reg.put_with(service, addr, &opts)
+        .expect("a valid registration");
+}
+
 /// A response read off the wire.
 #[derive(Debug)]
 pub struct Raw {
