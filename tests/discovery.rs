@@ -272,6 +272,19 @@ fn watch_mode_sees_changes_within_milliseconds_and_stops_at_once() {
         "{:?}",
         t.elapsed()
     );
+    // An explicit refresh does not wait behind the parked long-poll.
+    crate::common::wait_until(
+        "the watch to be parked again",
+        Duration::from_secs(2),
+        || s.parked() == 1,
+    );
+    let t = std::time::Instant::now();
+    d.refresh().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "refresh took {:?}",
+        t.elapsed()
+    );
     let t = std::time::Instant::now();
     d.stop().unwrap();
     assert!(

@@ -477,9 +477,15 @@ impl Shared {
         let mut retry = FIRST_RETRY;
         while !self.stop.load(Ordering::Acquire) {
             let index = self.state.lock().index;
-            let result = {
-                let _g = self.fetching.lock();
-                self.fetch_and_store(index)
+            // A plain fetch counts as the one fetch at a time; a long-poll
+            // does not hold that lock, or an explicit refresh would wait
+            // for the poll's whole wait.
+            let result = match index {
+                None => {
+                    let _g = self.fetching.lock();
+                    self.fetch_and_store(None)
+                }
+                Some(_) => self.fetch_and_store(index),
             };
             match result {
                 Ok(()) => retry = FIRST_RETRY,
