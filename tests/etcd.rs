@@ -18,6 +18,18 @@ struct Etcd {
     peer: u16,
 }
 
+/// A client for the test's own calls to etcd, bounded in time.
+fn agent() -> ureq::Agent {
+    let t = Some(Duration::from_secs(2));
+    ureq::Agent::config_builder()
+        .timeout_connect(t)
+        .timeout_recv_response(t)
+        .timeout_recv_body(t)
+        .proxy(None)
+        .build()
+        .into()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -84,7 +96,8 @@ impl Etcd {
         self.child = Some(child);
         let url = format!("{}/health", self.url());
         wait_until("etcd to be healthy", Duration::from_secs(20), || {
-            ureq::get(&url)
+            agent()
+                .get(&url)
                 .call()
                 .ok()
                 .and_then(|mut r| r.body_mut().read_to_string().ok())
@@ -159,7 +172,8 @@ fn register_list_weights_and_metadata() {
     );
     // The value round-trips weight and metadata.
     let key = base64_encode(heavy.key());
-    let v: serde_json::Value = ureq::post(&format!("{}/v3/kv/range", e.url()))
+    let v: serde_json::Value = agent()
+        .post(&format!("{}/v3/kv/range", e.url()))
         .send(format!("{{\"key\":\"{key}\"}}"))
         .unwrap()
         .body_mut()
