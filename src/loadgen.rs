@@ -204,7 +204,7 @@ impl LoadOptions {
         }
         let mut setup = Conn::open(&target, self.timeout)?;
         for a in &addrs {
-            setup.post(&target, a, Some("1h"))?;
+            setup.register(&target, a)?;
         }
         let report = self.load(&target, &addrs);
         for a in &addrs {
@@ -348,16 +348,9 @@ impl Conn {
         })
     }
 
-    fn post(&mut self, target: &Target, addr: &str, ttl: Option<&str>) -> Result<()> {
-        let mut req = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\n{HEADER_SERVER}: {addr}\r\nContent-Length: 0\r\n",
-            target.path, target.head
-        );
-        if let Some(t) = ttl {
-            req.push_str(&format!("{HEADER_TTL}: {t}\r\n"));
-        }
-        req.push_str("\r\n");
-        self.expect_ok(target, req.as_bytes())
+    /// Registers `addr` for an hour: the same request the renewals send.
+    fn register(&mut self, target: &Target, addr: &str) -> Result<()> {
+        self.expect_ok(target, &Requests::post(target, addr, "1h"))
     }
 
     fn delete(&mut self, target: &Target, addr: &str) -> Result<()> {
