@@ -22,13 +22,20 @@ fn main() {
             .build()
             .expect("valid settings");
         let addrs: Vec<String> = (0..n)
-            .map(|i| format!("tcp@10.0.{}.{}:7001", i / 256, i % 256))
+            .map(|i| format!("tcp@10.{}.{}.{}:7001", i >> 16, (i >> 8) & 255, i & 255))
             .collect();
         for a in &addrs {
             reg.put("bench", a).expect("put");
         }
         report("renew existing entry", n, budget, |i| {
             black_box(reg.put("bench", &addrs[i % n]).expect("renew"));
+        });
+        // Heartbeats arrive in no particular order: the same renewals in a
+        // fixed shuffled order, so neither the table nor the addresses are
+        // walked in the order they were stored.
+        let shuffled = shuffled(&addrs);
+        report("renew, shuffled order", n, budget, |i| {
+            black_box(reg.put("bench", &shuffled[i % n]).expect("renew"));
         });
         report("listing (shared)", n, budget, |_| {
             black_box(reg.listing("bench"));
@@ -47,6 +54,21 @@ fn main() {
             );
         });
     }
+}
+
+/// A copy of `addrs` in a shuffled order (fixed seed, xorshift): each
+/// string is copied in that order too, so consecutive addresses do not sit
+/// side by side in memory.
+fn shuffled(addrs: &[String]) -> Vec<String> {
+    let mut order: Vec<usize> = (0..addrs.len()).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order.into_iter().map(|i| addrs[i].clone()).collect()
 }
 
 /// Runs `op` in batches until `budget` is spent; prints the rate.

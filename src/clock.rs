@@ -31,12 +31,22 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock in nanoseconds from an arbitrary origin: what the
+/// registry reads on every heartbeat, without building an `Instant`.
+pub(crate) fn system_nanos() -> u64 {
+    coarse::nanos()
+}
+
 #[cfg(target_os = "linux")]
 mod coarse {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
     fn read() -> Duration {
+        Duration::from_nanos(nanos())
+    }
+
+    pub(super) fn nanos() -> u64 {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -44,7 +54,7 @@ mod coarse {
         // SAFETY: clock_gettime writes one timespec; this clock id exists on
         // every Linux since 2.6.32.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 
     /// An `Instant` at a fixed point, paired with the coarse reading there:
@@ -59,8 +69,16 @@ mod coarse {
 
 #[cfg(not(target_os = "linux"))]
 mod coarse {
-    pub(super) fn now() -> std::time::Instant {
-        std::time::Instant::now()
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    pub(super) fn now() -> Instant {
+        Instant::now()
+    }
+
+    pub(super) fn nanos() -> u64 {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
     }
 }
 

@@ -92,6 +92,7 @@ pub use etcd::EtcdRegistration;
 pub use heartbeat::{Heartbeat, HeartbeatOptions, deregister};
 pub use registry::{
     EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, RegistryStats, Sweeper,
+    TTL_LIMIT,
 };
 pub use server::{RegistryServer, RegistryServerBuilder};
 

@@ -38,12 +38,16 @@ pub fn validate_addr(addr: &str) -> Result<()> {
         Some("it is empty")
     } else if addr.len() > MAX_ADDR_LEN {
         Some("it is longer than 255 bytes")
+    } else if addr
+        .bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+    {
+        // One pass for the usual case; the reason is looked for after.
+        None
     } else if addr.contains(',') {
         Some("it contains a comma, which separates addresses in listings")
-    } else if !addr.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        Some("only visible ASCII is allowed (no spaces, control bytes or non-ASCII)")
     } else {
-        None
+        Some("only visible ASCII is allowed (no spaces, control bytes or non-ASCII)")
     };
     match reason {
         None => Ok(()),

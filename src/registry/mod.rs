@@ -1,11 +1,9 @@
 //! The registry table: entries, TTLs, the modify index, expiry.
 
+mod entries;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-
-/// foldhash with a random seed per map: about three times faster than
-/// SipHash on short keys, and still seeded against crafted collisions.
-type RandomState = foldhash::fast::RandomState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -13,7 +11,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::clock::{Clock, SystemClock};
+pub use entries::TTL_LIMIT;
+use entries::{Entries, Key, Tick, View};
+
+/// foldhash with a random seed per map: about three times faster than
+/// SipHash on short keys, and still seeded against crafted collisions.
+type RandomState = foldhash::fast::RandomState;
+
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::protocol::{format_duration, validate_addr, validate_service};
 
@@ -185,7 +190,8 @@ pub struct RegistryBuilder {
     min_ttl: Duration,
     max_ttl: Duration,
     max_entries: usize,
-    clock: Arc<dyn Clock>,
+    /// `None`: the system clock, read without building `Instant`s.
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl RegistryBuilder {
@@ -204,7 +210,7 @@ impl RegistryBuilder {
     }
 
     /// Largest TTL a server may ask for; larger requests are lowered to it.
-    /// Defaults to 1 h.
+    /// Defaults to 1 h; at most [`TTL_LIMIT`] (72 h).
     pub fn max_ttl(mut self, ttl: Duration) -> RegistryBuilder {
         self.max_ttl = ttl;
         self
@@ -217,9 +223,10 @@ impl RegistryBuilder {
         self
     }
 
-    /// The clock that decides expiry. Defaults to [`SystemClock`].
+    /// The clock that decides expiry. Defaults to
+    /// [`SystemClock`](crate::SystemClock).
     pub fn clock(mut self, clock: impl Clock) -> RegistryBuilder {
-        self.clock = Arc::new(clock);
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -228,8 +235,9 @@ impl RegistryBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] when `min_ttl` is zero or above `max_ttl`,
-    /// when a non-zero `default_ttl` lies outside the bounds, or when
-    /// `max_entries` is zero.
+    /// when `max_ttl` is above [`TTL_LIMIT`], when a non-zero `default_ttl`
+    /// lies outside the bounds, or when `max_entries` is zero or above
+    /// `u32::MAX`.
     pub fn build(self) -> Result<Registry> {
         if self.min_ttl.is_zero() {
             return Err(Error::config(
@@ -244,6 +252,16 @@ impl RegistryBuilder {
                     "{} is above max_ttl {}",
                     format_duration(self.min_ttl),
                     format_duration(self.max_ttl)
+                ),
+            ));
+        }
+        if self.max_ttl > TTL_LIMIT {
+            return Err(Error::config(
+                "max_ttl",
+                format!(
+                    "{} is above the limit of {}; a zero default TTL makes entries permanent",
+                    format_duration(self.max_ttl),
+                    format_duration(TTL_LIMIT)
                 ),
             ));
         }
@@ -263,6 +281,12 @@ impl RegistryBuilder {
         if self.max_entries == 0 {
             return Err(Error::config("max_entries", "must be at least 1"));
         }
+        if u32::try_from(self.max_entries).is_err() {
+            return Err(Error::config(
+                "max_entries",
+                format!("{} is above the limit of {}", self.max_entries, u32::MAX),
+            ));
+        }
         Ok(Registry {
             inner: Arc::new(Inner {
                 table: Mutex::new(Table::default()),
@@ -271,7 +295,15 @@ impl RegistryBuilder {
                 min_ttl: self.min_ttl,
                 max_ttl: self.max_ttl,
                 max_entries: self.max_entries,
-                clock: self.clock,
+                time: match self.clock {
+                    None => Time::System {
+                        base: crate::clock::system_nanos(),
+                    },
+                    Some(clock) => Time::Custom {
+                        epoch: clock.now(),
+                        clock,
+                    },
+                },
                 notifiers: Mutex::new(Vec::new()),
             }),
         })
@@ -311,7 +343,8 @@ struct Inner {
     min_ttl: Duration,
     max_ttl: Duration,
     max_entries: usize,
-    clock: Arc<dyn Clock>,
+    /// Table times are nanoseconds since the registry was built.
+    time: Time,
     /// Called with the services that changed, after the table lock is
     /// released (the server answers its parked watchers there).
     notifiers: Mutex<Vec<(u64, Notifier)>>,
@@ -350,7 +383,26 @@ impl Drop for Locked<'_> {
     }
 }
 
+enum Time {
+    System {
+        base: u64,
+    },
+    Custom {
+        clock: Arc<dyn Clock>,
+        epoch: Instant,
+    },
+}
+
 impl Inner {
+    fn now(&self) -> Tick {
+        match &self.time {
+            Time::System { base } => crate::clock::system_nanos().saturating_sub(*base),
+            Time::Custom { clock, epoch } => {
+                clock.now().saturating_duration_since(*epoch).as_nanos() as Tick
+            }
+        }
+    }
+
     fn notify(&self, changed: &[Arc<str>]) {
         if changed.is_empty() {
             return;
@@ -373,8 +425,9 @@ struct Table {
     changed: Vec<Arc<str>>,
     /// Registry-wide modify counter (DESIGN.md, "Modify index").
     counter: u64,
-    next_generation: u64,
     entries: usize,
+    /// Cloned into each service: one seed per registry.
+    hasher: RandomState,
     services: HashMap<Arc<str>, Service, RandomState>,
     /// Expiry queue. A renewal only moves the entry's deadline; its queued
     /// item stays at the old deadline and is re-queued when it comes due, so
@@ -398,46 +451,55 @@ pub struct RegistryStats {
     pub entries: usize,
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+/// An item of the expiry queue. It is live while the entry's queued time
+/// equals `at`; other items (the entry renewed with a shorter TTL, removed,
+/// or registered again) are dropped when they come up.
 struct Due {
-    at: Instant,
-    generation: u64,
+    at: Tick,
     service: Arc<str>,
-    addr: Arc<str>,
+    addr: Key,
 }
 
-#[derive(Default)]
+impl PartialEq for Due {
+    fn eq(&self, other: &Due) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Due) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Due) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
 struct Service {
     name: Arc<str>,
     index: u64,
-    entries: HashMap<Arc<str>, Entry, RandomState>,
+    entries: Entries,
     /// `None` after a change: rebuilt by the next reader.
     listing: Option<Arc<Listing>>,
 }
 
-struct Entry {
-    addr: Arc<str>,
-    generation: u64,
-    ttl: Duration,
-    deadline: Option<Instant>,
-    /// Deadline of this entry's live item in the expiry queue, if any.
-    queued: Option<Instant>,
-    weight: u32,
-    meta: BTreeMap<String, String>,
-    last_beat: Instant,
-}
-
-impl Entry {
-    fn info(&self, service: &str, addr: &str, now: Instant) -> EntryInfo {
-        EntryInfo {
-            service: service.to_string(),
-            addr: addr.to_string(),
-            weight: self.weight,
-            meta: self.meta.clone(),
-            ttl: self.ttl,
-            expires_in: self.deadline.map(|d| d.saturating_duration_since(now)),
-            since_beat: now.saturating_duration_since(self.last_beat),
-        }
+/// What [`Registry::entries`] reports of an entry at `now`.
+fn info(e: &View<'_>, service: &str, now: Tick) -> EntryInfo {
+    EntryInfo {
+        service: service.to_string(),
+        addr: e.key().to_string(),
+        weight: e.weight(),
+        meta: e.meta().clone(),
+        ttl: e.ttl(),
+        expires_in: e
+            .deadline()
+            .map(|d| Duration::from_nanos(d.saturating_sub(now))),
+        since_beat: Duration::from_nanos(now.saturating_sub(e.last_beat())),
     }
 }
 
@@ -498,12 +560,12 @@ impl Registry {
             min_ttl: DEFAULT_MIN_TTL,
             max_ttl: DEFAULT_MAX_TTL,
             max_entries: DEFAULT_MAX_ENTRIES,
-            clock: Arc::new(SystemClock),
+            clock: None,
         }
     }
 
     /// Takes the table lock and expires what is due at `now`.
-    fn locked(&self, now: Instant) -> Locked<'_> {
+    fn locked(&self, now: Tick) -> Locked<'_> {
         let mut guard = self.inner.table.lock();
         guard.expire_due(now);
         Locked {
@@ -540,7 +602,14 @@ impl Registry {
     ///
     /// As [`put_with`](Registry::put_with).
     pub fn put(&self, service: &str, addr: &str) -> Result<PutOutcome> {
-        self.put_with(service, addr, &PutOptions::default())
+        // A static: building and dropping an empty map per heartbeat showed
+        // in its profile.
+        static DEFAULTS: PutOptions = PutOptions {
+            ttl: None,
+            weight: 1,
+            meta: BTreeMap::new(),
+        };
+        self.put_with(service, addr, &DEFAULTS)
     }
 
     /// Registers `addr` under `service`, or renews it.
@@ -560,35 +629,26 @@ impl Registry {
         validate_addr(addr)?;
         opts.validate()?;
         let ttl = self.effective_ttl(opts.ttl);
-        let now = self.inner.clock.now();
-        let deadline = (!ttl.is_zero()).then(|| now + ttl);
+        let key = Key::new(addr);
+        let now = self.inner.now();
         let mut t = self.locked(now);
         let t = &mut *t;
         if let Some(svc) = t.services.get_mut(service)
-            && let Some(e) = svc.entries.get_mut(addr)
+            && let Some(i) = svc.entries.find(&key)
         {
-            e.ttl = ttl;
-            e.deadline = deadline;
-            e.last_beat = now;
+            let (changed, queue) = svc.entries.renew(i, ttl, opts.weight, &opts.meta, now);
             t.stats.renewals += 1;
-            let changed = e.weight != opts.weight || e.meta != opts.meta;
             if changed {
-                e.weight = opts.weight;
-                e.meta.clone_from(&opts.meta);
                 t.counter += 1;
                 svc.index = t.counter;
                 svc.listing = None;
                 t.changed.push(svc.name.clone());
             }
-            // The queued item stays at the old deadline unless the new
-            // one is earlier (a shorter TTL) or there is none yet.
-            if let Some(d) = deadline.filter(|d| e.queued.is_none_or(|q| *d < q)) {
-                e.queued = Some(d);
+            if let Some(at) = queue {
                 let due = Due {
-                    at: d,
-                    generation: e.generation,
+                    at,
                     service: svc.name.clone(),
-                    addr: e.addr.clone(),
+                    addr: key,
                 };
                 schedule(&mut t.queue, &self.inner.wake, due);
             }
@@ -604,42 +664,23 @@ impl Registry {
             });
         }
         t.counter += 1;
-        t.next_generation += 1;
         t.entries += 1;
         t.stats.registrations += 1;
-        let (generation, index) = (t.next_generation, t.counter);
-        let svc = t
-            .services
-            .entry(Arc::from(service))
-            .or_insert_with_key(|name| Service {
-                name: name.clone(),
-                ..Service::default()
-            });
+        let index = t.counter;
+        let svc = t.service_mut(service);
         svc.index = index;
         svc.listing = None;
         log::info!("registered {addr} in service {service:?}");
-        let addr: Arc<str> = Arc::from(addr);
-        let service = svc.name.clone();
-        t.changed.push(service.clone());
-        svc.entries.insert(
-            addr.clone(),
-            Entry {
-                addr: addr.clone(),
-                generation,
-                ttl,
-                deadline,
-                queued: deadline,
-                weight: opts.weight,
-                meta: opts.meta.clone(),
-                last_beat: now,
-            },
-        );
+        let deadline = svc
+            .entries
+            .insert(key.clone(), ttl, opts.weight, &opts.meta, now);
+        let name = svc.name.clone();
+        t.changed.push(name.clone());
         if let Some(at) = deadline {
             let due = Due {
                 at,
-                generation,
-                service,
-                addr,
+                service: name,
+                addr: key,
             };
             schedule(&mut t.queue, &self.inner.wake, due);
         }
@@ -658,9 +699,9 @@ impl Registry {
     pub fn remove(&self, service: &str, addr: &str) -> Result<bool> {
         validate_service(service)?;
         validate_addr(addr)?;
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let mut t = self.locked(now);
-        let removed = t.remove(service, addr);
+        let removed = t.remove(service, &Key::new(addr));
         if removed {
             t.stats.deregistrations += 1;
             log::info!("deregistered {addr} from service {service:?}");
@@ -678,7 +719,7 @@ impl Registry {
     /// The rendered listing of `service`: cheap to call, shared until the
     /// service changes.
     pub fn listing(&self, service: &str) -> Arc<Listing> {
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let mut t = self.locked(now);
         let counter = t.counter;
         match t.services.get_mut(service) {
@@ -687,7 +728,7 @@ impl Registry {
                 .get_or_insert_with(|| {
                     Arc::new(Listing::new(
                         svc.index,
-                        svc.entries.keys().map(|k| k.to_string()).collect(),
+                        svc.entries.iter().map(|e| e.key().to_string()).collect(),
                     ))
                 })
                 .clone(),
@@ -700,7 +741,7 @@ impl Registry {
 
     /// The modify index of `service` (see [`listing`](Registry::listing)).
     pub fn index(&self, service: &str) -> u64 {
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let t = self.locked(now);
         let counter = t.counter;
         t.services.get(service).map_or(counter, |s| s.index)
@@ -711,7 +752,7 @@ impl Registry {
     /// between a header (format version and modify counter) and a trailer
     /// (entry count), so a truncated copy is detected.
     pub fn snapshot(&self) -> String {
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let t = self.locked(now);
         let written = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -723,16 +764,20 @@ impl Registry {
         );
         let mut n = 0usize;
         for (service, svc) in &t.services {
-            for (addr, e) in &svc.entries {
-                let left = e.deadline.map_or("-".to_string(), |d| {
-                    d.saturating_duration_since(now).as_millis().to_string()
+            for e in svc.entries.iter() {
+                let left = e.deadline().map_or("-".to_string(), |d| {
+                    (d.saturating_sub(now) / 1_000_000).to_string()
                 });
-                let meta: Vec<(String, String)> =
-                    e.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let meta: Vec<(String, String)> = e
+                    .meta()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 out.push_str(&format!(
-                    "{service}\t{addr}\t{}\t{}\t{left}\t{}\n",
-                    e.weight,
-                    e.ttl.as_millis(),
+                    "{service}\t{}\t{}\t{}\t{left}\t{}\n",
+                    e.key(),
+                    e.weight(),
+                    e.ttl().as_millis(),
                     crate::protocol::encode_meta(&meta)
                 ));
                 n += 1;
@@ -762,7 +807,7 @@ impl Registry {
             .unwrap_or_default()
             .as_millis() as u64;
         let down = Duration::from_millis(now_ms.saturating_sub(parsed.written_ms));
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let mut t = self.locked(now);
         t.counter = t.counter.max(parsed.counter);
         let mut loaded = 0;
@@ -771,56 +816,45 @@ impl Registry {
             if e.left.is_some_and(|l| l.is_zero()) {
                 continue;
             }
-            let deadline = e.left.map(|l| now + l);
             let t = &mut *t;
+            let key = Key::new(&e.addr);
             if t.services
                 .get(e.service.as_str())
-                .is_some_and(|s| s.entries.contains_key(e.addr.as_str()))
+                .is_some_and(|s| s.entries.find(&key).is_some())
             {
                 continue; // registered again before the restore: keep it
             }
-            t.next_generation += 1;
+            if t.entries >= self.inner.max_entries {
+                log::warn!(
+                    "snapshot entries beyond the limit of {} were not loaded",
+                    self.inner.max_entries
+                );
+                break;
+            }
+            // Bounds may differ from those of the registry that wrote it.
+            let ttl = match e.ttl.is_zero() {
+                true => Duration::ZERO,
+                false => self.effective_ttl(Some(e.ttl)),
+            };
             t.entries += 1;
-            let generation = t.next_generation;
             let counter = t.counter;
-            let svc = t
-                .services
-                .entry(Arc::from(e.service.as_str()))
-                .or_insert_with_key(|name| Service {
-                    name: name.clone(),
-                    ..Service::default()
-                });
+            let svc = t.service_mut(&e.service);
             // At least the counter of the snapshot: not below any index a
             // client saw before the restart.
             svc.index = svc.index.max(counter);
             svc.listing = None;
-            let addr: Arc<str> = Arc::from(e.addr.as_str());
-            let service = svc.name.clone();
-            svc.entries.insert(
-                addr.clone(),
-                Entry {
-                    addr: addr.clone(),
-                    generation,
-                    ttl: e.ttl,
-                    deadline,
-                    queued: deadline,
-                    weight: e.weight,
-                    meta: e.meta,
-                    last_beat: now,
-                },
-            );
-            t.changed.push(service.clone());
+            let deadline =
+                svc.entries
+                    .insert_restored(key.clone(), ttl, e.left, e.weight, &e.meta, now);
+            let name = svc.name.clone();
+            t.changed.push(name.clone());
             if let Some(at) = deadline {
-                schedule(
-                    &mut t.queue,
-                    &self.inner.wake,
-                    Due {
-                        at,
-                        generation,
-                        service,
-                        addr,
-                    },
-                );
+                let due = Due {
+                    at,
+                    service: name,
+                    addr: key,
+                };
+                schedule(&mut t.queue, &self.inner.wake, due);
             }
             loaded += 1;
         }
@@ -829,7 +863,7 @@ impl Registry {
 
     /// Counts of registrations, renewals, deregistrations and expiries.
     pub fn stats(&self) -> RegistryStats {
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let t = self.locked(now);
         RegistryStats {
             entries: t.entries,
@@ -839,7 +873,7 @@ impl Registry {
 
     /// Alive entries per service, sorted by name.
     pub fn service_sizes(&self) -> Vec<(String, usize)> {
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let t = self.locked(now);
         let mut out: Vec<(String, usize)> = t
             .services
@@ -857,7 +891,7 @@ impl Registry {
 
     /// Number of alive entries across all services.
     pub fn len(&self) -> usize {
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let t = self.locked(now);
         t.entries
     }
@@ -869,7 +903,7 @@ impl Registry {
 
     /// Names of the services that have alive entries, sorted.
     pub fn services(&self) -> Vec<String> {
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let t = self.locked(now);
         let mut names: Vec<String> = t.services.keys().map(|k| k.to_string()).collect();
         names.sort_unstable();
@@ -879,7 +913,7 @@ impl Registry {
     /// The modify index of `service` and its alive entries with their
     /// details, sorted by address: one consistent snapshot.
     pub fn instances(&self, service: &str) -> (u64, Vec<EntryInfo>) {
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let t = self.locked(now);
         let Some(svc) = t.services.get(service) else {
             return (t.counter, Vec::new());
@@ -887,7 +921,7 @@ impl Registry {
         let mut out: Vec<EntryInfo> = svc
             .entries
             .iter()
-            .map(|(a, e)| e.info(&svc.name, a, now))
+            .map(|e| info(&e, &svc.name, now))
             .collect();
         out.sort_unstable_by(|a, b| a.addr.cmp(&b.addr));
         (svc.index, out)
@@ -895,12 +929,12 @@ impl Registry {
 
     /// Every alive entry with its details, sorted by service and address.
     pub fn entries(&self) -> Vec<EntryInfo> {
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let t = self.locked(now);
         let mut out: Vec<EntryInfo> = t
             .services
             .iter()
-            .flat_map(|(s, svc)| svc.entries.iter().map(move |(a, e)| e.info(s, a, now)))
+            .flat_map(|(s, svc)| svc.entries.iter().map(move |e| info(&e, s, now)))
             .collect();
         out.sort_unstable_by(|a, b| (&a.service, &a.addr).cmp(&(&b.service, &b.addr)));
         out
@@ -911,7 +945,7 @@ impl Registry {
     /// Every other call does this first, and a [`Sweeper`] does it on time;
     /// call it yourself after moving a [`ManualClock`](crate::ManualClock).
     pub fn sweep(&self) -> usize {
-        let now = self.inner.clock.now();
+        let now = self.inner.now();
         let mut t = Locked {
             inner: &self.inner,
             guard: Some(self.inner.table.lock()),
@@ -1047,7 +1081,7 @@ fn sweep_loop(inner: &Inner, stop: &AtomicBool) {
     // The flag is set under the table lock, so it cannot change between this
     // check and the wait below: no stop is missed.
     while !stop.load(Ordering::Acquire) {
-        let now = inner.clock.now();
+        let now = inner.now();
         t.expire_due(now);
         let changed = std::mem::take(&mut t.changed);
         if !changed.is_empty() {
@@ -1057,7 +1091,7 @@ fn sweep_loop(inner: &Inner, stop: &AtomicBool) {
             .queue
             .peek()
             .map_or(SWEEP_MAX_WAIT, |Reverse(d)| {
-                d.at.saturating_duration_since(now)
+                Duration::from_nanos(d.at.saturating_sub(now))
             })
             .min(SWEEP_MAX_WAIT);
         // Also woken when an earlier deadline is scheduled or on stop.
@@ -1075,11 +1109,26 @@ fn schedule(queue: &mut BinaryHeap<Reverse<Due>>, wake: &Condvar, due: Due) {
 }
 
 impl Table {
-    fn remove(&mut self, service: &str, addr: &str) -> bool {
+    /// The service named `name`, created empty when absent.
+    fn service_mut(&mut self, name: &str) -> &mut Service {
+        if !self.services.contains_key(name) {
+            let name: Arc<str> = Arc::from(name);
+            let svc = Service {
+                name: name.clone(),
+                index: 0,
+                entries: Entries::new(self.hasher.clone()),
+                listing: None,
+            };
+            self.services.insert(name, svc);
+        }
+        self.services.get_mut(name).expect("inserted above")
+    }
+
+    fn remove(&mut self, service: &str, addr: &Key) -> bool {
         let Some(svc) = self.services.get_mut(service) else {
             return false;
         };
-        if svc.entries.remove(addr).is_none() {
+        if !svc.entries.remove(addr) {
             return false;
         }
         self.entries -= 1;
@@ -1095,7 +1144,7 @@ impl Table {
     }
 
     /// Pops every queue item that is due; returns how many entries expired.
-    fn expire_due(&mut self, now: Instant) -> usize {
+    fn expire_due(&mut self, now: Tick) -> usize {
         let mut expired = 0;
         while let Some(Reverse(top)) = self.queue.peek() {
             if top.at > now {
@@ -1104,28 +1153,18 @@ impl Table {
             let Some(Reverse(due)) = self.queue.pop() else {
                 break;
             };
-            let Some(e) = self
-                .services
-                .get_mut(&due.service)
-                .and_then(|s| s.entries.get_mut(&due.addr))
-            else {
+            let Some(svc) = self.services.get_mut(&due.service) else {
                 continue;
             };
-            if e.generation != due.generation || e.queued != Some(due.at) {
-                continue; // superseded by a newer item or a re-registration
-            }
-            match e.deadline {
-                Some(d) if d <= now => {
+            match svc.entries.due(&due.addr, due.at, now) {
+                entries::Due::Stale => {}
+                entries::Due::Expired => {
                     self.remove(&due.service, &due.addr);
                     self.stats.expiries += 1;
                     log::info!("expired {} from service {:?}", due.addr, &*due.service);
                     expired += 1;
                 }
-                Some(d) => {
-                    e.queued = Some(d);
-                    self.queue.push(Reverse(Due { at: d, ..due }));
-                }
-                None => e.queued = None,
+                entries::Due::Requeue(at) => self.queue.push(Reverse(Due { at, ..due })),
             }
         }
         expired
