@@ -49,7 +49,16 @@ fn main() {
             next += 1;
             black_box(
                 fresh
-                    .put("bench", &format!("tcp@new:{next}"))
+                    .put(
+                        "bench",
+                        &format!(
+                            "tcp@10.{}.{}.{}:{}",
+                            (next >> 16) & 255,
+                            (next >> 8) & 255,
+                            next & 255,
+                            7001 + (next >> 24)
+                        ),
+                    )
                     .expect("register"),
             );
         });

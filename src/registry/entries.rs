@@ -2,21 +2,19 @@
 //!
 //! A heartbeat is a hash lookup under the table lock, so nothing overlaps
 //! its cache misses: with 100 000 entries its cost is the latency of the
-//! lines it touches, and that latency jumps once the data it lands in
-//! outgrows the part of the last-level cache a process gets (a few MB on a
-//! shared 2-core machine: 15 ns per random line within 4 MB, 120 ns and
-//! more beyond 8 MB). So what a heartbeat reads is kept small and dense:
-//!
-//! - `hot`: 32 bytes an entry, the address (an IPv4 `tcp@` address packed
-//!   in 6 bytes, other short ones inline), the deadline, the TTL and the
-//!   weight; 3.2 MB for 100 000 entries, without holes;
-//! - `index`: a hash table of 4-byte positions into `hot` (0.6 MB);
-//! - `cold`: the expiry queue bookkeeping and the labels, which a plain
-//!   heartbeat does not read.
+//! lines it touches, one after the other, and that latency jumps once the
+//! data outgrows the part of the last-level cache a process gets (a few MB
+//! on a shared 2-core machine: 15 ns per random line within 4 MB, 120 ns
+//! and more beyond 8 MB). So a heartbeat touches one 32-byte slot of the
+//! hash table, which holds what it reads: the address (an IPv4 `tcp@`
+//! address packed in 6 bytes, other short ones inline), the deadline, the
+//! TTL and the weight; 4 MB for 100 000 entries. The rest (expiry queue
+//! bookkeeping, labels, addresses too long to pack) lives in `cold`, which
+//! a plain heartbeat does not read.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 use hashbrown::HashTable;
@@ -32,17 +30,17 @@ pub const TTL_LIMIT: Duration = Duration::from_secs(72 * 3600);
 pub(super) type Tick = u64;
 
 /// Longest address kept inline when it is not an IPv4 `tcp@` address.
-const SHORT: usize = 14;
+const SHORT: usize = 10;
 const TTL_SHIFT: u32 = 16;
 /// Weights are at most 10 000: 15 bits, and one bit says labels exist.
 const WEIGHT_MASK: u64 = 0x7fff;
 const HAS_META: u64 = 0x8000;
 
-/// A server address in 16 bytes. Every address has exactly one form (an
-/// address is `Tcp4` only when it prints back to the same text), so keys
-/// are equal exactly when their addresses are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Key {
+/// An address in 12 bytes. Every address has exactly one form (it is
+/// `Tcp4` only when it prints back to the same text, `Short` only when it
+/// is not `Tcp4` and fits), so equal addresses have equal forms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Packed {
     Tcp4 {
         ip: [u8; 4],
         port: u16,
@@ -51,63 +49,102 @@ pub(super) enum Key {
         len: u8,
         buf: [u8; SHORT],
     },
-    // Two boxes keep the key at 16 bytes; only long addresses pay the hop.
-    #[allow(clippy::box_collection, reason = "a thin pointer in a 16-byte key")]
-    Long(Box<Box<str>>),
+    /// The text is elsewhere; this is a 32-bit digest of it, so that most
+    /// unequal long addresses differ here already.
+    Long {
+        digest: u32,
+    },
+}
+
+/// A server address as the table keys it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Key {
+    packed: Packed,
+    /// The text of a `Long` address.
+    long: Option<Box<str>>,
 }
 
 impl Key {
+    /// The key of `addr` after checking it as
+    /// [`validate_addr`](crate::protocol::validate_addr) does; a packed
+    /// IPv4 address is valid by its shape, so a heartbeat scans it once.
+    pub(super) fn checked(addr: &str) -> crate::Result<Key> {
+        if let Some(packed) = parse_tcp4(addr) {
+            return Ok(Key { packed, long: None });
+        }
+        crate::protocol::validate_addr(addr)?;
+        Ok(Key::new(addr))
+    }
+
     pub(super) fn new(addr: &str) -> Key {
-        if let Some(key) = parse_tcp4(addr) {
-            return key;
+        if let Some(packed) = parse_tcp4(addr) {
+            return Key { packed, long: None };
         }
         let bytes = addr.as_bytes();
         if bytes.len() <= SHORT {
             let mut buf = [0; SHORT];
             buf[..bytes.len()].copy_from_slice(bytes);
-            Key::Short {
-                len: bytes.len() as u8,
-                buf,
-            }
-        } else {
-            Key::Long(Box::new(addr.into()))
+            let len = bytes.len() as u8;
+            return Key {
+                packed: Packed::Short { len, buf },
+                long: None,
+            };
         }
+        Key {
+            packed: Packed::Long {
+                digest: digest(bytes),
+            },
+            long: Some(addr.into()),
+        }
+    }
+
+    /// The table hash: seeded, and over the whole text of a long address,
+    /// so crafted addresses cannot pile up in one probe sequence.
+    fn hash(&self, hasher: &RandomState) -> u64 {
+        hash_of(&self.packed, self.long.as_deref(), hasher)
     }
 }
 
-impl Hash for Key {
-    // By hand: one word for a packed address instead of a length-prefixed
-    // array, a tag and a port. Equal keys are the same variant, so they
-    // hash alike.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        match self {
-            Key::Tcp4 { ip, port } => {
-                state.write_u64(u64::from(u32::from_be_bytes(*ip)) << 16 | u64::from(*port));
-            }
-            Key::Short { len, buf } => state.write(&buf[..usize::from(*len)]),
-            Key::Long(s) => state.write(s.as_bytes()),
+fn hash_of(packed: &Packed, long: Option<&str>, hasher: &RandomState) -> u64 {
+    match (packed, long) {
+        (Packed::Tcp4 { ip, port }, _) => {
+            hasher.hash_one(u64::from(u32::from_be_bytes(*ip)) << 16 | u64::from(*port))
         }
+        (Packed::Short { len, buf }, _) => hasher.hash_one(&buf[..usize::from(*len)]),
+        (Packed::Long { .. }, text) => hasher.hash_one(text.unwrap_or_default().as_bytes()),
     }
+}
+
+/// FNV-1a: a cheap, unseeded filter before comparing long texts (the
+/// seeded table hash guards against crafted collisions).
+fn digest(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Key::Tcp4 {
-                ip: [a, b, c, d],
-                port,
-            } => write!(f, "tcp@{a}.{b}.{c}.{d}:{port}"),
-            Key::Short { len, buf } => {
-                f.write_str(std::str::from_utf8(&buf[..usize::from(*len)]).expect("from a str"))
-            }
-            Key::Long(s) => f.write_str(s),
+        write_addr(f, &self.packed, self.long.as_deref())
+    }
+}
+
+fn write_addr(f: &mut fmt::Formatter<'_>, packed: &Packed, long: Option<&str>) -> fmt::Result {
+    match packed {
+        Packed::Tcp4 {
+            ip: [a, b, c, d],
+            port,
+        } => write!(f, "tcp@{a}.{b}.{c}.{d}:{port}"),
+        Packed::Short { len, buf } => {
+            f.write_str(std::str::from_utf8(&buf[..usize::from(*len)]).expect("from a str"))
         }
+        Packed::Long { .. } => f.write_str(long.unwrap_or_default()),
     }
 }
 
 /// `tcp@A.B.C.D:PORT` in its one canonical spelling (decimal, no leading
 /// zeros), or `None`. One pass: every heartbeat parses its address.
-fn parse_tcp4(addr: &str) -> Option<Key> {
+fn parse_tcp4(addr: &str) -> Option<Packed> {
     let b = addr.strip_prefix("tcp@")?.as_bytes();
     // Five numbers: four octets after `.`, `.`, `.`, then the port after `:`.
     let mut parts = [0u32; 5];
@@ -131,16 +168,18 @@ fn parse_tcp4(addr: &str) -> Option<Key> {
     if part != 4 || digits == 0 || a.max(b).max(c).max(d) > 255 || port > 65535 {
         return None;
     }
-    Some(Key::Tcp4 {
+    Some(Packed::Tcp4 {
         ip: [a as u8, b as u8, c as u8, d as u8],
         port: port as u16,
     })
 }
 
-/// What a heartbeat reads and writes.
+/// What a heartbeat reads and writes: one slot of the hash table.
 #[repr(C, align(32))]
 struct Hot {
-    key: Key,
+    packed: Packed,
+    /// Position of the entry's `Cold` part.
+    cold: u32,
     /// The deadline when the TTL is non-zero, else the time of the last
     /// beat: the other follows from the TTL.
     stamp: Tick,
@@ -148,7 +187,7 @@ struct Hot {
     ttl_weight: u64,
 }
 
-// Two entries a cache line, never one across two.
+// Two slots a cache line, never one across two.
 const _: () = assert!(std::mem::size_of::<Hot>() == 32);
 
 impl Hot {
@@ -161,7 +200,9 @@ impl Hot {
     }
 }
 
-/// What only registrations, label changes, TTL cuts and expiry touch.
+/// What only registrations, label changes, TTL cuts, expiry and long
+/// addresses touch.
+#[derive(Default)]
 struct Cold {
     /// Time of the entry's live item in the expiry queue; 0 when none (a
     /// deadline is never 0: it lies a TTL after the registry's start).
@@ -171,6 +212,7 @@ struct Cold {
         reason = "8 bytes instead of 24; labels are rare"
     )]
     meta: Option<Box<BTreeMap<String, String>>>,
+    long: Option<Box<str>>,
 }
 
 static NO_META: BTreeMap<String, String> = BTreeMap::new();
@@ -188,9 +230,10 @@ pub(super) enum Due {
 
 /// One service's entries; see the module docs for the layout.
 pub(super) struct Entries {
-    index: HashTable<u32>,
-    hot: Vec<Hot>,
+    table: HashTable<Hot>,
+    /// Indexed by `Hot::cold`; freed places are reused.
     cold: Vec<Cold>,
+    free: Vec<u32>,
     hasher: RandomState,
 }
 
@@ -200,11 +243,14 @@ pub(super) struct View<'a> {
     cold: &'a Cold,
 }
 
-impl View<'_> {
-    pub(super) fn key(&self) -> &Key {
-        &self.hot.key
+impl fmt::Display for View<'_> {
+    /// The address.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_addr(f, &self.hot.packed, self.cold.long.as_deref())
     }
+}
 
+impl View<'_> {
     pub(super) fn ttl(&self) -> Duration {
         Duration::from_nanos(self.hot.ttl_ns())
     }
@@ -230,73 +276,90 @@ impl View<'_> {
 impl Entries {
     pub(super) fn new(hasher: RandomState) -> Entries {
         Entries {
-            index: HashTable::new(),
-            hot: Vec::new(),
+            table: HashTable::new(),
             cold: Vec::new(),
+            free: Vec::new(),
             hasher,
         }
     }
 
     pub(super) fn len(&self) -> usize {
-        self.hot.len()
+        self.table.len()
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.hot.is_empty()
+        self.table.is_empty()
     }
 
-    /// The position of `key`, if present.
+    /// The bucket of `key`, if present; valid until the next insert or
+    /// removal.
     pub(super) fn find(&self, key: &Key) -> Option<usize> {
-        let hot = &self.hot;
-        self.index
-            .find(self.hasher.hash_one(key), |&i| hot[i as usize].key == *key)
-            .map(|&i| i as usize)
+        let cold = &self.cold;
+        self.table.find_bucket_index(key.hash(&self.hasher), |h| {
+            h.packed == key.packed && (key.long.is_none() || cold[h.cold as usize].long == key.long)
+        })
+    }
+
+    fn slot(&mut self, bucket: usize) -> (&mut Hot, &mut Cold) {
+        let hot = self
+            .table
+            .get_bucket_mut(bucket)
+            .expect("a bucket from find");
+        let cold = &mut self.cold[hot.cold as usize];
+        (hot, cold)
     }
 
     #[cfg(test)]
-    pub(super) fn view(&self, i: usize) -> View<'_> {
+    pub(super) fn view(&self, bucket: usize) -> View<'_> {
+        let hot = self.table.get_bucket(bucket).expect("a bucket from find");
         View {
-            hot: &self.hot[i],
-            cold: &self.cold[i],
+            hot,
+            cold: &self.cold[hot.cold as usize],
         }
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = View<'_>> {
-        self.hot
-            .iter()
-            .zip(&self.cold)
-            .map(|(hot, cold)| View { hot, cold })
+        self.table.iter().map(|hot| View {
+            hot,
+            cold: &self.cold[hot.cold as usize],
+        })
     }
 
-    /// A heartbeat for entry `i` at `now`. Returns whether the weight or
-    /// labels changed, and the time of an expiry item to queue, if any.
+    /// A heartbeat for the entry in `bucket` at `now`. Returns whether the
+    /// weight or labels changed, and the time of an expiry item to queue,
+    /// if any.
     ///
     /// With the same or a longer TTL the new deadline is past the queued
     /// item, which is re-queued when it comes due, so only a shorter TTL
     /// (or a first one) reads the queue bookkeeping.
     pub(super) fn renew(
         &mut self,
-        i: usize,
+        bucket: usize,
         ttl: Duration,
         weight: u32,
         meta: &BTreeMap<String, String>,
         now: Tick,
     ) -> (bool, Option<Tick>) {
-        let hot = &mut self.hot[i];
+        let hot = self
+            .table
+            .get_bucket_mut(bucket)
+            .expect("a bucket from find");
         let old_ttl = hot.ttl_ns();
         let ns = ttl_nanos(ttl);
         hot.stamp = now + ns;
         hot.ttl_weight = ns << TTL_SHIFT | (hot.ttl_weight & (WEIGHT_MASK | HAS_META));
         let has_meta = hot.ttl_weight & HAS_META != 0;
+        let cold = hot.cold as usize;
         let changed = (hot.ttl_weight & WEIGHT_MASK) != u64::from(weight)
             || ((has_meta || !meta.is_empty())
-                && self.cold[i].meta.as_deref().unwrap_or(&NO_META) != meta);
+                && self.cold[cold].meta.as_deref().unwrap_or(&NO_META) != meta);
         if changed {
-            self.set_labels(i, weight, meta);
+            let (hot, cold) = self.slot(bucket);
+            set_labels(hot, cold, weight, meta);
         }
         let mut queue = None;
         if ns != 0 && (old_ttl == 0 || ns < old_ttl) {
-            let cold = &mut self.cold[i];
+            let cold = &mut self.cold[cold];
             let deadline = now + ns;
             if cold.queued == 0 || deadline < cold.queued {
                 cold.queued = deadline;
@@ -304,15 +367,6 @@ impl Entries {
             }
         }
         (changed, queue)
-    }
-
-    fn set_labels(&mut self, i: usize, weight: u32, meta: &BTreeMap<String, String>) {
-        debug_assert!(u64::from(weight) <= WEIGHT_MASK, "weights are validated");
-        let flag = if meta.is_empty() { 0 } else { HAS_META };
-        let hot = &mut self.hot[i];
-        hot.ttl_weight =
-            (hot.ttl_weight & !(WEIGHT_MASK | HAS_META)) | flag | (u64::from(weight) & WEIGHT_MASK);
-        self.cold[i].meta = (!meta.is_empty()).then(|| Box::new(meta.clone()));
     }
 
     /// Adds an absent `key` beating at `now`; returns its deadline, the time
@@ -355,62 +409,59 @@ impl Entries {
         weight: u32,
         meta: &BTreeMap<String, String>,
     ) -> Option<Tick> {
-        let i = self.hot.len();
-        let pos = u32::try_from(i).expect("max_entries is validated to fit in u32");
-        let hash = self.hasher.hash_one(&key);
-        self.hot.push(Hot {
-            key,
+        let hash = key.hash(&self.hasher);
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.cold.push(Cold::default());
+                u32::try_from(self.cold.len() - 1).expect("max_entries is validated to fit in u32")
+            }
+        };
+        let mut hot = Hot {
+            packed: key.packed,
+            cold: index,
             stamp,
             ttl_weight: ttl_ns << TTL_SHIFT,
-        });
-        self.cold.push(Cold {
-            queued: 0,
+        };
+        let deadline = hot.deadline();
+        let cold = &mut self.cold[index as usize];
+        *cold = Cold {
+            queued: deadline.unwrap_or(0),
             meta: None,
+            long: key.long,
+        };
+        set_labels(&mut hot, cold, weight, meta);
+        let (colds, hasher) = (&self.cold, &self.hasher);
+        self.table.insert_unique(hash, hot, |h| {
+            hash_of(&h.packed, colds[h.cold as usize].long.as_deref(), hasher)
         });
-        self.set_labels(i, weight, meta);
-        let (hot, hasher) = (&self.hot, &self.hasher);
-        self.index
-            .insert_unique(hash, pos, |&j| hasher.hash_one(&hot[j as usize].key));
-        let deadline = self.hot[i].deadline();
-        self.cold[i].queued = deadline.unwrap_or(0);
         deadline
     }
 
-    /// Removes `key`; `false` when it was not there. The last entry moves
-    /// into the hole, so `hot` stays dense.
+    /// Removes `key`; `false` when it was not there.
     pub(super) fn remove(&mut self, key: &Key) -> bool {
-        let hot = &self.hot;
-        let Ok(found) = self
-            .index
-            .find_entry(self.hasher.hash_one(key), |&i| hot[i as usize].key == *key)
-        else {
+        let Some(bucket) = self.find(key) else {
             return false;
         };
-        let i = found.remove().0 as usize;
-        let last = self.hot.len() - 1;
-        if i != last {
-            let hash = self.hasher.hash_one(&self.hot[last].key);
-            let moved = self
-                .index
-                .find_mut(hash, |&j| j as usize == last)
-                .expect("every entry is indexed");
-            *moved = i as u32;
-        }
-        self.hot.swap_remove(i);
-        self.cold.swap_remove(i);
+        let Ok(found) = self.table.get_bucket_entry(bucket) else {
+            return false;
+        };
+        let index = found.remove().0.cold;
+        self.cold[index as usize] = Cold::default();
+        self.free.push(index);
         true
     }
 
     /// Settles the expiry item of `key` due at `at`; `now` has reached it.
     pub(super) fn due(&mut self, key: &Key, at: Tick, now: Tick) -> Due {
-        let Some(i) = self.find(key) else {
+        let Some(bucket) = self.find(key) else {
             return Due::Stale;
         };
-        let cold = &mut self.cold[i];
+        let (hot, cold) = self.slot(bucket);
         if cold.queued != at {
             return Due::Stale;
         }
-        match self.hot[i].deadline() {
+        match hot.deadline() {
             Some(d) if d <= now => Due::Expired,
             Some(d) => {
                 cold.queued = d;
@@ -422,6 +473,14 @@ impl Entries {
             }
         }
     }
+}
+
+fn set_labels(hot: &mut Hot, cold: &mut Cold, weight: u32, meta: &BTreeMap<String, String>) {
+    debug_assert!(u64::from(weight) <= WEIGHT_MASK, "weights are validated");
+    let flag = if meta.is_empty() { 0 } else { HAS_META };
+    hot.ttl_weight =
+        (hot.ttl_weight & !(WEIGHT_MASK | HAS_META)) | flag | (u64::from(weight) & WEIGHT_MASK);
+    cold.meta = (!meta.is_empty()).then(|| Box::new(meta.clone()));
 }
 
 /// Nanoseconds of a TTL the registry accepted (at most [`TTL_LIMIT`]).
@@ -468,7 +527,8 @@ mod tests {
         for (addr, packed) in cases {
             let key = Key::new(addr);
             assert_eq!(key.to_string(), addr);
-            assert_eq!(matches!(key, Key::Tcp4 { .. }), packed, "{addr}");
+            assert_eq!(matches!(key.packed, Packed::Tcp4 { .. }), packed, "{addr}");
+            assert_eq!(key.long.is_some(), addr.len() > SHORT && !packed, "{addr}");
             assert_eq!(key, Key::new(addr));
         }
         assert_ne!(Key::new("tcp@10.0.1.2:7001"), Key::new("tcp@10.0.1.2:7002"));
@@ -477,8 +537,13 @@ mod tests {
     #[test]
     fn removal_keeps_every_other_entry_findable() {
         let mut e = Entries::new(RandomState::default());
+        // Packed, short and long addresses alike.
         let addrs: Vec<String> = (0..200)
-            .map(|i| format!("tcp@10.0.0.{}:{i}", i % 7))
+            .map(|i| match i % 3 {
+                0 => format!("tcp@10.0.0.{}:{i}", i % 7),
+                1 => format!("u@{i}"),
+                _ => format!("tcp@host-{i}.example.org:7001"),
+            })
             .collect();
         for a in &addrs {
             e.insert(Key::new(a), Duration::from_secs(5), 1, &NO_META, 1);
@@ -491,10 +556,21 @@ mod tests {
             let i = e.find(&Key::new(a));
             assert_eq!(i.is_some(), n % 3 != 0, "{a}");
             if let Some(i) = i {
-                assert_eq!(e.view(i).key().to_string(), *a);
+                assert_eq!(e.view(i).to_string(), *a);
             }
         }
         assert_eq!(e.len(), 200 - 67);
+        // Freed places are reused, and the entries there are whole.
+        let cold_places = e.cold.len();
+        for a in addrs.iter().step_by(3) {
+            e.insert(Key::new(a), Duration::from_secs(5), 1, &NO_META, 1);
+        }
+        assert_eq!((e.len(), e.cold.len()), (200, cold_places));
+        let mut listed: Vec<String> = e.iter().map(|v| v.to_string()).collect();
+        listed.sort();
+        let mut expected = addrs.clone();
+        expected.sort();
+        assert_eq!(listed, expected);
     }
 
     #[test]

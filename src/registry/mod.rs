@@ -377,6 +377,9 @@ impl Drop for Locked<'_> {
         let Some(mut guard) = self.guard.take() else {
             return;
         };
+        if guard.changed.is_empty() {
+            return; // a heartbeat: nothing to announce
+        }
         let changed = std::mem::take(&mut guard.changed);
         drop(guard);
         self.inner.notify(&changed);
@@ -492,7 +495,7 @@ struct Service {
 fn info(e: &View<'_>, service: &str, now: Tick) -> EntryInfo {
     EntryInfo {
         service: service.to_string(),
-        addr: e.key().to_string(),
+        addr: e.to_string(),
         weight: e.weight(),
         meta: e.meta().clone(),
         ttl: e.ttl(),
@@ -626,10 +629,9 @@ impl Registry {
     /// changes on error.
     pub fn put_with(&self, service: &str, addr: &str, opts: &PutOptions) -> Result<PutOutcome> {
         validate_service(service)?;
-        validate_addr(addr)?;
+        let key = Key::checked(addr)?;
         opts.validate()?;
         let ttl = self.effective_ttl(opts.ttl);
-        let key = Key::new(addr);
         let now = self.inner.now();
         let mut t = self.locked(now);
         let t = &mut *t;
@@ -698,10 +700,10 @@ impl Registry {
     /// [`Error::InvalidService`] or [`Error::InvalidAddr`].
     pub fn remove(&self, service: &str, addr: &str) -> Result<bool> {
         validate_service(service)?;
-        validate_addr(addr)?;
+        let key = Key::checked(addr)?;
         let now = self.inner.now();
         let mut t = self.locked(now);
-        let removed = t.remove(service, &Key::new(addr));
+        let removed = t.remove(service, &key);
         if removed {
             t.stats.deregistrations += 1;
             log::info!("deregistered {addr} from service {service:?}");
@@ -728,7 +730,7 @@ impl Registry {
                 .get_or_insert_with(|| {
                     Arc::new(Listing::new(
                         svc.index,
-                        svc.entries.iter().map(|e| e.key().to_string()).collect(),
+                        svc.entries.iter().map(|e| e.to_string()).collect(),
                     ))
                 })
                 .clone(),
@@ -775,7 +777,7 @@ impl Registry {
                     .collect();
                 out.push_str(&format!(
                     "{service}\t{}\t{}\t{}\t{left}\t{}\n",
-                    e.key(),
+                    e,
                     e.weight(),
                     e.ttl().as_millis(),
                     crate::protocol::encode_meta(&meta)
