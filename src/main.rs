@@ -33,7 +33,7 @@ usage: regcenter serve [options]
   --path PATH         base path (default /myRPC/registry)
   --ttl D             TTL of entries that ask for none; 0 = never expire (default 5s)
   --min-ttl D         smallest TTL a server may ask for (default 1s)
-  --max-ttl D         largest TTL a server may ask for (default 1h)
+  --max-ttl D         largest TTL a server may ask for (default 1h, at most 72h)
   --threads N         request threads (default: number of cores)
   --max-entries N     most entries held (default 100000)
   --idle-timeout D    close kept-alive connections idle this long (default 60s)

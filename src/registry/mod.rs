@@ -1456,6 +1456,12 @@ mod tests {
         assert!(b().default_ttl(2 * 3600 * S).build().is_err());
         assert!(b().max_entries(0).build().is_err());
         assert!(b().default_ttl(Duration::ZERO).build().is_ok());
+        // A TTL shares its word with the weight; an entry's position is 32 bits.
+        assert!(b().max_ttl(TTL_LIMIT).build().is_ok());
+        let err = b().max_ttl(TTL_LIMIT + S).build().unwrap_err();
+        assert!(err.to_string().contains("72h"), "{err}");
+        assert!(b().max_entries(u32::MAX as usize).build().is_ok());
+        assert!(b().max_entries(u32::MAX as usize + 1).build().is_err());
     }
 
     #[test]
@@ -1525,6 +1531,33 @@ mod tests {
         clock.advance(2 * S);
         assert!(fresh.alive("").is_empty(), "b's remaining 2 s passed");
         assert_eq!(fresh.alive("svc"), ["a"]);
+    }
+
+    #[test]
+    fn a_restore_keeps_to_the_bounds_and_the_limit_of_its_registry() {
+        let clock = ManualClock::new();
+        let wide = Registry::builder()
+            .max_ttl(3600 * S)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        for a in ["a", "b", "c"] {
+            wide.put_with("", a, &PutOptions::new().ttl(3600 * S))
+                .unwrap();
+        }
+        let narrow = Registry::builder()
+            .max_ttl(60 * S)
+            .max_entries(2)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        assert_eq!(narrow.restore(&wide.snapshot()).unwrap(), 2);
+        for e in narrow.entries() {
+            assert_eq!(e.ttl, 60 * S, "{e:?}");
+            assert!(e.expires_in.unwrap() <= 60 * S, "{e:?}");
+        }
+        clock.advance(60 * S);
+        assert!(narrow.is_empty(), "the clamped TTL is the one in force");
     }
 
     #[test]
