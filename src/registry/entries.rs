@@ -251,6 +251,21 @@ impl fmt::Display for View<'_> {
 }
 
 impl View<'_> {
+    /// The address, owned: cheap to take under the lock (a copy, and an
+    /// allocation only for a long address), printed after it.
+    pub(super) fn key(&self) -> Key {
+        // The cold part only when there is something in it: a pass over
+        // the table reads it in no useful order.
+        let long = match self.hot.packed {
+            Packed::Long { .. } => self.cold.long.clone(),
+            _ => None,
+        };
+        Key {
+            packed: self.hot.packed,
+            long,
+        }
+    }
+
     pub(super) fn ttl(&self) -> Duration {
         Duration::from_nanos(self.hot.ttl_ns())
     }
@@ -260,6 +275,9 @@ impl View<'_> {
     }
 
     pub(super) fn meta(&self) -> &BTreeMap<String, String> {
+        if self.hot.ttl_weight & HAS_META == 0 {
+            return &NO_META;
+        }
         self.cold.meta.as_deref().unwrap_or(&NO_META)
     }
 
@@ -268,8 +286,35 @@ impl View<'_> {
         self.hot.deadline()
     }
 
-    pub(super) fn last_beat(&self) -> Tick {
-        self.hot.stamp.saturating_sub(self.hot.ttl_ns())
+    /// The TTL in nanoseconds and the stamp they decode from (see
+    /// [`Stamp`]), for copying many entries out cheaply.
+    pub(super) fn raw_times(&self) -> Stamp {
+        Stamp {
+            ttl_ns: self.hot.ttl_ns(),
+            stamp: self.hot.stamp,
+        }
+    }
+}
+
+/// An entry's TTL and stamp: the deadline when the TTL is non-zero, else
+/// the time of the last beat.
+#[derive(Clone, Copy)]
+pub(super) struct Stamp {
+    ttl_ns: u64,
+    stamp: Tick,
+}
+
+impl Stamp {
+    pub(super) fn ttl(self) -> Duration {
+        Duration::from_nanos(self.ttl_ns)
+    }
+
+    pub(super) fn deadline(self) -> Option<Tick> {
+        (self.ttl_ns != 0).then_some(self.stamp)
+    }
+
+    pub(super) fn last_beat(self) -> Tick {
+        self.stamp.saturating_sub(self.ttl_ns)
     }
 }
 
@@ -586,7 +631,7 @@ mod tests {
         // Same TTL: no queue work.
         assert_eq!(e.renew(i, ttl, 2, &NO_META, 20), (false, None));
         assert_eq!(
-            (e.view(i).deadline(), e.view(i).last_beat()),
+            (e.view(i).deadline(), e.view(i).raw_times().last_beat()),
             (Some(20 + 5 * S), 20)
         );
         // Labels.
