@@ -312,9 +312,9 @@ impl RegistryBuilder {
 
 /// The registry table, shared by cheap clones.
 ///
-/// One lock guards the whole table; it is held only for bookkeeping (no I/O,
-/// no rendering beyond a listing that changed), so every call returns in
-/// microseconds. Expired entries are never returned: each call first removes
+/// One lock guards the whole table; it is held only for bookkeeping (no
+/// I/O; listings are printed and sorted after it is released, from a copy
+/// of the addresses), so a heartbeat never waits long for it. Expired entries are never returned: each call first removes
 /// entries whose deadline has passed, and a [`Sweeper`] removes them
 /// promptly even when nobody calls.
 ///
