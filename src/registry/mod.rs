@@ -763,28 +763,11 @@ impl Registry {
                 limit: self.inner.max_entries,
             });
         }
-        t.counter += 1;
-        t.entries += 1;
         t.stats.registrations += 1;
-        let index = t.counter;
-        let svc = t.service_mut(service);
-        svc.index = index;
-        let old = svc.invalidate();
         log::info!("registered {addr} in service {service:?}");
-        let deadline = svc
-            .entries
-            .insert(key.clone(), ttl, opts.weight, &opts.meta, now);
-        let name = svc.name.clone();
-        t.retired.push(old);
-        t.changed.push(name.clone());
-        if let Some(at) = deadline {
-            let due = Due {
-                at,
-                service: name,
-                addr: key,
-            };
-            schedule(&mut t.queue, &self.inner.wake, due);
-        }
+        let index = t.add(service, key, &self.inner.wake, |entries, key| {
+            entries.insert(key, ttl, opts.weight, &opts.meta, now)
+        });
         Ok(PutOutcome {
             ttl,
             index,
@@ -946,28 +929,11 @@ impl Registry {
                 true => Duration::ZERO,
                 false => self.effective_ttl(Some(e.ttl)),
             };
-            t.entries += 1;
-            // Above the counter of the snapshot: not below any index a
-            // client saw before the restart, and a new one for the change.
-            t.counter += 1;
-            let counter = t.counter;
-            let svc = t.service_mut(&e.service);
-            svc.index = counter;
-            let old = svc.invalidate();
-            let deadline =
-                svc.entries
-                    .insert_restored(key.clone(), ttl, e.left, e.weight, &e.meta, now);
-            let name = svc.name.clone();
-            t.retired.push(old);
-            t.changed.push(name.clone());
-            if let Some(at) = deadline {
-                let due = Due {
-                    at,
-                    service: name,
-                    addr: key,
-                };
-                schedule(&mut t.queue, &self.inner.wake, due);
-            }
+            // The counter is above the snapshot's already: no index a client
+            // saw before the restart comes back.
+            t.add(&e.service, key, &self.inner.wake, |entries, key| {
+                entries.insert_restored(key, ttl, e.left, e.weight, &e.meta, now)
+            });
             loaded += 1;
         }
         Ok(loaded)
@@ -1255,6 +1221,37 @@ fn schedule(queue: &mut BinaryHeap<Reverse<Due>>, wake: &Condvar, due: Due) {
 }
 
 impl Table {
+    /// Adds an absent entry with `insert`, which returns its deadline: a
+    /// new index for its service, the caches retired, the change announced
+    /// and the expiry queued. Returns the index.
+    fn add(
+        &mut self,
+        service: &str,
+        key: Key,
+        wake: &Condvar,
+        insert: impl FnOnce(&mut Entries, Key) -> Option<Tick>,
+    ) -> u64 {
+        self.counter += 1;
+        self.entries += 1;
+        let index = self.counter;
+        let svc = self.service_mut(service);
+        svc.index = index;
+        let old = svc.invalidate();
+        let deadline = insert(&mut svc.entries, key.clone());
+        let name = svc.name.clone();
+        self.retired.push(old);
+        self.changed.push(name.clone());
+        if let Some(at) = deadline {
+            let due = Due {
+                at,
+                service: name,
+                addr: key,
+            };
+            schedule(&mut self.queue, wake, due);
+        }
+        index
+    }
+
     /// The service named `name`, created empty when absent.
     fn service_mut(&mut self, name: &str) -> &mut Service {
         if !self.services.contains_key(name) {
