@@ -1752,6 +1752,133 @@ mod tests {
         assert_eq!(all, expected);
     }
 
+    /// The registry against a plain model, over random operations: puts
+    /// with TTLs, weights and labels, removals, time passing, restores.
+    #[test]
+    fn random_operations_agree_with_a_plain_model() {
+        struct Model {
+            deadline: Duration,
+            ttl: Duration,
+            weight: u32,
+            meta: BTreeMap<String, String>,
+        }
+        let long = "tcp@a-rather-long-host-name.example.org:7001";
+        let addrs: Vec<String> = (0..24)
+            .map(|i| match i % 4 {
+                0 => format!("tcp@10.0.{}.{}:7001", i / 8, i),
+                1 => format!("u@{i}"),
+                2 => format!("{long}{i}"),
+                _ => format!("tcp@010.0.0.{i}:7001"), // not canonical: kept as text
+            })
+            .collect();
+        let services = ["", "a", "b"];
+        for seed in 1..=8u64 {
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut next = |n: usize| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % n as u64) as usize
+            };
+            let clock = ManualClock::new();
+            let mut reg = registry(&clock);
+            let mut now = Duration::ZERO;
+            let mut model: HashMap<(String, String), Model> = HashMap::new();
+            for step in 0..3000 {
+                let service = services[next(services.len())];
+                let addr = &addrs[next(addrs.len())];
+                let key = (service.to_string(), addr.clone());
+                model.retain(|_, m| m.deadline > now);
+                match next(10) {
+                    0..=5 => {
+                        let ttl = [None, Some(S), Some(3 * S), Some(90 * S)][next(4)];
+                        let weight = 1 + next(3) as u32;
+                        let mut opts = PutOptions::new().weight(weight);
+                        if next(4) == 0 {
+                            opts = opts.meta("zone", ["x", "y"][next(2)]);
+                        }
+                        if let Some(ttl) = ttl {
+                            opts = opts.ttl(ttl);
+                        }
+                        let ttl = ttl.map_or(5 * S, |t| t.clamp(S, 60 * S));
+                        let out = reg.put_with(service, addr, &opts).unwrap();
+                        let labels_changed = model
+                            .get(&key)
+                            .is_none_or(|m| m.weight != weight || &m.meta != opts.meta_map());
+                        assert_eq!(out.changed, labels_changed, "seed {seed} step {step}");
+                        let meta = opts.meta_map().clone();
+                        let deadline = now + ttl;
+                        model.insert(
+                            key,
+                            Model {
+                                deadline,
+                                ttl,
+                                weight,
+                                meta,
+                            },
+                        );
+                    }
+                    6 => {
+                        let removed = reg.remove(service, addr).unwrap();
+                        assert_eq!(
+                            removed,
+                            model.remove(&key).is_some(),
+                            "seed {seed} step {step}"
+                        );
+                    }
+                    7 | 8 => {
+                        // Steps of 50 ms: a restore loses the wall-clock
+                        // milliseconds it takes, which must not decide
+                        // whether an entry is still there.
+                        let by = Duration::from_millis(50 * next(50) as u64);
+                        clock.advance(by);
+                        now += by;
+                    }
+                    _ => {
+                        // A restart: the table comes back from its snapshot.
+                        let text = reg.snapshot();
+                        reg = registry(&clock);
+                        reg.restore(&text).unwrap();
+                    }
+                }
+                model.retain(|_, m| m.deadline > now);
+                for s in services {
+                    let mut want: Vec<(&String, &Model)> = model
+                        .iter()
+                        .filter(|((ms, _), _)| ms == s)
+                        .map(|((_, a), m)| (a, m))
+                        .collect();
+                    want.sort_by(|a, b| a.0.cmp(b.0));
+                    let (_, got) = reg.instances(s);
+                    let got_addrs: Vec<&String> = got.iter().map(|e| &e.addr).collect();
+                    let want_addrs: Vec<&String> = want.iter().map(|w| w.0).collect();
+                    assert_eq!(
+                        got_addrs, want_addrs,
+                        "seed {seed} step {step} service {s:?}"
+                    );
+                    let alive = reg.alive(s);
+                    assert_eq!(
+                        alive.iter().collect::<Vec<_>>(),
+                        want_addrs,
+                        "seed {seed} step {step}"
+                    );
+                    for (e, (_, m)) in got.iter().zip(&want) {
+                        assert_eq!((e.weight, &e.meta, e.ttl), (m.weight, &m.meta, m.ttl));
+                        // A restore keeps remaining TTLs to the millisecond,
+                        // less the time it takes.
+                        let left = e.expires_in.unwrap();
+                        let want_left = m.deadline - now;
+                        assert!(
+                            left <= want_left && want_left - left < Duration::from_millis(20),
+                            "seed {seed} step {step}: {left:?} left, model {want_left:?}"
+                        );
+                    }
+                }
+                assert_eq!(reg.len(), model.len());
+            }
+        }
+    }
+
     #[test]
     fn corrupt_or_truncated_snapshots_load_nothing() {
         let reg = Registry::new();
