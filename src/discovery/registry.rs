@@ -7,6 +7,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::{Discovery, Picker, SelectMode, validate_all};
 use crate::client::{self, DEFAULT_CALL_TIMEOUT, Reply, Verb};
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::protocol::{HEADER_INDEX, HEADER_SERVERS, service_url, split_servers};
 use crate::rand::jitter;
@@ -243,6 +244,12 @@ struct State {
 }
 
 impl State {
+    /// Whether a fetch is due. The coarse clock (a few ms of resolution,
+    /// 4 ns to read): every pick asks.
+    fn due(&self) -> bool {
+        self.next_attempt.is_none_or(|t| SystemClock.now() >= t)
+    }
+
     /// Lets a held-back empty answer through once its hold has passed, even
     /// when no fetch is due (a watch may be parked for long).
     fn release_hold(&mut self) {
@@ -365,7 +372,7 @@ impl RegistryDiscovery {
     /// and what happens on failure.
     fn ensure_fresh(&self) -> Result<()> {
         let sh = &self.shared;
-        let due = |st: &State| st.next_attempt.is_none_or(|t| Instant::now() >= t);
+        let due = State::due;
         let have_list = {
             let st = sh.state.lock();
             if !due(&st) {
@@ -644,8 +651,14 @@ impl Discovery for RegistryDiscovery {
     }
 
     fn get(&self, mode: SelectMode) -> Result<String> {
-        self.ensure_fresh()?;
+        // One lock for the usual pick, when no fetch is due: picks from
+        // several threads contend for it.
         let mut st = self.shared.state.lock();
+        if st.due() {
+            drop(st);
+            self.ensure_fresh()?;
+            st = self.shared.state.lock();
+        }
         st.release_hold();
         // The URL is only formatted for the error: picks stay allocation-free
         // but for the address itself.
