@@ -14,13 +14,13 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 pub use entries::TTL_LIMIT;
 use entries::{Entries, Key, Stamp, Tick};
 
-/// foldhash with a random seed per map: about three times faster than
-/// SipHash on short keys, and still seeded against crafted collisions.
-type RandomState = foldhash::fast::RandomState;
-
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::protocol::{format_duration, validate_addr, validate_service};
+
+/// foldhash with a random seed per map: about three times faster than
+/// SipHash on short keys, and still seeded against crafted collisions.
+type RandomState = foldhash::fast::RandomState;
 
 /// Default TTL of an entry, as in the seed (`defaultTimeout = 5 * time.Second`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
