@@ -12,6 +12,7 @@
 //! bookkeeping, labels, addresses too long to pack) lives in `cold`, which
 //! a plain heartbeat does not read.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::BuildHasher;
@@ -56,19 +57,20 @@ enum Packed {
     },
 }
 
-/// A server address as the table keys it.
+/// A server address as the table keys it; a long address borrows its
+/// text for a lookup, so a heartbeat allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Key {
+pub(super) struct Key<'a> {
     packed: Packed,
     /// The text of a `Long` address.
-    long: Option<Box<str>>,
+    long: Option<Cow<'a, str>>,
 }
 
-impl Key {
+impl<'a> Key<'a> {
     /// The key of `addr` after checking it as
     /// [`validate_addr`](crate::protocol::validate_addr) does; a packed
     /// IPv4 address is valid by its shape, so a heartbeat scans it once.
-    pub(super) fn checked(addr: &str) -> crate::Result<Key> {
+    pub(super) fn checked(addr: &'a str) -> crate::Result<Key<'a>> {
         if let Some(packed) = parse_tcp4(addr) {
             return Ok(Key { packed, long: None });
         }
@@ -76,7 +78,15 @@ impl Key {
         Ok(Key::new(addr))
     }
 
-    pub(super) fn new(addr: &str) -> Key {
+    /// The key to keep, for the expiry queue.
+    pub(super) fn into_owned(self) -> Key<'static> {
+        Key {
+            packed: self.packed,
+            long: self.long.map(|l| Cow::Owned(l.into_owned())),
+        }
+    }
+
+    pub(super) fn new(addr: &'a str) -> Key<'a> {
         if let Some(packed) = parse_tcp4(addr) {
             return Key { packed, long: None };
         }
@@ -94,7 +104,7 @@ impl Key {
             packed: Packed::Long {
                 digest: digest(bytes),
             },
-            long: Some(addr.into()),
+            long: Some(Cow::Borrowed(addr)),
         }
     }
 
@@ -123,7 +133,7 @@ fn digest(bytes: &[u8]) -> u32 {
     })
 }
 
-impl fmt::Display for Key {
+impl fmt::Display for Key<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_addr(f, &self.packed, self.long.as_deref())
     }
@@ -253,11 +263,11 @@ impl fmt::Display for View<'_> {
 impl View<'_> {
     /// The address, owned: cheap to take under the lock (a copy, and an
     /// allocation only for a long address), printed after it.
-    pub(super) fn key(&self) -> Key {
+    pub(super) fn key(&self) -> Key<'static> {
         // The cold part only when there is something in it: a pass over
         // the table reads it in no useful order.
         let long = match self.hot.packed {
-            Packed::Long { .. } => self.cold.long.clone(),
+            Packed::Long { .. } => self.cold.long.as_deref().map(|l| Cow::Owned(l.to_string())),
             _ => None,
         };
         Key {
@@ -338,10 +348,12 @@ impl Entries {
 
     /// The bucket of `key`, if present; valid until the next insert or
     /// removal.
-    pub(super) fn find(&self, key: &Key) -> Option<usize> {
+    pub(super) fn find(&self, key: &Key<'_>) -> Option<usize> {
         let cold = &self.cold;
         self.table.find_bucket_index(key.hash(&self.hasher), |h| {
-            h.packed == key.packed && (key.long.is_none() || cold[h.cold as usize].long == key.long)
+            h.packed == key.packed
+                && (key.long.is_none()
+                    || cold[h.cold as usize].long.as_deref() == key.long.as_deref())
         })
     }
 
@@ -418,7 +430,7 @@ impl Entries {
     /// of the expiry item to queue for it.
     pub(super) fn insert(
         &mut self,
-        key: Key,
+        key: Key<'_>,
         ttl: Duration,
         weight: u32,
         meta: &BTreeMap<String, String>,
@@ -431,7 +443,7 @@ impl Entries {
     /// Adds an absent `key` with `left` of its `ttl` remaining at `now`.
     pub(super) fn insert_restored(
         &mut self,
-        key: Key,
+        key: Key<'_>,
         ttl: Duration,
         left: Option<Duration>,
         weight: u32,
@@ -448,7 +460,7 @@ impl Entries {
 
     fn push(
         &mut self,
-        key: Key,
+        key: Key<'_>,
         ttl_ns: u64,
         stamp: Tick,
         weight: u32,
@@ -473,7 +485,7 @@ impl Entries {
         *cold = Cold {
             queued: deadline.unwrap_or(0),
             meta: None,
-            long: key.long,
+            long: key.long.map(|l| l.into_owned().into_boxed_str()),
         };
         set_labels(&mut hot, cold, weight, meta);
         let (colds, hasher) = (&self.cold, &self.hasher);
@@ -484,7 +496,7 @@ impl Entries {
     }
 
     /// Removes `key`; `false` when it was not there.
-    pub(super) fn remove(&mut self, key: &Key) -> bool {
+    pub(super) fn remove(&mut self, key: &Key<'_>) -> bool {
         let Some(bucket) = self.find(key) else {
             return false;
         };
@@ -498,7 +510,7 @@ impl Entries {
     }
 
     /// Settles the expiry item of `key` due at `at`; `now` has reached it.
-    pub(super) fn due(&mut self, key: &Key, at: Tick, now: Tick) -> Due {
+    pub(super) fn due(&mut self, key: &Key<'_>, at: Tick, now: Tick) -> Due {
         let Some(bucket) = self.find(key) else {
             return Due::Stale;
         };

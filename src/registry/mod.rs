@@ -466,7 +466,7 @@ pub struct RegistryStats {
 struct Due {
     at: Tick,
     service: Arc<str>,
-    addr: Key,
+    addr: Key<'static>,
 }
 
 impl PartialEq for Due {
@@ -536,7 +536,7 @@ impl Service {
 /// Addresses and weights in the table's order, and the labels of those
 /// that have any: copied out to build [`Details`] without the lock.
 struct Raw {
-    rows: Vec<(Key, u32)>,
+    rows: Vec<(Key<'static>, u32)>,
     labels: Vec<(usize, BTreeMap<String, String>)>,
 }
 
@@ -748,7 +748,7 @@ impl Registry {
                 let due = Due {
                     at,
                     service: svc.name.clone(),
-                    addr: key,
+                    addr: key.into_owned(),
                 };
                 schedule(&mut t.queue, &self.inner.wake, due);
             }
@@ -1224,12 +1224,12 @@ impl Table {
     /// Adds an absent entry with `insert`, which returns its deadline: a
     /// new index for its service, the caches retired, the change announced
     /// and the expiry queued. Returns the index.
-    fn add(
+    fn add<'k>(
         &mut self,
         service: &str,
-        key: Key,
+        key: Key<'k>,
         wake: &Condvar,
-        insert: impl FnOnce(&mut Entries, Key) -> Option<Tick>,
+        insert: impl FnOnce(&mut Entries, Key<'k>) -> Option<Tick>,
     ) -> u64 {
         self.counter += 1;
         self.entries += 1;
@@ -1245,7 +1245,7 @@ impl Table {
             let due = Due {
                 at,
                 service: name,
-                addr: key,
+                addr: key.into_owned(),
             };
             schedule(&mut self.queue, wake, due);
         }
