@@ -8,9 +8,10 @@
 //! and more beyond 8 MB). So a heartbeat touches one 32-byte slot of the
 //! hash table, which holds what it reads: the address (an IPv4 `tcp@`
 //! address packed in 6 bytes, other short ones inline), the deadline, the
-//! TTL and the weight; 4 MB for 100 000 entries. The rest (expiry queue
-//! bookkeeping, labels, addresses too long to pack) lives in `cold`, which
-//! a plain heartbeat does not read.
+//! TTL and the weight; 4 MB for 100 000 entries. Expiry queue bookkeeping
+//! and labels live in `cold`, which a plain heartbeat does not read; the
+//! text of an address too long to pack lives in `texts`, where its slot
+//! points straight at it.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -40,7 +41,7 @@ const HAS_META: u64 = 0x8000;
 /// An address in 12 bytes. Every address has exactly one form (it is
 /// `Tcp4` only when it prints back to the same text, `Short` only when it
 /// is not `Tcp4` and fits), so equal addresses have equal forms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 enum Packed {
     Tcp4 {
         ip: [u8; 4],
@@ -50,11 +51,103 @@ enum Packed {
         len: u8,
         buf: [u8; SHORT],
     },
-    /// The text is elsewhere; this is a 32-bit digest of it, so that most
-    /// unequal long addresses differ here already.
+    /// The text is in [`Texts`], at `at` among the places of `class`; the
+    /// length and 32 more bits of the table hash tell most unequal
+    /// addresses apart here.
     Long {
+        len: u8,
+        class: u8,
         digest: u32,
+        at: u32,
     },
+}
+
+impl PartialEq for Packed {
+    fn eq(&self, other: &Packed) -> bool {
+        match (self, other) {
+            (Packed::Tcp4 { ip: a, port: p }, Packed::Tcp4 { ip: b, port: q }) => a == b && p == q,
+            (Packed::Short { len: a, buf: x }, Packed::Short { len: b, buf: y }) => {
+                a == b && x == y
+            }
+            // Where a text is stored is not part of the address.
+            (
+                Packed::Long {
+                    len: a, digest: x, ..
+                },
+                Packed::Long {
+                    len: b, digest: y, ..
+                },
+            ) => a == b && x == y,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Packed {}
+
+impl Packed {
+    /// With the digest of a `Long` address taken from its table hash (the
+    /// high bits; hashbrown uses the top 7 and the low ones).
+    fn with_digest(mut self, hash: u64) -> Packed {
+        if let Packed::Long { digest, .. } = &mut self {
+            *digest = (hash >> 24) as u32;
+        }
+        self
+    }
+}
+
+/// The texts of long addresses, one arena per place size (16 to 256 bytes:
+/// addresses have at most 255): a slot points straight at its text, one
+/// cache miss, and a freed place is reused by the next text of its size.
+#[derive(Default)]
+struct Texts {
+    arenas: [Arena; PLACES.len()],
+}
+
+#[derive(Default)]
+struct Arena {
+    bytes: Vec<u8>,
+    free: Vec<u32>,
+}
+
+const PLACES: [usize; 5] = [16, 32, 64, 128, 256];
+
+impl Texts {
+    /// Stores `text`; returns its class and place.
+    fn put(&mut self, text: &str) -> (u8, u32) {
+        let class = PLACES
+            .iter()
+            .position(|&p| text.len() <= p)
+            .expect("addresses are validated to 255 bytes at most");
+        let size = PLACES[class];
+        let arena = &mut self.arenas[class];
+        let at = match arena.free.pop() {
+            Some(at) => at,
+            None => {
+                arena.bytes.resize(arena.bytes.len() + size, 0);
+                u32::try_from(arena.bytes.len() / size - 1).expect("fewer than 2^32 entries")
+            }
+        };
+        let start = at as usize * size;
+        arena.bytes[start..start + text.len()].copy_from_slice(text.as_bytes());
+        (class as u8, at)
+    }
+
+    /// The text of a `Long` address, `None` for the others.
+    fn of(&self, packed: &Packed) -> Option<&str> {
+        let Packed::Long { len, class, at, .. } = *packed else {
+            return None;
+        };
+        let start = at as usize * PLACES[usize::from(class)];
+        let bytes = &self.arenas[usize::from(class)].bytes[start..start + usize::from(len)];
+        Some(std::str::from_utf8(bytes).expect("stored from a str"))
+    }
+
+    fn free(&mut self, packed: &Packed) {
+        if let Packed::Long { class, at, .. } = *packed {
+            self.arenas[usize::from(class)].free.push(at);
+        }
+    }
 }
 
 /// A server address as the table keys it; a long address borrows its
@@ -102,7 +195,10 @@ impl<'a> Key<'a> {
         }
         Key {
             packed: Packed::Long {
-                digest: digest(bytes),
+                len: bytes.len() as u8,
+                class: 0,
+                digest: 0,
+                at: 0,
             },
             long: Some(Cow::Borrowed(addr)),
         }
@@ -123,14 +219,6 @@ fn hash_of(packed: &Packed, long: Option<&str>, hasher: &RandomState) -> u64 {
         (Packed::Short { len, buf }, _) => hasher.hash_one(&buf[..usize::from(*len)]),
         (Packed::Long { .. }, text) => hasher.hash_one(text.unwrap_or_default().as_bytes()),
     }
-}
-
-/// FNV-1a: a cheap, unseeded filter before comparing long texts (the
-/// seeded table hash guards against crafted collisions).
-fn digest(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5, |h, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
 }
 
 impl fmt::Display for Key<'_> {
@@ -210,8 +298,7 @@ impl Hot {
     }
 }
 
-/// What only registrations, label changes, TTL cuts, expiry and long
-/// addresses touch.
+/// What only registrations, label changes, TTL cuts and expiry touch.
 #[derive(Default)]
 struct Cold {
     /// Time of the entry's live item in the expiry queue; 0 when none (a
@@ -222,7 +309,6 @@ struct Cold {
         reason = "8 bytes instead of 24; labels are rare"
     )]
     meta: Option<Box<BTreeMap<String, String>>>,
-    long: Option<Box<str>>,
 }
 
 static NO_META: BTreeMap<String, String> = BTreeMap::new();
@@ -244,6 +330,7 @@ pub(super) struct Entries {
     /// Indexed by `Hot::cold`; freed places are reused.
     cold: Vec<Cold>,
     free: Vec<u32>,
+    texts: Texts,
     hasher: RandomState,
 }
 
@@ -251,12 +338,13 @@ pub(super) struct Entries {
 pub(super) struct View<'a> {
     hot: &'a Hot,
     cold: &'a Cold,
+    texts: &'a Texts,
 }
 
 impl fmt::Display for View<'_> {
     /// The address.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_addr(f, &self.hot.packed, self.cold.long.as_deref())
+        write_addr(f, &self.hot.packed, self.texts.of(&self.hot.packed))
     }
 }
 
@@ -264,15 +352,12 @@ impl View<'_> {
     /// The address, owned: cheap to take under the lock (a copy, and an
     /// allocation only for a long address), printed after it.
     pub(super) fn key(&self) -> Key<'static> {
-        // The cold part only when there is something in it: a pass over
-        // the table reads it in no useful order.
-        let long = match self.hot.packed {
-            Packed::Long { .. } => self.cold.long.as_deref().map(|l| Cow::Owned(l.to_string())),
-            _ => None,
-        };
         Key {
             packed: self.hot.packed,
-            long,
+            long: self
+                .texts
+                .of(&self.hot.packed)
+                .map(|l| Cow::Owned(l.to_string())),
         }
     }
 
@@ -334,6 +419,7 @@ impl Entries {
             table: HashTable::new(),
             cold: Vec::new(),
             free: Vec::new(),
+            texts: Texts::default(),
             hasher,
         }
     }
@@ -349,11 +435,11 @@ impl Entries {
     /// The bucket of `key`, if present; valid until the next insert or
     /// removal.
     pub(super) fn find(&self, key: &Key<'_>) -> Option<usize> {
-        let cold = &self.cold;
-        self.table.find_bucket_index(key.hash(&self.hasher), |h| {
-            h.packed == key.packed
-                && (key.long.is_none()
-                    || cold[h.cold as usize].long.as_deref() == key.long.as_deref())
+        let texts = &self.texts;
+        let hash = key.hash(&self.hasher);
+        let packed = key.packed.with_digest(hash);
+        self.table.find_bucket_index(hash, |h| {
+            h.packed == packed && (key.long.is_none() || texts.of(&h.packed) == key.long.as_deref())
         })
     }
 
@@ -372,6 +458,7 @@ impl Entries {
         View {
             hot,
             cold: &self.cold[hot.cold as usize],
+            texts: &self.texts,
         }
     }
 
@@ -379,6 +466,7 @@ impl Entries {
         self.table.iter().map(|hot| View {
             hot,
             cold: &self.cold[hot.cold as usize],
+            texts: &self.texts,
         })
     }
 
@@ -474,8 +562,12 @@ impl Entries {
                 u32::try_from(self.cold.len() - 1).expect("max_entries is validated to fit in u32")
             }
         };
+        let mut packed = key.packed.with_digest(hash);
+        if let (Packed::Long { class, at, .. }, Some(text)) = (&mut packed, &key.long) {
+            (*class, *at) = self.texts.put(text);
+        }
         let mut hot = Hot {
-            packed: key.packed,
+            packed,
             cold: index,
             stamp,
             ttl_weight: ttl_ns << TTL_SHIFT,
@@ -485,12 +577,11 @@ impl Entries {
         *cold = Cold {
             queued: deadline.unwrap_or(0),
             meta: None,
-            long: key.long.map(|l| l.into_owned().into_boxed_str()),
         };
         set_labels(&mut hot, cold, weight, meta);
-        let (colds, hasher) = (&self.cold, &self.hasher);
+        let (texts, hasher) = (&self.texts, &self.hasher);
         self.table.insert_unique(hash, hot, |h| {
-            hash_of(&h.packed, colds[h.cold as usize].long.as_deref(), hasher)
+            hash_of(&h.packed, texts.of(&h.packed), hasher)
         });
         deadline
     }
@@ -503,9 +594,10 @@ impl Entries {
         let Ok(found) = self.table.get_bucket_entry(bucket) else {
             return false;
         };
-        let index = found.remove().0.cold;
-        self.cold[index as usize] = Cold::default();
-        self.free.push(index);
+        let hot = found.remove().0;
+        self.cold[hot.cold as usize] = Cold::default();
+        self.free.push(hot.cold);
+        self.texts.free(&hot.packed);
         true
     }
 
@@ -605,24 +697,28 @@ mod tests {
         for a in &addrs {
             e.insert(Key::new(a), Duration::from_secs(5), 1, &NO_META, 1);
         }
-        for a in addrs.iter().step_by(3) {
+        // Every other one: all three kinds.
+        for a in addrs.iter().step_by(2) {
             assert!(e.remove(&Key::new(a)));
             assert!(!e.remove(&Key::new(a)), "{a} removed twice");
         }
         for (n, a) in addrs.iter().enumerate() {
             let i = e.find(&Key::new(a));
-            assert_eq!(i.is_some(), n % 3 != 0, "{a}");
+            assert_eq!(i.is_some(), n % 2 != 0, "{a}");
             if let Some(i) = i {
                 assert_eq!(e.view(i).to_string(), *a);
             }
         }
-        assert_eq!(e.len(), 200 - 67);
+        assert_eq!(e.len(), 100);
         // Freed places are reused, and the entries there are whole.
         let cold_places = e.cold.len();
-        for a in addrs.iter().step_by(3) {
+        let text_bytes: Vec<usize> = e.texts.arenas.iter().map(|a| a.bytes.len()).collect();
+        for a in addrs.iter().step_by(2) {
             e.insert(Key::new(a), Duration::from_secs(5), 1, &NO_META, 1);
         }
         assert_eq!((e.len(), e.cold.len()), (200, cold_places));
+        let after: Vec<usize> = e.texts.arenas.iter().map(|a| a.bytes.len()).collect();
+        assert_eq!(after, text_bytes);
         let mut listed: Vec<String> = e.iter().map(|v| v.to_string()).collect();
         listed.sort();
         let mut expected = addrs.clone();
