@@ -9,6 +9,7 @@ mod discovery;
 mod etcd;
 mod hardening;
 mod heartbeat;
+mod hostile;
 mod operations;
 mod server;
 mod watch;
