@@ -180,11 +180,11 @@ fn shutdown_leaves_no_thread_behind_and_frees_the_port() {
     let s = server();
     let addr = s.local_addr();
     let prefix = format!("rc{}-", addr.port());
-    // A thread names itself once it runs, so wait for all three names.
+    // A thread names itself once it runs, so wait for all the names.
     wait_until(
-        "two workers, the guard, the sweeper and the watch timer",
+        "the intake, two request threads, the guard, the sweeper and the watch timer",
         Duration::from_secs(5),
-        || threads_named(&prefix) == 5,
+        || threads_named(&prefix) == 6,
     );
     assert_eq!(raw(addr, "GET", "/healthz", &[]).status, 200);
     s.shutdown().unwrap();

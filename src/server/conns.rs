@@ -8,6 +8,20 @@
 //! and shut one down (`shutdown(2)`; the descriptor stays tiny_http's, and
 //! its thread then sees the close and ends). Everything here is Linux-only;
 //! elsewhere nothing is found and nothing is done.
+//!
+//! Why a reused descriptor cannot be harmed: a listing names descriptor
+//! numbers, and tiny_http may close one and the process reuse its number
+//! (for a new client, or a socket of the program embedding the server)
+//! before we act on it. Every action that changes a socket (a last answer,
+//! `shutdown(2)`) therefore goes through [`with_socket`], which first takes
+//! a descriptor of our own for the number (`F_DUPFD_CLOEXEC`), then checks
+//! on that duplicate that it is the socket listed (its inode, which no other
+//! live socket shares, and its peer), and acts on the duplicate only. Once
+//! duplicated, the socket checked is the socket acted on, whatever happens
+//! to the number meanwhile. Reads of counters (`FIONREAD`, `TCP_INFO`) use
+//! the number directly: a reused number gives another socket's counters,
+//! which at worst makes the guard kick or try to close a connection that is
+//! gone, and that close is refused by the check.
 
 use std::net::SocketAddr;
 
@@ -27,9 +41,11 @@ pub(crate) struct ConnStats {
     pub(crate) received: u64,
     /// Time since data last arrived, in milliseconds.
     pub(crate) idle_ms: u32,
+    /// The peer closed its side (`CLOSE_WAIT`): nothing more will arrive.
+    pub(crate) peer_closed: bool,
 }
 
-pub(crate) use imp::{Scanner, listen_queue, listening, send_and_close, stats, unread};
+pub(crate) use imp::{Scanner, inode_of_listener, listening, send_and_close, stats, unread};
 
 /// Shuts down every accepted connection of the listener at `local`; returns
 /// how many.
@@ -47,11 +63,14 @@ mod imp {
     use std::collections::HashMap;
     use std::mem::MaybeUninit;
     use std::net::SocketAddr;
-    use std::os::fd::{BorrowedFd, RawFd};
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
     use socket2::SockRef;
 
     use super::{Conn, ConnStats};
+
+    /// `tcpi_state` of a connection whose peer has closed (linux/tcp_states.h).
+    const TCP_CLOSE_WAIT: u32 = 8;
 
     /// Lists the accepted connections of one listener, remembering which
     /// socket inodes are ours so that a scan costs one `readlink` per
@@ -154,6 +173,17 @@ mod imp {
             self.fds = fds;
             out
         }
+
+        /// The connection from `peer`, if it is open (a quick scan).
+        pub(crate) fn find(&mut self, peer: SocketAddr) -> Option<Conn> {
+            self.scan(false).into_iter().find(|c| c.peer == peer)
+        }
+
+        /// How many of this process's descriptors named the socket `inode`
+        /// at the last scan.
+        pub(crate) fn descriptors_of(&self, inode: u64) -> usize {
+            self.fds.values().filter(|(i, _)| *i == inode).count()
+        }
     }
 
     /// Bytes received on `c` that tiny_http has not read yet.
@@ -184,9 +214,10 @@ mod imp {
     }
 
     fn borrow(fd: RawFd) -> BorrowedFd<'static> {
-        // SAFETY: callers use the descriptor only for the duration of one
-        // call right after listing it; SockRef never closes it. A descriptor
-        // closed and reused meanwhile is caught by the identity checks.
+        // SAFETY: only reads go through a borrowed number (addresses, type),
+        // for the duration of one call; SockRef never closes it. A number
+        // reused meanwhile answers for another socket, which a read cannot
+        // harm; actions go through `with_socket`'s own descriptor.
         unsafe { BorrowedFd::borrow_raw(fd) }
     }
 
@@ -201,13 +232,6 @@ mod imp {
             return None;
         }
         sock.peer_addr().ok()?.as_socket()
-    }
-
-    fn inode_of(fd: RawFd) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/self/fd/{fd}"))
-            .ok()
-            .map(|m| m.ino())
     }
 
     pub(crate) fn stats(c: &Conn) -> Option<ConnStats> {
@@ -231,41 +255,65 @@ mod imp {
         Some(ConnStats {
             received: info.tcpi_bytes_received,
             idle_ms: info.tcpi_last_data_recv,
+            peer_closed: u32::from(info.tcpi_state) == TCP_CLOSE_WAIT,
         })
+    }
+
+    /// Runs `f` on the socket `c` names, through a descriptor of our own,
+    /// if it is still the connection listed (same inode, same peer); `None`
+    /// when it is not (closed, or the number reused). See the module docs.
+    pub(crate) fn with_socket<R>(
+        c: &Conn,
+        local: SocketAddr,
+        f: impl FnOnce(SockRef<'_>) -> R,
+    ) -> Option<R> {
+        // SAFETY: F_DUPFD_CLOEXEC only reads the descriptor table; on
+        // success the new descriptor is ours alone and owned below.
+        let dup = unsafe { libc::fcntl(c.fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return None;
+        }
+        // SAFETY: `dup` was just returned by fcntl and nothing else owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: fstat writes one stat for a valid descriptor.
+        if unsafe { libc::fstat(owned.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        // SAFETY: filled by fstat.
+        let st = unsafe { st.assume_init() };
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK || st.st_ino != c.inode {
+            return None;
+        }
+        if peer_if_ours(owned.as_raw_fd(), local) != Some(c.peer) {
+            return None;
+        }
+        Some(f(SockRef::from(&owned)))
     }
 
     /// Writes `bytes` (a last answer, possibly empty) without blocking and
     /// shuts the connection down, if `c` is still the connection listed.
     pub(crate) fn send_and_close(c: &Conn, local: SocketAddr, bytes: &[u8]) -> bool {
-        if inode_of(c.fd) != Some(c.inode) || peer_if_ours(c.fd, local) != Some(c.peer) {
-            return false;
-        }
-        let fd = borrow(c.fd);
-        let sock = SockRef::from(&fd);
-        if !bytes.is_empty() {
-            let _ = sock.send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
-        }
-        sock.shutdown(std::net::Shutdown::Both).is_ok()
+        with_socket(c, local, |sock| {
+            if !bytes.is_empty() {
+                let _ = sock.send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+            }
+            sock.shutdown(std::net::Shutdown::Both).is_ok()
+        })
+        .unwrap_or(false)
     }
 
-    /// Connections waiting in the listener's accept queue (Linux reports it
-    /// in `tcpi_unacked` for a listening socket).
-    pub(crate) fn listen_queue(listener: &std::net::TcpListener) -> Option<u32> {
+    /// The inode of a listening socket: every descriptor of it, tiny_http's
+    /// and our spare, names the same one.
+    pub(crate) fn inode_of_listener(listener: &std::net::TcpListener) -> Option<u64> {
         use std::os::fd::AsRawFd;
-        let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: as in stats.
-        let rc = unsafe {
-            libc::getsockopt(
-                listener.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                info.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        // SAFETY: filled by the kernel when rc == 0.
-        (rc == 0).then(|| unsafe { info.assume_init() }.tcpi_unacked)
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: fstat writes one stat for a valid descriptor.
+        if unsafe { libc::fstat(listener.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        // SAFETY: filled by fstat.
+        Some(unsafe { st.assume_init() }.st_ino)
     }
 }
 
@@ -285,6 +333,14 @@ mod imp {
         pub(crate) fn scan(&mut self, _full: bool) -> Vec<Conn> {
             Vec::new()
         }
+
+        pub(crate) fn find(&mut self, _: SocketAddr) -> Option<Conn> {
+            None
+        }
+
+        pub(crate) fn descriptors_of(&self, _: u64) -> usize {
+            0
+        }
     }
 
     pub(crate) fn listening(_: SocketAddr) -> bool {
@@ -303,7 +359,7 @@ mod imp {
         false
     }
 
-    pub(crate) fn listen_queue(_: &std::net::TcpListener) -> Option<u32> {
+    pub(crate) fn inode_of_listener(_: &std::net::TcpListener) -> Option<u64> {
         None
     }
 }

@@ -1,11 +1,14 @@
 //! The HTTP front: the current tiny_http server, a spare of its listener,
-//! and the rebuild that replaces a server whose accept thread died.
+//! the rebuild that replaces a server whose accept thread died, and the
+//! view of open connections that lets the server close one.
 //!
 //! Why: one accept error (EMFILE, ECONNABORTED) ends tiny_http's accept
 //! thread for good, and under descriptor exhaustion it can panic instead
 //! (CRATE-NOTES §1.8b). The spare keeps the listening socket open, so the
 //! port keeps queueing connections, and a new server built on a clone of it
-//! serves them once descriptors are free again.
+//! serves them once descriptors are free again. The failed server's
+//! connections keep working: only its accept thread is gone, and its intake
+//! keeps reading them (`worker.rs`).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -14,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::conns;
+use super::conns::{self, Scanner};
 
-/// Most peers remembered per worker between two guard passes; beyond it
-/// activity is dropped (the guard then only misjudges a slow sender).
+/// Most peers remembered between two guard passes; beyond it activity is
+/// dropped (the guard then only misjudges a slow sender).
 const MAX_ACTIVITY: usize = 1 << 16;
 /// Longest wait between two rebuild attempts while descriptors are short.
 const MAX_REBUILD_WAIT: Duration = Duration::from_secs(1);
@@ -25,41 +28,54 @@ const MAX_REBUILD_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct Front {
     pub(crate) local: SocketAddr,
     current: Mutex<Arc<tiny_http::Server>>,
+    /// Servers replaced by a rebuild whose intakes still read them.
+    replaced: Mutex<Vec<std::sync::Weak<tiny_http::Server>>>,
     spare: TcpListener,
-    workers: usize,
+    /// The listening socket's inode, to tell whether tiny_http still holds
+    /// a descriptor of it (its accept thread is alive).
+    listener_inode: Option<u64>,
     stopping: AtomicBool,
     /// Interrupts rebuild waits and guard passes on stop.
     stop_lock: Mutex<()>,
     stop_wake: Condvar,
     rebuilds: AtomicU64,
     last_rebuild: Mutex<Option<(Instant, Duration)>>,
-    /// Peers whose requests each worker received since the guard last
-    /// looked: a connection with activity is not idle, slow or starved.
-    activity: Vec<Mutex<Vec<SocketAddr>>>,
+    /// Peers whose requests arrived since the guard last looked: a
+    /// connection with activity is not idle, slow or starved.
+    activity: Mutex<Vec<SocketAddr>>,
+    /// The open connections, shared by the guard and the request threads.
+    scanner: Mutex<Scanner>,
 }
 
 impl Front {
-    pub(crate) fn new(listener: TcpListener, workers: usize) -> std::io::Result<Front> {
+    pub(crate) fn new(listener: TcpListener) -> std::io::Result<Front> {
         let local = listener.local_addr()?;
         let spare = listener.try_clone()?;
+        let listener_inode = conns::inode_of_listener(&spare);
         let server =
             tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)?;
         Ok(Front {
             local,
             current: Mutex::new(Arc::new(server)),
+            replaced: Mutex::new(Vec::new()),
             spare,
-            workers,
+            listener_inode,
             stopping: AtomicBool::new(false),
             stop_lock: Mutex::new(()),
             stop_wake: Condvar::new(),
             rebuilds: AtomicU64::new(0),
             last_rebuild: Mutex::new(None),
-            activity: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            activity: Mutex::new(Vec::new()),
+            scanner: Mutex::new(Scanner::new(local)),
         })
     }
 
     pub(crate) fn current(&self) -> Arc<tiny_http::Server> {
         self.current.lock().clone()
+    }
+
+    pub(crate) fn is_current(&self, http: &Arc<tiny_http::Server>) -> bool {
+        Arc::ptr_eq(&self.current.lock(), http)
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -71,13 +87,9 @@ impl Front {
         self.rebuilds.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn spare(&self) -> &TcpListener {
-        &self.spare
-    }
-
-    pub(crate) fn record(&self, worker: usize, peer: Option<&SocketAddr>) {
-        if let (Some(peer), Some(slot)) = (peer, self.activity.get(worker)) {
-            let mut v = slot.lock();
+    pub(crate) fn record(&self, peer: Option<&SocketAddr>) {
+        if let Some(peer) = peer {
+            let mut v = self.activity.lock();
             if v.len() < MAX_ACTIVITY {
                 v.push(*peer);
             }
@@ -85,9 +97,29 @@ impl Front {
     }
 
     pub(crate) fn take_activity(&self, into: &mut std::collections::HashSet<SocketAddr>) {
-        for slot in &self.activity {
-            into.extend(std::mem::take(&mut *slot.lock()));
+        into.extend(std::mem::take(&mut *self.activity.lock()));
+    }
+
+    /// The open connections (a `full` scan reads every descriptor again).
+    pub(crate) fn scan(&self, full: bool) -> Vec<conns::Conn> {
+        self.scanner.lock().scan(full)
+    }
+
+    /// Whether tiny_http's accept thread still holds the listening socket,
+    /// as of the last scan. It closes its descriptor when it ends, on an
+    /// accept error or a panic; the spare keeps the socket itself open.
+    pub(crate) fn accepting(&self) -> bool {
+        match self.listener_inode {
+            Some(inode) => self.scanner.lock().descriptors_of(inode) >= 2,
+            None => true,
         }
+    }
+
+    /// Writes `bytes` on `peer`'s connection without blocking and shuts it
+    /// down; false when no such connection is open.
+    pub(crate) fn close(&self, peer: SocketAddr, bytes: &[u8]) -> bool {
+        let found = self.scanner.lock().find(peer);
+        found.is_some_and(|c| conns::send_and_close(&c, self.local, bytes))
     }
 
     /// Waits up to `d` unless the front is stopping; true when stopping.
@@ -99,27 +131,29 @@ impl Front {
         self.stopping()
     }
 
-    /// Starts stopping: wakes waits and every worker blocked in `recv`.
+    /// Starts stopping: wakes waits and every intake.
     pub(crate) fn stop(&self) {
         {
             let _g = self.stop_lock.lock();
             self.stopping.store(true, Ordering::Release);
             self.stop_wake.notify_all();
         }
-        let current = self.current();
-        for _ in 0..self.workers {
-            current.unblock();
+        self.current().unblock();
+        for s in self.replaced.lock().iter().filter_map(|w| w.upgrade()) {
+            s.unblock();
         }
     }
 
     /// Replaces `failed` (if it is still the current server) with a new
-    /// server on the same listening socket. Connections the failed server
-    /// had accepted are closed first: their requests would go to a queue
-    /// nobody reads any more, and their clients reconnect at once.
-    pub(crate) fn rebuild(&self, failed: &Arc<tiny_http::Server>, why: &str) {
+    /// server on the same listening socket; the new server, for its intake.
+    pub(crate) fn rebuild(
+        &self,
+        failed: &Arc<tiny_http::Server>,
+        why: &str,
+    ) -> Option<Arc<tiny_http::Server>> {
         let mut current = self.current.lock();
         if !Arc::ptr_eq(&current, failed) {
-            return; // another thread rebuilt it already
+            return None; // another thread rebuilt it already
         }
         log::error!(
             "regcenter stopped accepting connections on {} ({why}); rebuilding the HTTP server on the same port",
@@ -137,17 +171,12 @@ impl Front {
         };
         let server = loop {
             if self.wait_stop(wait) {
-                drop(current);
-                for _ in 0..self.workers {
-                    failed.unblock();
-                }
-                return;
+                return None;
             }
-            conns::shutdown_accepted(self.local);
             match self.spare.try_clone().and_then(|l| {
                 tiny_http::Server::from_listener(l, None).map_err(std::io::Error::other)
             }) {
-                Ok(s) => break s,
+                Ok(s) => break Arc::new(s),
                 Err(e) => {
                     log::warn!(
                         "rebuilding the HTTP server on {} failed: {e}; retrying",
@@ -158,13 +187,15 @@ impl Front {
             }
         };
         *self.last_rebuild.lock() = Some((Instant::now(), wait));
-        *current = Arc::new(server);
+        let old = std::mem::replace(&mut *current, server.clone());
         drop(current);
+        {
+            let mut replaced = self.replaced.lock();
+            replaced.retain(|w| w.strong_count() > 0);
+            replaced.push(Arc::downgrade(&old));
+        }
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
         log::info!("regcenter accepts connections on {} again", self.local);
-        // Workers still blocked on the failed server move to the new one.
-        for _ in 0..self.workers {
-            failed.unblock();
-        }
+        Some(server)
     }
 }

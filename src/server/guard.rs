@@ -15,8 +15,19 @@
 //! - oversized: more than 64 KiB arrived without completing a request head
 //!   (tiny_http buffers header lines without limit; answered 431);
 //! - excess: more connections than allowed (the newest are answered 503);
-//! - a dead accept thread: connections wait in the listener's queue and
-//!   nobody takes them; the front is rebuilt.
+//!   a connection is one socket, however many descriptors tiny_http holds
+//!   of it;
+//! - not reading: an answer has been in writing for `WRITE_LIMIT` (its
+//!   client does not read it); the connection is cut, which frees the
+//!   thread writing it;
+//! - departed: the client of a parked long-poll closed its side; the
+//!   long-poll is answered (and so forgotten) instead of holding its
+//!   descriptors until its wait ends;
+//! - a dead accept thread: tiny_http no longer holds a descriptor of the
+//!   listening socket (its accept thread closes it when it ends, on an
+//!   error or a panic); the front is rebuilt;
+//! - a busy pool: jobs have waited with every thread of the pool held by
+//!   slow clients; the pool gets one more thread.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
@@ -25,22 +36,21 @@ use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::conns::{self, Conn, Scanner};
+use super::conns::{self, Conn};
 use super::front::Front;
-use super::metrics::{Counters, Metrics};
-use super::watch::Watchers;
-
-/// Most bytes a request head may take (tiny_http has no limit).
-pub(crate) const MAX_HEAD_BYTES: u64 = 64 * 1024;
+use super::worker::{self, Ctx, MAX_HEAD_BYTES};
 /// Shortest time between two passes; longer when a pass itself is slow.
 const TICK: Duration = Duration::from_millis(40);
 /// Every how many passes the guard reads TCP statistics (about 4 a second).
 const FULL_EVERY: u64 = 6;
 /// Every how many passes every descriptor is identified again (about 5 s).
 const RELINK_EVERY: u64 = 120;
-/// How long connections may wait in the accept queue untaken before the
-/// accept thread is taken for dead.
-const STUCK_ACCEPT: Duration = Duration::from_millis(500);
+/// Longest an answer may take to write before its connection is cut: a
+/// client that reads nothing for this long is not reading.
+const WRITE_LIMIT: Duration = Duration::from_secs(10);
+/// How long jobs may wait with every pool thread busy before the pool
+/// grows by a thread.
+const POOL_STUCK: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub(crate) struct GuardConfig {
@@ -63,40 +73,30 @@ struct Track {
 }
 
 pub(crate) fn start(
-    front: Arc<Front>,
-    watchers: Arc<Watchers>,
-    metrics: Arc<Metrics>,
+    ctx: Arc<Ctx>,
     cfg: GuardConfig,
     name: String,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name(name)
-        .spawn(move || run(&front, &watchers, &metrics.counters, &cfg))
+        .spawn(move || run(&ctx, &cfg))
 }
 
-fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfig) {
-    let mut scanner = Scanner::new(front.local);
+fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
+    let front = &*ctx.front;
+    let counters = &ctx.metrics.counters;
     let mut tracks: HashMap<u64, Track> = HashMap::new();
     let mut active: HashSet<SocketAddr> = HashSet::new();
     let mut active_since_full: HashSet<SocketAddr> = HashSet::new();
     let mut pass: u64 = 0;
-    let mut queue_since: Option<Instant> = None;
+    let mut not_accepting = 0u32;
     let kick_to = kick_addr(front.local);
     let mut tick = TICK;
     while !front.wait_stop(tick) {
         let started = Instant::now();
 
-        // A dead accept thread leaves connections in the listen queue.
-        match conns::listen_queue(front.spare()) {
-            Some(n) if n > 0 => {
-                let since = *queue_since.get_or_insert(started);
-                if started - since >= STUCK_ACCEPT {
-                    front.rebuild(&front.current(), "connections are not being accepted");
-                    queue_since = None;
-                }
-            }
-            _ => queue_since = None,
-        }
+        ctx.pool.relieve(POOL_STUCK);
+        cut_unread_answers(ctx, counters);
 
         // Quick passes look for starved requests only; every FULL_EVERY-th
         // pass also reads each connection's TCP statistics for the idle,
@@ -108,11 +108,24 @@ fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfi
         active_since_full.extend(active.iter().copied());
         // Every descriptor's link is read again only every few seconds,
         // which corrects a descriptor number reused between two listings.
-        let list = scanner.scan(pass % RELINK_EVERY == 1);
-        let mut kicks = 0usize;
+        let mut list = front.scan(pass % RELINK_EVERY == 1);
+        // tiny_http holds two descriptors of each connection: one socket,
+        // one connection.
         let mut seen = HashSet::with_capacity(list.len());
+        list.retain(|c| seen.insert(c.inode));
+        // A dead accept thread: two passes in a row, so that a rebuild in
+        // progress is not mistaken for one.
+        if front.accepting() {
+            not_accepting = 0;
+        } else {
+            not_accepting += 1;
+            if not_accepting >= 2 {
+                worker::rebuild(ctx, &front.current(), "its accept thread ended");
+                not_accepting = 0;
+            }
+        }
+        let mut kicks = 0usize;
         for c in &list {
-            seen.insert(c.inode);
             let t = tracks.entry(c.inode).or_insert_with(|| Track {
                 first_seen: started,
                 base: 0,
@@ -138,6 +151,12 @@ fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfi
                 continue;
             }
             let Some(st) = conns::stats(c) else { continue };
+            if st.peer_closed && ctx.watchers.is_parked(&c.peer) {
+                counters.closed_departed.fetch_add(1, Ordering::Relaxed);
+                log::debug!("the client of a parked long-poll, {}, left", c.peer);
+                worker::release(ctx, c.peer);
+                continue;
+            }
             if active_since_full.contains(&c.peer) {
                 t.base = st.received;
                 t.partial_since = None;
@@ -166,7 +185,8 @@ fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfi
             // A parked long-poll is waiting for us, not idle.
             if t.partial_since.is_none()
                 && Duration::from_millis(st.idle_ms.into()) >= cfg.idle_timeout
-                && !watchers.is_parked(&c.peer)
+                && !ctx.watchers.is_parked(&c.peer)
+                && !ctx.writing.lock().contains_key(&c.peer)
             {
                 t.closed = close(front, c, 0, "");
                 counters.closed_idle.fetch_add(1, Ordering::Relaxed);
@@ -176,6 +196,8 @@ fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfi
 
         if full {
             active_since_full.clear();
+            let open: HashSet<SocketAddr> = list.iter().map(|c| c.peer).collect();
+            ctx.lanes.forget_closed(|p| open.contains(p));
             let open: Vec<&Conn> = list
                 .iter()
                 .filter(|c| tracks.get(&c.inode).is_some_and(|t| !t.closed))
@@ -204,6 +226,25 @@ fn run(front: &Front, watchers: &Watchers, counters: &Counters, cfg: &GuardConfi
             log::debug!("kicked {kicks} starved connections");
         }
         tick = TICK.max(started.elapsed() * 3);
+    }
+}
+
+/// Cuts the connections whose answer has been in writing too long: the
+/// write fails at once, and the thread that was blocked in it is free.
+fn cut_unread_answers(ctx: &Ctx, counters: &super::metrics::Counters) {
+    let stuck: Vec<SocketAddr> = ctx
+        .writing
+        .lock()
+        .iter()
+        .filter(|(_, since)| since.elapsed() >= WRITE_LIMIT)
+        .map(|(peer, _)| *peer)
+        .collect();
+    for peer in stuck {
+        if ctx.front.close(peer, b"") {
+            counters.closed_unread.fetch_add(1, Ordering::Relaxed);
+            log::debug!("closed the connection from {peer}: it does not read its answer");
+        }
+        ctx.writing.lock().remove(&peer);
     }
 }
 

@@ -23,6 +23,11 @@ pub(crate) struct Counters {
     pub(crate) closed_oversized: AtomicU64,
     pub(crate) closed_excess: AtomicU64,
     pub(crate) refused_bodies: AtomicU64,
+    pub(crate) refused_framing: AtomicU64,
+    pub(crate) closed_unread: AtomicU64,
+    pub(crate) closed_pipelining: AtomicU64,
+    pub(crate) closed_departed: AtomicU64,
+    pub(crate) refused_watchers: AtomicU64,
 }
 
 #[derive(Default)]
@@ -51,7 +56,8 @@ impl Metrics {
     }
 
     pub(crate) fn record(&self, worker: usize, method: &'static str, status: u16, took: Duration) {
-        let Some(slot) = self.workers.get(worker) else {
+        // The pool grows past its first threads; those share slots.
+        let Some(slot) = self.workers.get(worker % self.workers.len().max(1)) else {
             return;
         };
         let secs = took.as_secs_f64();
@@ -173,6 +179,9 @@ impl Metrics {
             ("slow", &c.closed_slow),
             ("oversized", &c.closed_oversized),
             ("excess", &c.closed_excess),
+            ("unread_answer", &c.closed_unread),
+            ("pipelining", &c.closed_pipelining),
+            ("departed_watcher", &c.closed_departed),
         ] {
             let _ = writeln!(
                 out,
@@ -190,6 +199,16 @@ impl Metrics {
                 "regcenter_refused_bodies_total",
                 "Requests refused for carrying a body.",
                 c.refused_bodies.load(Ordering::Relaxed),
+            ),
+            (
+                "regcenter_refused_framing_total",
+                "Requests refused for ambiguous framing or bytes no header may hold.",
+                c.refused_framing.load(Ordering::Relaxed),
+            ),
+            (
+                "regcenter_refused_watchers_total",
+                "Long-polls answered 503 because the most allowed were parked.",
+                c.refused_watchers.load(Ordering::Relaxed),
             ),
             (
                 "regcenter_rebuilds_total",

@@ -3,7 +3,9 @@
 mod conns;
 mod front;
 mod guard;
+mod lanes;
 mod metrics;
+mod pool;
 mod route;
 mod snapshot;
 mod watch;
@@ -23,8 +25,10 @@ use crate::protocol::DEFAULT_PATH;
 use crate::registry::{Registry, RegistryBuilder, Sweeper};
 use front::Front;
 use metrics::Metrics;
+use pool::Pool;
 use route::RouteConfig;
 use watch::Watchers;
+use worker::Ctx;
 
 /// Builds and starts a [`RegistryServer`].
 ///
@@ -122,6 +126,15 @@ impl RegistryServerBuilder {
         self
     }
 
+    /// Most long-polls parked at once; beyond it a long-poll is answered
+    /// 503 with `Retry-After`. Defaults to three quarters of
+    /// [`max_connections`](Self::max_connections): each parked long-poll
+    /// holds a connection, and the rest stay for heartbeats and reads.
+    pub fn max_watchers(mut self, max: usize) -> Self {
+        self.limits.max_watchers = Some(max);
+        self
+    }
+
     /// TTL of an entry whose server asks for none; zero means never expire.
     /// Defaults to 5 s. Ignored when [`registry`](Self::registry) is given.
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -206,8 +219,13 @@ impl RegistryServerBuilder {
         if let Some((path, _)) = &self.snapshot {
             snapshot::load(&registry, path);
         }
+        let max_watchers = match self.limits.max_watchers {
+            Some(0) => return Err(Error::config("max_watchers", "must be at least 1")),
+            Some(n) => n,
+            None => (max_connections * 3 / 4).max(1),
+        };
         let listener = nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
-        let front = Front::new(listener, self.threads)
+        let front = Front::new(listener)
             .map_err(|e| Error::io(format!("start the HTTP server on {bind}"), e))?;
         let local_addr = front.local;
         let front = Arc::new(front);
@@ -215,12 +233,12 @@ impl RegistryServerBuilder {
             url: format!("http://{local_addr}{}", self.path),
             local_addr,
             registry: registry.clone(),
-            front: Some(front.clone()),
-            workers: Vec::new(),
+            ctx: None,
+            threads: self.threads,
             guard: None,
             sweeper: None,
-            watchers: None,
             timer: None,
+            subscription: None,
             snapshot: None,
         };
         let port = local_addr.port();
@@ -249,49 +267,56 @@ impl RegistryServerBuilder {
             token: self.token,
             protect_reads: self.protect_reads,
         };
-        let watchers = Watchers::new(registry.clone());
-        server.watchers = Some(watchers.clone());
+        // Each connection has at most one request in service, so the pool
+        // never needs more threads than connections.
+        let pool = Pool::start(
+            self.threads,
+            self.threads + max_connections,
+            format!("rc{port}-http"),
+        )
+        .map_err(|e| Error::io("spawn a registry worker thread", e))?;
+        let metrics = Arc::new(Metrics::new(self.threads));
+        let ctx = Arc::new(Ctx::new(
+            front.clone(),
+            registry.clone(),
+            cfg,
+            Watchers::new(max_watchers),
+            pool,
+            metrics,
+            server.url.clone(),
+            format!("rc{port}-intake"),
+        ));
+        server.ctx = Some(ctx.clone());
+        // A weak reference: the registry may outlive the server.
+        let weak = Arc::downgrade(&ctx);
+        server.subscription = Some(registry.subscribe(Arc::new(move |services: &[Arc<str>]| {
+            if let Some(ctx) = weak.upgrade() {
+                let woken = ctx.watchers.take_services(services);
+                worker::answer_parked(&ctx, woken);
+            }
+        })));
+        let c = ctx.clone();
         server.timer = Some(
-            watchers
-                .start_timer(format!("rc{port}-watch"))
+            thread::Builder::new()
+                .name(format!("rc{port}-watch"))
+                .spawn(move || c.watchers.run_timer(|due| worker::answer_parked(&c, due)))
                 .map_err(|e| Error::io("spawn the watch timer thread", e))?,
         );
-        let metrics = Arc::new(Metrics::new(self.threads));
-        let ctx = Arc::new(worker::Ctx {
-            front: front.clone(),
-            registry: registry.clone(),
-            cfg,
-            watchers: watchers.clone(),
-            metrics: metrics.clone(),
-            url: server.url.clone(),
-        });
-        for i in 0..self.threads {
-            let ctx = ctx.clone();
-            let worker = thread::Builder::new()
-                .name(format!("rc{port}-http{i}"))
-                .spawn(move || worker::serve(i, &ctx))
-                .map_err(|e| Error::io("spawn a registry worker thread", e))?;
-            server.workers.push(worker);
-        }
+        worker::start_intake(&ctx, front.current())
+            .map_err(|e| Error::io("spawn the intake thread", e))?;
         let guard_cfg = guard::GuardConfig {
             idle_timeout: self.limits.idle_timeout,
             header_timeout: self.limits.header_timeout,
             max_connections,
         };
         server.guard = Some(
-            guard::start(
-                front,
-                watchers,
-                metrics,
-                guard_cfg,
-                format!("rc{port}-guard"),
-            )
-            .map_err(|e| Error::io("spawn the connection guard thread", e))?,
+            guard::start(ctx, guard_cfg, format!("rc{port}-guard"))
+                .map_err(|e| Error::io("spawn the connection guard thread", e))?,
         );
         log::info!(
             "regcenter serving {} with {} threads",
             server.url,
-            server.workers.len()
+            server.threads
         );
         Ok(server)
     }
@@ -314,9 +339,12 @@ fn validate_path(path: &str) -> Result<()> {
     }
 }
 
-/// Longest a request thread waits to write an answer to a client that does
-/// not read.
+/// Longest one send may block on a client that does not read (the guard
+/// bounds a whole answer, `guard.rs`).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stop lets answers in writing finish before it shuts every
+/// connection down.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// Bounds on what clients may hold.
 #[derive(Debug, Clone)]
@@ -324,6 +352,7 @@ struct Limits {
     idle_timeout: Duration,
     header_timeout: Duration,
     max_connections: Option<usize>,
+    max_watchers: Option<usize>,
 }
 
 impl Default for Limits {
@@ -332,6 +361,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
             max_connections: None,
+            max_watchers: None,
         }
     }
 }
@@ -382,12 +412,12 @@ pub struct RegistryServer {
     url: String,
     local_addr: SocketAddr,
     registry: Registry,
-    front: Option<Arc<Front>>,
-    workers: Vec<JoinHandle<()>>,
+    ctx: Option<Arc<Ctx>>,
+    threads: usize,
     guard: Option<JoinHandle<()>>,
     sweeper: Option<Sweeper>,
-    watchers: Option<Arc<Watchers>>,
     timer: Option<JoinHandle<()>>,
+    subscription: Option<u64>,
     snapshot: Option<snapshot::Writer>,
 }
 
@@ -450,21 +480,29 @@ impl RegistryServer {
     }
 
     fn stop(&mut self) -> Result<()> {
-        let Some(front) = self.front.take() else {
+        let Some(ctx) = self.ctx.take() else {
             return Ok(());
         };
+        let front = ctx.front.clone();
         front.stop();
-        let mut panicked = false;
-        for w in self.workers.drain(..).chain(self.guard.take()) {
-            panicked |= w.join().is_err();
+        let mut panicked = ctx.join_intakes();
+        if let Some(g) = self.guard.take() {
+            panicked |= g.join().is_err();
         }
-        // Every parked long-poll is answered with the current list.
-        if let Some(w) = self.watchers.take() {
-            w.stop();
+        if let Some(id) = self.subscription.take() {
+            self.registry.unsubscribe(id);
         }
+        // Every parked long-poll is answered with the current list; answers
+        // in writing get a moment to finish, then every connection is shut
+        // down, which ends any write a client holds by not reading.
+        worker::answer_parked(&ctx, ctx.watchers.stop());
         if let Some(t) = self.timer.take() {
             panicked |= t.join().is_err();
         }
+        ctx.pool.wait_quiet(std::time::Instant::now() + STOP_GRACE);
+        let closed = conns::shutdown_accepted(self.local_addr);
+        log::debug!("closed {closed} kept-alive connections");
+        panicked |= ctx.pool.stop();
         if let Some(s) = self.sweeper.take() {
             panicked |= s.stop().is_err();
         }
@@ -472,13 +510,12 @@ impl RegistryServer {
         // The last references: dropping them closes the listening socket,
         // but tiny_http's accept thread closes its own copy a moment later;
         // wait for it, so the port is free when shutdown returns.
+        drop(ctx);
         drop(front);
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while conns::listening(self.local_addr) && std::time::Instant::now() < deadline {
             thread::sleep(Duration::from_millis(1));
         }
-        let closed = conns::shutdown_accepted(self.local_addr);
-        log::debug!("closed {closed} kept-alive connections");
         log::info!("regcenter at {} shut down", self.url);
         if panicked {
             return Err(Error::Stopped {
@@ -493,13 +530,13 @@ impl RegistryServer {
 
     /// How many long-poll requests are parked, waiting for a change.
     pub fn parked(&self) -> usize {
-        self.watchers.as_ref().map_or(0, |w| w.len())
+        self.ctx.as_ref().map_or(0, |c| c.watchers.len())
     }
 
     /// How many times the HTTP server was rebuilt after its accept thread
     /// died (descriptor exhaustion and other accept errors).
     pub fn rebuilds(&self) -> u64 {
-        self.front.as_ref().map_or(0, |f| f.rebuilds())
+        self.ctx.as_ref().map_or(0, |c| c.front.rebuilds())
     }
 }
 
@@ -507,7 +544,7 @@ impl std::fmt::Debug for RegistryServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryServer")
             .field("url", &self.url)
-            .field("threads", &self.workers.len())
+            .field("threads", &self.threads)
             .finish()
     }
 }

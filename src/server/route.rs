@@ -104,6 +104,11 @@ impl Response {
         }
     }
 
+    /// The same answer, asking the client to retry after `secs` seconds.
+    pub(crate) fn with_retry_after(self, secs: u32) -> Response {
+        self.with_header("Retry-After", secs.to_string())
+    }
+
     fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self

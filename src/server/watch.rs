@@ -1,27 +1,26 @@
-//! Parked long-polls: `GET …?index=N&wait=D` waits here, holding no request
-//! thread, until the service changes (answered from the thread that
-//! committed the change, through the registry's notifier) or its wait
-//! passes (answered from this module's timer thread).
+//! Parked long-polls: `GET …?index=N&wait=D` waits here, holding no thread,
+//! until its service changes, its wait passes, a request arrives behind it
+//! on its connection, or its client leaves. This module only keeps them;
+//! whoever takes one out hands it to the server's threads to answer
+//! (`worker.rs`), so that no thread committing a change and no timer ever
+//! writes to a watcher's socket.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::route::{self, Format, Watch};
-use super::worker::to_tiny;
+use super::route::{Format, Watch};
 use crate::rand;
-use crate::registry::Registry;
 
-struct Parked {
-    rq: tiny_http::Request,
-    service: String,
-    format: Format,
+/// A long-poll waiting for its answer.
+pub(crate) struct Parked {
+    pub(crate) rq: tiny_http::Request,
+    pub(crate) service: String,
+    pub(crate) format: Format,
     deadline: Instant,
-    peer: Option<SocketAddr>,
+    pub(crate) peer: Option<SocketAddr>,
 }
 
 #[derive(Default)]
@@ -30,7 +29,8 @@ struct State {
     parked: HashMap<u64, Parked>,
     by_service: HashMap<String, Vec<u64>>,
     by_deadline: BTreeSet<(Instant, u64)>,
-    peers: HashMap<SocketAddr, usize>,
+    /// A connection has at most one parked request (`lanes.rs`).
+    by_peer: HashMap<SocketAddr, u64>,
     stopping: bool,
 }
 
@@ -39,11 +39,14 @@ impl State {
         let p = self.parked.remove(&id)?;
         self.by_deadline.remove(&(p.deadline, id));
         if let Some(peer) = p.peer
-            && let Some(n) = self.peers.get_mut(&peer)
+            && self.by_peer.get(&peer) == Some(&id)
         {
-            *n -= 1;
-            if *n == 0 {
-                self.peers.remove(&peer);
+            self.by_peer.remove(&peer);
+        }
+        if let Some(ids) = self.by_service.get_mut(&p.service) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_service.remove(&p.service);
             }
         }
         Some(p)
@@ -51,40 +54,28 @@ impl State {
 }
 
 pub(crate) struct Watchers {
-    registry: Registry,
     state: Mutex<State>,
     wake: Condvar,
-    subscription: Mutex<Option<u64>>,
+    max: usize,
 }
 
 impl Watchers {
-    /// Watchers of `registry`, told of its changes.
-    pub(crate) fn new(registry: Registry) -> Arc<Watchers> {
-        let w = Arc::new(Watchers {
-            registry: registry.clone(),
+    /// Room for `max` parked requests.
+    pub(crate) fn new(max: usize) -> Watchers {
+        Watchers {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
-            subscription: Mutex::new(None),
-        });
-        // A weak reference: the registry may outlive the server.
-        let weak = Arc::downgrade(&w);
-        let id = registry.subscribe(Arc::new(move |services: &[Arc<str>]| {
-            if let Some(w) = weak.upgrade() {
-                w.notify(services);
-            }
-        }));
-        *w.subscription.lock() = Some(id);
-        w
+            max,
+        }
     }
 
-    /// Starts the thread that answers watchers whose wait has passed.
-    pub(crate) fn start_timer(self: &Arc<Self>, name: String) -> std::io::Result<JoinHandle<()>> {
-        let w = self.clone();
-        thread::Builder::new().name(name).spawn(move || w.timer())
-    }
-
-    /// Parks `rq` until `watch.service` moves past `watch.index`.
-    pub(crate) fn park(&self, rq: tiny_http::Request, watch: Watch) {
+    /// Parks `rq` until `watch.service` moves past `watch.index`; gives it
+    /// back when the registry is stopping or `max` requests are parked.
+    pub(crate) fn park(
+        &self,
+        rq: tiny_http::Request,
+        watch: &Watch,
+    ) -> Result<(), tiny_http::Request> {
         // A small random extra wait (up to 1/16) spreads the wake-ups of
         // watchers that started together, as Consul does.
         let extra = watch
@@ -92,67 +83,59 @@ impl Watchers {
             .mul_f64(rand::below(1 << 16) as f64 / f64::from(1 << 20));
         let deadline = Instant::now() + watch.wait + extra;
         let peer = rq.remote_addr().copied();
-        let service = watch.service.clone();
-        {
-            let mut st = self.state.lock();
-            if st.stopping {
-                drop(st);
-                return self.answer(rq, &service, watch.format);
-            }
-            st.next_id += 1;
-            let id = st.next_id;
-            let earliest = st.by_deadline.first().is_none_or(|(d, _)| deadline < *d);
-            st.by_deadline.insert((deadline, id));
-            st.by_service.entry(service.clone()).or_default().push(id);
-            if let Some(peer) = peer {
-                *st.peers.entry(peer).or_insert(0) += 1;
-            }
-            st.parked.insert(
-                id,
-                Parked {
-                    rq,
-                    service: service.clone(),
-                    format: watch.format,
-                    deadline,
-                    peer,
-                },
-            );
-            if earliest {
-                self.wake.notify_all();
-            }
+        let mut st = self.state.lock();
+        if st.stopping || st.parked.len() >= self.max {
+            return Err(rq);
         }
-        // A change committed between the route's check and the insertion
-        // above was announced before this watcher was there to hear it.
-        if self.registry.index(&service) > watch.index {
-            self.notify(&[Arc::from(service.as_str())]);
+        st.next_id += 1;
+        let id = st.next_id;
+        let earliest = st.by_deadline.first().is_none_or(|(d, _)| deadline < *d);
+        st.by_deadline.insert((deadline, id));
+        st.by_service
+            .entry(watch.service.clone())
+            .or_default()
+            .push(id);
+        if let Some(peer) = peer {
+            st.by_peer.insert(peer, id);
         }
+        st.parked.insert(
+            id,
+            Parked {
+                rq,
+                service: watch.service.clone(),
+                format: watch.format,
+                deadline,
+                peer,
+            },
+        );
+        if earliest {
+            self.wake.notify_all();
+        }
+        Ok(())
     }
 
-    /// Answers every watcher of the changed services.
-    fn notify(&self, services: &[Arc<str>]) {
-        let woken: Vec<Parked> = {
-            let mut st = self.state.lock();
-            let mut out = Vec::new();
-            for s in services {
-                for id in st.by_service.remove(&**s).unwrap_or_default() {
-                    out.extend(st.take(id));
-                }
+    /// Takes every watcher of the changed services.
+    pub(crate) fn take_services(&self, services: &[std::sync::Arc<str>]) -> Vec<Parked> {
+        let mut st = self.state.lock();
+        let mut out = Vec::new();
+        for s in services {
+            for id in st.by_service.get(&**s).cloned().unwrap_or_default() {
+                out.extend(st.take(id));
             }
-            out
-        };
-        for p in woken {
-            self.answer(p.rq, &p.service, p.format);
         }
+        out
     }
 
-    fn answer(&self, rq: tiny_http::Request, service: &str, format: Format) {
-        let resp = route::render(&self.registry, service, format);
-        if let Err(e) = rq.respond(to_tiny(resp)) {
-            log::debug!("answering a watcher failed: {e}");
-        }
+    /// Takes the watcher parked on `peer`'s connection, if any.
+    pub(crate) fn take_peer(&self, peer: SocketAddr) -> Option<Parked> {
+        let mut st = self.state.lock();
+        let id = *st.by_peer.get(&peer)?;
+        st.take(id)
     }
 
-    fn timer(&self) {
+    /// Waits for the next deadline and hands watchers whose wait has passed
+    /// to `answer`, until [`stop`](Self::stop).
+    pub(crate) fn run_timer(&self, answer: impl Fn(Vec<Parked>)) {
         let mut st = self.state.lock();
         loop {
             if st.stopping {
@@ -164,22 +147,10 @@ impl Watchers {
                 if d > now {
                     break;
                 }
-                if let Some(p) = st.take(id) {
-                    if let Some(ids) = st.by_service.get_mut(&p.service) {
-                        ids.retain(|i| *i != id);
-                        if ids.is_empty() {
-                            st.by_service.remove(&p.service);
-                        }
-                    }
-                    due.push(p);
-                }
+                due.extend(st.take(id));
             }
             if !due.is_empty() {
-                parking_lot::MutexGuard::unlocked(&mut st, || {
-                    for p in due {
-                        self.answer(p.rq, &p.service, p.format);
-                    }
-                });
+                parking_lot::MutexGuard::unlocked(&mut st, || answer(due));
                 continue;
             }
             match st.by_deadline.first() {
@@ -196,7 +167,7 @@ impl Watchers {
     /// Whether a request from `peer` is parked (its connection is waiting
     /// for us, not idle).
     pub(crate) fn is_parked(&self, peer: &SocketAddr) -> bool {
-        self.state.lock().peers.contains_key(peer)
+        self.state.lock().by_peer.contains_key(peer)
     }
 
     /// How many requests are parked.
@@ -204,23 +175,19 @@ impl Watchers {
         self.state.lock().parked.len()
     }
 
-    /// Answers every parked request with the current list and ends the
-    /// timer (the caller joins it).
-    pub(crate) fn stop(&self) {
-        let all: Vec<Parked> = {
-            let mut st = self.state.lock();
-            st.stopping = true;
-            self.wake.notify_all();
-            st.by_service.clear();
-            st.by_deadline.clear();
-            st.peers.clear();
-            st.parked.drain().map(|(_, p)| p).collect()
-        };
-        for p in all {
-            self.answer(p.rq, &p.service, p.format);
-        }
-        if let Some(id) = self.subscription.lock().take() {
-            self.registry.unsubscribe(id);
-        }
+    /// The most requests that may be parked.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Refuses new watchers, ends the timer, and takes every parked one.
+    pub(crate) fn stop(&self) -> Vec<Parked> {
+        let mut st = self.state.lock();
+        st.stopping = true;
+        self.wake.notify_all();
+        st.by_service.clear();
+        st.by_deadline.clear();
+        st.by_peer.clear();
+        st.parked.drain().map(|(_, p)| p).collect()
     }
 }

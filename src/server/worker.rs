@@ -1,18 +1,23 @@
-//! The request threads: take a request from the current tiny_http server,
-//! route it, answer it.
+//! From tiny_http's requests to answers: the intake that takes each request
+//! off a tiny_http server, the screening that refuses what we will not
+//! serve, and the jobs that route and answer on the server's own threads.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
-
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use super::conns::{self, Scanner};
+use parking_lot::Mutex;
+
 use super::front::Front;
-use super::guard::MAX_HEAD_BYTES;
+use super::lanes::{Arrival, Lanes, Next};
 use super::metrics::{self, Metrics};
+use super::pool::Pool;
 use super::route::{self, Body, Method, Outcome, Request, Response, RouteConfig};
-use super::watch::Watchers;
+use super::watch::{Parked, Watchers};
 use crate::registry::Registry;
 
 /// Bodies up to this size are read by tiny_http before the request is
@@ -22,60 +27,245 @@ const PREREAD_BODY: usize = 1024;
 /// its drain allocates the whole declared length at once, and an absurd
 /// length aborts the process (CRATE-NOTES §1.8e).
 const SAFE_DRAIN: usize = 1 << 20;
+/// Most bytes a request head may take (tiny_http has no limit).
+pub(crate) const MAX_HEAD_BYTES: u64 = 64 * 1024;
+/// How often an intake looks up from a quiet server (to notice a stop, or
+/// that the server it drains after a rebuild has gone quiet).
+const INTAKE_TICK: Duration = Duration::from_secs(1);
+/// A server replaced by a rebuild keeps being read while its connections
+/// may still send: up to the longest long-poll plus an idle connection's
+/// life.
+const DRAIN_QUIET: Duration = Duration::from_secs(11 * 60);
 
-/// What every request thread shares.
+/// What the server's threads share.
 pub(crate) struct Ctx {
     pub(crate) front: Arc<Front>,
     pub(crate) registry: Registry,
     pub(crate) cfg: RouteConfig,
-    pub(crate) watchers: Arc<Watchers>,
+    pub(crate) watchers: Watchers,
+    pub(crate) lanes: Lanes,
+    pub(crate) pool: Arc<Pool>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) url: String,
+    /// Answers being written, by connection, since when: the guard cuts a
+    /// connection whose client does not read its answer.
+    pub(crate) writing: Mutex<HashMap<SocketAddr, Instant>>,
+    intakes: Mutex<Vec<JoinHandle<()>>>,
+    name: String,
 }
 
-pub(crate) fn serve(id: usize, ctx: &Ctx) {
+impl Ctx {
+    pub(crate) fn new(
+        front: Arc<Front>,
+        registry: Registry,
+        cfg: RouteConfig,
+        watchers: Watchers,
+        pool: Arc<Pool>,
+        metrics: Arc<Metrics>,
+        url: String,
+        name: String,
+    ) -> Ctx {
+        Ctx {
+            front,
+            registry,
+            cfg,
+            watchers,
+            lanes: Lanes::default(),
+            pool,
+            metrics,
+            url,
+            writing: Mutex::new(HashMap::new()),
+            intakes: Mutex::new(Vec::new()),
+            name,
+        }
+    }
+
+    /// Joins every intake thread (after the front was told to stop).
+    pub(crate) fn join_intakes(&self) -> bool {
+        let mut panicked = false;
+        loop {
+            let handles = std::mem::take(&mut *self.intakes.lock());
+            if handles.is_empty() {
+                return panicked;
+            }
+            for h in handles {
+                panicked |= h.join().is_err();
+            }
+        }
+    }
+}
+
+/// Starts the intake of `http`, the current tiny_http server.
+pub(crate) fn start_intake(ctx: &Arc<Ctx>, http: Arc<tiny_http::Server>) -> io::Result<()> {
+    let c = ctx.clone();
+    let handle = std::thread::Builder::new()
+        .name(ctx.name.clone())
+        .spawn(move || intake(&c, &http))?;
+    let mut intakes = ctx.intakes.lock();
+    intakes.retain(|h| !h.is_finished());
+    intakes.push(handle);
+    Ok(())
+}
+
+/// Takes each request off `http` in the order tiny_http queued it and
+/// gives it to its connection's lane; one thread per tiny_http server, so
+/// that order is kept.
+fn intake(ctx: &Arc<Ctx>, http: &Arc<tiny_http::Server>) {
+    let mut quiet_since = Instant::now();
     loop {
-        let http = ctx.front.current();
-        match http.recv() {
-            Ok(rq) => {
-                let started = Instant::now();
-                ctx.front.record(id, rq.remote_addr());
-                let method = match rq.method() {
-                    tiny_http::Method::Get => "GET",
-                    tiny_http::Method::Head => "HEAD",
-                    tiny_http::Method::Post => "POST",
-                    tiny_http::Method::Delete => "DELETE",
-                    _ => "OTHER",
-                };
-                if let Some(status) = answer(rq, ctx) {
-                    ctx.metrics.record(id, method, status, started.elapsed());
+        match http.recv_timeout(INTAKE_TICK) {
+            Ok(Some(rq)) => {
+                quiet_since = Instant::now();
+                ctx.front.record(rq.remote_addr());
+                admit(ctx, rq);
+            }
+            // A timeout, or an unblock (ours, on stop: indistinguishable).
+            Ok(None) => {
+                if ctx.front.stopping()
+                    || (!ctx.front.is_current(http) && quiet_since.elapsed() >= DRAIN_QUIET)
+                {
+                    return;
                 }
             }
-            // An unblock: our stop, or a rebuild moving us to a new server.
             Err(e) if e.raw_os_error().is_none() => {
                 if ctx.front.stopping() {
                     return;
                 }
             }
-            Err(e) => ctx.front.rebuild(&http, &format!("accept failed: {e}")),
+            // The accept thread died; this server's connections still send
+            // here, so the loop goes on reading it after the rebuild.
+            Err(e) => rebuild(ctx, http, &format!("accept failed: {e}")),
         }
     }
 }
 
-/// Answers (or parks) one request; the status answered, if answered now.
-fn answer(rq: tiny_http::Request, ctx: &Ctx) -> Option<u16> {
-    let has_unread_body = rq.body_length().is_some_and(|n| n > PREREAD_BODY)
-        || rq
-            .headers()
-            .iter()
-            .any(|h| h.field.equiv("Transfer-Encoding"));
-    if has_unread_body {
-        ctx.metrics
-            .counters
-            .refused_bodies
-            .fetch_add(1, Ordering::Relaxed);
-        reject_body(rq, &ctx.front);
-        return Some(413);
+/// Replaces `failed` with a new server on the same port and starts its
+/// intake. Connections of the failed server are left alone: its intake
+/// keeps reading them.
+pub(crate) fn rebuild(ctx: &Arc<Ctx>, failed: &Arc<tiny_http::Server>, why: &str) {
+    if let Some(new) = ctx.front.rebuild(failed, why)
+        && let Err(e) = start_intake(ctx, new)
+    {
+        log::error!("starting the intake of the rebuilt HTTP server failed: {e}");
+    }
+}
+
+fn admit(ctx: &Arc<Ctx>, rq: tiny_http::Request) {
+    let peer = rq.remote_addr().copied();
+    match ctx.lanes.arrive(rq) {
+        Arrival::Run(rq) => {
+            let c = ctx.clone();
+            ctx.pool.submit(Box::new(move |id| serve_lane(&c, id, rq)));
+        }
+        Arrival::Queued { release_parked } => {
+            if release_parked && let Some(peer) = peer {
+                release(ctx, peer);
+            }
+        }
+        Arrival::Discard(rq) => discard(rq),
+        Arrival::Overflow => {
+            if let Some(peer) = peer {
+                log::debug!(
+                    "{peer} pipelined more than {} requests without reading; closing",
+                    super::lanes::MAX_PIPELINED
+                );
+                ctx.metrics
+                    .counters
+                    .closed_pipelining
+                    .fetch_add(1, Ordering::Relaxed);
+                close(
+                    ctx,
+                    peer,
+                    503,
+                    "too many pipelined requests; read the answers",
+                );
+                release(ctx, peer);
+            }
+        }
+    }
+}
+
+/// Answers the watcher parked on `peer`'s connection now, if there is one.
+pub(crate) fn release(ctx: &Arc<Ctx>, peer: SocketAddr) {
+    if let Some(p) = ctx.watchers.take_peer(peer) {
+        answer_parked(ctx, vec![p]);
+    }
+}
+
+/// Hands parked watchers to the pool, one job each, so one that does not
+/// read cannot delay the others.
+pub(crate) fn answer_parked(ctx: &Arc<Ctx>, parked: Vec<Parked>) {
+    for p in parked {
+        let c = ctx.clone();
+        ctx.pool.submit(Box::new(move |id| {
+            let resp = route::render(&c.registry, &p.service, p.format);
+            let peer = p.peer;
+            write(&c, id, p.rq, resp, "GET", Instant::now());
+            if let Some(peer) = peer {
+                continue_lane(&c, id, peer);
+            }
+        }));
+    }
+}
+
+/// Serves `rq`, then whatever its connection sent behind it, in order.
+fn serve_lane(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) {
+    let peer = rq.remote_addr().copied();
+    if serve(ctx, id, rq)
+        && let Some(peer) = peer
+    {
+        continue_lane(ctx, id, peer);
+    }
+}
+
+fn continue_lane(ctx: &Arc<Ctx>, id: usize, peer: SocketAddr) {
+    loop {
+        match ctx.lanes.done(peer) {
+            Next::Run(rq) => {
+                if !serve(ctx, id, rq) {
+                    return; // parked: its answer goes on with the lane
+                }
+            }
+            Next::Idle => return,
+            Next::Discard(rest) => {
+                for rq in rest {
+                    discard(rq);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Answers one request, or parks it; false when parked.
+fn serve(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) -> bool {
+    let started = Instant::now();
+    let method = match rq.method() {
+        tiny_http::Method::Get => "GET",
+        tiny_http::Method::Head => "HEAD",
+        tiny_http::Method::Post => "POST",
+        tiny_http::Method::Delete => "DELETE",
+        _ => "OTHER",
+    };
+    if let Err((status, reason)) = screen(&rq) {
+        log::debug!("refused a request from {:?}: {reason}", rq.remote_addr());
+        if status == 413 {
+            ctx.metrics
+                .counters
+                .refused_bodies
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            ctx.metrics
+                .counters
+                .refused_framing
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(peer) = rq.remote_addr().copied() {
+            close(ctx, peer, status, &reason);
+        }
+        discard(rq);
+        ctx.metrics.record(id, method, status, started.elapsed());
+        return true;
     }
     let head_bytes: usize = rq
         .headers()
@@ -83,44 +273,216 @@ fn answer(rq: tiny_http::Request, ctx: &Ctx) -> Option<u16> {
         .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
         .sum::<usize>()
         + rq.url().len();
-    let resp = if head_bytes as u64 > MAX_HEAD_BYTES {
-        Response::text(431, "request head larger than 64 KiB")
-    } else {
-        let req = Request {
-            method: match rq.method() {
-                tiny_http::Method::Get => Method::Get,
-                tiny_http::Method::Head => Method::Head,
-                tiny_http::Method::Post => Method::Post,
-                tiny_http::Method::Delete => Method::Delete,
-                other => Method::Other(other.to_string()),
-            },
-            url: rq.url().to_string(),
-            headers: rq
-                .headers()
-                .iter()
-                .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-                .collect(),
-        };
-        match operations(ctx, &req) {
-            Some(resp) => resp,
-            None => match route::dispatch(&ctx.registry, &ctx.cfg, &req) {
-                Outcome::Answer(resp) => {
-                    log::debug!("{:?} {} -> {}", req.method, req.url, resp.status);
-                    resp
-                }
-                Outcome::Park(watch) => {
-                    log::debug!("{:?} {} parked", req.method, req.url);
-                    ctx.watchers.park(rq, watch);
-                    return None;
-                }
-            },
-        }
+    if head_bytes as u64 > MAX_HEAD_BYTES {
+        let resp = Response::text(431, "request head larger than 64 KiB");
+        write(ctx, id, rq, resp, method, started);
+        return true;
+    }
+    let req = Request {
+        method: match rq.method() {
+            tiny_http::Method::Get => Method::Get,
+            tiny_http::Method::Head => Method::Head,
+            tiny_http::Method::Post => Method::Post,
+            tiny_http::Method::Delete => Method::Delete,
+            other => Method::Other(other.to_string()),
+        },
+        url: rq.url().to_string(),
+        headers: rq
+            .headers()
+            .iter()
+            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+            .collect(),
     };
+    let outcome = match operations(ctx, &req) {
+        Some(resp) => Outcome::Answer(resp),
+        None => route::dispatch(&ctx.registry, &ctx.cfg, &req),
+    };
+    match outcome {
+        Outcome::Answer(resp) => {
+            log::debug!("{:?} {} -> {}", req.method, req.url, resp.status);
+            write(ctx, id, rq, resp, method, started);
+            true
+        }
+        Outcome::Park(watch) => park(ctx, id, rq, &watch, started),
+    }
+}
+
+/// Parks a long-poll unless its connection has sent more behind it, the
+/// registry is stopping, or too many are parked.
+fn park(
+    ctx: &Arc<Ctx>,
+    id: usize,
+    rq: tiny_http::Request,
+    watch: &route::Watch,
+    started: Instant,
+) -> bool {
+    let peer = rq.remote_addr().copied();
+    if peer.is_some_and(|p| !ctx.lanes.park(p)) {
+        let resp = route::render(&ctx.registry, &watch.service, watch.format);
+        write(ctx, id, rq, resp, "GET", started);
+        return true;
+    }
+    match ctx.watchers.park(rq, watch) {
+        Err(rq) => {
+            ctx.metrics
+                .counters
+                .refused_watchers
+                .fetch_add(1, Ordering::Relaxed);
+            let resp = Response::text(
+                503,
+                format!(
+                    "too many parked long-polls (at most {}); retry later",
+                    ctx.watchers.max()
+                ),
+            )
+            .with_retry_after(1);
+            write(ctx, id, rq, resp, "GET", started);
+            true
+        }
+        Ok(()) => {
+            log::debug!("GET for {:?} parked", watch.service);
+            // A change committed between the route's check and the parking
+            // was announced before this watcher was there to hear it; and a
+            // request may have arrived behind it meanwhile.
+            if ctx.registry.index(&watch.service) > watch.index {
+                let woken = ctx
+                    .watchers
+                    .take_services(&[Arc::from(watch.service.as_str())]);
+                answer_parked(ctx, woken);
+            }
+            if let Some(peer) = peer
+                && ctx.lanes.has_waiting(peer)
+            {
+                release(ctx, peer);
+            }
+            false
+        }
+    }
+}
+
+/// Why a request is refused before routing: framing that two HTTP parsers
+/// could read differently (request smuggling), bytes no header may hold,
+/// or a body we would have to read. Such a connection is closed, since
+/// where its next request starts is not known.
+fn screen(rq: &tiny_http::Request) -> Result<(), (u16, String)> {
+    let mut lengths = 0;
+    let mut chunked = false;
+    let mut expect = false;
+    for h in rq.headers() {
+        let name = h.field.as_str().as_str();
+        let value = h.value.as_str();
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err((
+                400,
+                "a header name is not a token (letters, digits and !#$%&'*+-.^_`|~ only)".into(),
+            ));
+        }
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err((
+                400,
+                format!(
+                    "header {} holds a control character: header values take only visible ASCII, spaces and tabs",
+                    clip(name)
+                ),
+            ));
+        }
+        if name.eq_ignore_ascii_case("Content-Length") {
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err((400, "Content-Length is not a plain number".into()));
+            }
+            lengths += 1;
+        } else if name.eq_ignore_ascii_case("Transfer-Encoding") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("Expect") {
+            expect = true;
+        }
+    }
+    if lengths > 1 {
+        return Err((400, "more than one Content-Length".into()));
+    }
+    if lengths == 1 && chunked {
+        return Err((400, "both Content-Length and Transfer-Encoding".into()));
+    }
+    let declared = rq.body_length().unwrap_or(0);
+    // tiny_http reads a body of up to 1 KiB before queueing the request,
+    // except when the client waits for `100 Continue`: then nothing is
+    // read, and dropping the request would wait for the body.
+    if chunked || declared > PREREAD_BODY || (expect && declared > 0) {
+        return Err((
+            413,
+            "regcenter reads no request bodies; send registrations as headers".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// At most 64 bytes of a name, for an error message.
+fn clip(s: &str) -> &str {
+    &s[..s.len().min(64)]
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Writes a last answer on `peer`'s connection and shuts it down, without
+/// waiting on the client; its lane drops whatever else it sends.
+fn close(ctx: &Ctx, peer: SocketAddr, status: u16, reason: &str) {
+    ctx.lanes.close(peer);
+    let text = match status {
+        400 => "Bad Request",
+        413 => "Payload Too Large",
+        _ => "Service Unavailable",
+    };
+    let body = format!("{reason}\n");
+    let answer = format!(
+        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if !ctx.front.close(peer, answer.as_bytes()) {
+        log::debug!("the connection from {peer} was gone before it could be closed");
+    }
+}
+
+/// Drops a request we will not answer. tiny_http answers a dropped request
+/// with an empty 500 (on a connection shut down, that fails at once) and
+/// drains its unread body first.
+fn discard(rq: tiny_http::Request) {
+    let declared = rq.body_length().unwrap_or(0);
+    if declared > SAFE_DRAIN {
+        // The drain would allocate `declared` bytes and may abort the
+        // process. Leak it instead: its tiny_http thread and two
+        // descriptors stay behind; the client's connection is closed.
+        log::warn!("leaked a request declaring a {declared}-byte body to keep the process alive");
+        std::mem::forget(rq);
+    } else {
+        drop(rq);
+    }
+}
+
+/// Answers `rq` on this thread; the guard cuts the connection if its client
+/// holds the write too long.
+fn write(
+    ctx: &Ctx,
+    id: usize,
+    rq: tiny_http::Request,
+    resp: Response,
+    method: &'static str,
+    started: Instant,
+) {
     let status = resp.status;
+    let peer = rq.remote_addr().copied();
+    if let Some(peer) = peer {
+        ctx.writing.lock().insert(peer, Instant::now());
+    }
     if let Err(e) = rq.respond(to_tiny(resp)) {
         log::debug!("answering a request failed: {e}");
     }
-    Some(status)
+    if let Some(peer) = peer {
+        ctx.writing.lock().remove(&peer);
+    }
+    ctx.metrics.record(id, method, status, started.elapsed());
 }
 
 /// `GET /metrics` and `GET /`: the operator's pages, which need the whole
@@ -145,41 +507,6 @@ fn operations(ctx: &Ctx, req: &Request) -> Option<Response> {
         let body = metrics::status_page(&ctx.registry, &ctx.url);
         Response::with_body(200, "text/html; charset=utf-8", body)
     })
-}
-
-/// Answers 413 to a request whose body was not read, without letting
-/// tiny_http drain it: the answer is written to the socket directly and the
-/// connection shut down, so the drain ends at once.
-fn reject_body(rq: tiny_http::Request, front: &Front) {
-    let declared = rq.body_length().unwrap_or(0);
-    let body = "regcenter reads no request bodies; send registrations as headers\n";
-    let answer = format!(
-        "HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let closed = rq.remote_addr().copied().is_some_and(|peer| {
-        Scanner::new(front.local)
-            .scan(true)
-            .into_iter()
-            .find(|c| c.peer == peer)
-            .is_some_and(|c| conns::send_and_close(&c, front.local, answer.as_bytes()))
-    });
-    log::debug!("refused a request body of {declared} bytes");
-    if declared > SAFE_DRAIN {
-        // Dropping would allocate `declared` bytes and may abort the
-        // process. Leak it instead: its tiny_http thread and two
-        // descriptors stay behind, the client's connection is closed.
-        log::warn!("leaked a request declaring a {declared}-byte body to keep the process alive");
-        std::mem::forget(rq);
-    } else if closed {
-        drop(rq); // the socket is shut down: the drain reads EOF at once
-    } else {
-        // Not found (not Linux, or already gone): drop it off the worker,
-        // since the drain may wait for the client.
-        let _ = std::thread::Builder::new()
-            .name("regcenter-drain".into())
-            .spawn(move || drop(rq));
-    }
 }
 
 pub(crate) fn to_tiny(resp: Response) -> tiny_http::Response<BodyReader> {
