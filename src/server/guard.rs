@@ -162,6 +162,12 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
                 t.partial_since = None;
                 continue;
             }
+            // Fewer bytes than before: the number named another socket
+            // when it was read (see conns.rs); start over from here.
+            if st.received < t.base {
+                t.base = st.received;
+                t.partial_since = None;
+            }
             if st.received > t.base {
                 t.partial_since.get_or_insert(started);
             }

@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 /// Most requests one connection may have waiting behind the one in
 /// service; a client pipelining more is not reading its answers, and its
 /// connection is closed instead of holding its requests in memory.
-pub(crate) const MAX_PIPELINED: usize = 256;
+pub(crate) const MAX_PIPELINED: usize = 1024;
 
 /// How long a closed connection's lane outlives the connection: requests
 /// tiny_http had read before the close may still be in its queue.
