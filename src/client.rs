@@ -26,6 +26,11 @@ pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
         .http_status_as_error(false)
         // A registry is never reached through HTTP_PROXY by accident.
         .proxy(None)
+        // A registry does not redirect. A redirect comes back as its 3xx
+        // status (retried, not followed): a loop would otherwise cost ten
+        // calls per attempt, and a Location ureq cannot parse would surface
+        // as a bad URL, which reads as our own mistake.
+        .max_redirects(0)
         .max_response_header_size(MAX_HEAD)
         .input_buffer_size(MAX_HEAD + (64 << 10))
         .build()

@@ -96,12 +96,28 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying the same call later may succeed: the registry was
-    /// unreachable or answered 5xx. A rejected input (4xx) is permanent.
+    /// Whether retrying the same call later may succeed: everything but an
+    /// explicit refusal and errors of our own input or machine.
+    ///
+    /// Transient: the registry was unreachable, stalled or timed out; its
+    /// answer could not be read (not HTTP, cut short, an oversized head, a
+    /// malformed header, a redirect); it was full; it answered any status
+    /// other than a refusal (5xx, 429, 405, a 404 without a reason, …).
+    /// Something between us and the registry may be broken for a while, or
+    /// the registry itself restarting; none of it says the call is wrong.
+    ///
+    /// Permanent: 400 (a bad address or option), 401 and 403 (a refused
+    /// token), 404 with a reason (no registry at that path: a regcenter
+    /// registry names the path it does not know), and
+    /// [`InvalidAddr`](Error::InvalidAddr), [`InvalidService`](Error::InvalidService),
+    /// [`InvalidConfig`](Error::InvalidConfig), [`Io`](Error::Io),
+    /// [`Stopped`](Error::Stopped) and the rest.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Full { .. } => true,
-            Error::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            Error::Unreachable { .. } | Error::Full { .. } | Error::BadResponse { .. } => true,
+            Error::Status { status, reason, .. } => {
+                !(matches!(status, 400 | 401 | 403) || (*status == 404 && !reason.is_empty()))
+            }
             _ => false,
         }
     }
@@ -204,5 +220,40 @@ mod tests {
             reason: String::new(),
         };
         assert!(e.is_transient());
+    }
+
+    #[test]
+    fn only_explicit_refusals_and_our_own_mistakes_are_permanent() {
+        let status = |status, reason: &str| Error::Status {
+            url: "u".into(),
+            status,
+            reason: reason.into(),
+        };
+        for permanent in [
+            status(400, "invalid X-Myrpc-Weight"),
+            status(400, ""),
+            status(401, ""),
+            status(403, "forbidden"),
+            status(404, "no registry at /elsewhere"),
+            Error::config("timeout", "must be above zero"),
+        ] {
+            assert!(!permanent.is_transient(), "{permanent}");
+        }
+        for transient in [
+            status(404, ""),
+            status(302, ""),
+            status(405, "method not allowed"),
+            status(408, ""),
+            status(418, "teapot"),
+            status(429, "slow down"),
+            status(500, ""),
+            Error::BadResponse {
+                url: "u".into(),
+                reason: "protocol: http parse fail: invalid header name".into(),
+            },
+            Error::Full { limit: 1 },
+        ] {
+            assert!(transient.is_transient(), "{transient}");
+        }
     }
 }

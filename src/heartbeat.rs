@@ -128,13 +128,28 @@ impl HeartbeatOptions {
 /// jittered exponential backoff, never giving up on a registry that is down.
 ///
 /// [`stop`](Heartbeat::stop), or dropping the handle, wakes the thread at
-/// once, joins it and deregisters the server with a DELETE. A registry that
-/// answers the DELETE with 405 (the Go original has no DELETE) or 404 counts
-/// as deregistered: the entry expires there on its own.
+/// once (interrupting a beat in flight), joins it and deregisters the server
+/// with a DELETE. A registry that answers the DELETE with 405 (the Go
+/// original has no DELETE) or 404 counts as deregistered: the entry expires
+/// there on its own.
 ///
-/// A beat answered 4xx (other than 408 and 429) is permanent: a bad address,
-/// a refused token. The thread then ends, logs the error, and `stop` returns
-/// it.
+/// # What ends a heartbeat
+///
+/// Only an explicit refusal is permanent: a beat answered 400 (a bad
+/// address or option), 401 or 403 (a refused token), or 404 with a reason
+/// (no registry at that path). The thread of that registry then ends and
+/// logs the error; [`is_running`](Heartbeat::is_running) turns false,
+/// [`stopped_reason`](Heartbeat::stopped_reason) says why and `stop` returns
+/// the error. Everything else is retried, for as long as the heartbeat
+/// runs: a registry that cannot be reached, stalls or times out, an answer
+/// that is not HTTP, is cut short, has an oversized head or a malformed
+/// header, a redirect (never followed: a registry does not redirect), 5xx,
+/// 429 and any other status. Such a registry costs each beat at most the
+/// [`timeout`](HeartbeatOptions::timeout) of each phase of a call.
+///
+/// With [`also`](HeartbeatOptions::also), each registry is beaten by its own
+/// thread: a refusal at one ends that one only, and `stop` still
+/// deregisters from the others.
 #[must_use = "dropping the Heartbeat stops it and deregisters the server"]
 pub struct Heartbeat {
     shared: Arc<Shared>,
@@ -145,14 +160,19 @@ pub struct Heartbeat {
 
 struct Shared {
     state: Mutex<State>,
+    /// Wakes the beat threads when `stop` is set.
     wake: Condvar,
+    /// Notified when a beat thread ends on its own.
+    ended: Condvar,
 }
 
 #[derive(Default)]
 struct State {
     stop: bool,
     beats: u64,
-    failure: Option<Error>,
+    /// Why beat threads ended on their own, with the index of their
+    /// registry in `Heartbeat::beats`, in the order they ended.
+    failures: Vec<(usize, Error)>,
 }
 
 /// What one beat sends, prepared once.
@@ -199,8 +219,10 @@ impl Heartbeat {
     ///
     /// [`Error::InvalidAddr`], [`Error::InvalidService`] or
     /// [`Error::InvalidConfig`] for bad input; [`Error::Status`] when the
-    /// first beat is refused for good (4xx); [`Error::Io`] when the thread
-    /// cannot be spawned.
+    /// first beat is refused for good (400, 401, 403, or 404 with a reason;
+    /// see [What ends a heartbeat](Heartbeat#what-ends-a-heartbeat)); any
+    /// other failure of the first beat is retried in the background.
+    /// [`Error::Io`] when a thread cannot be spawned.
     pub fn start(registry_url: &str, addr: &str, options: HeartbeatOptions) -> Result<Heartbeat> {
         validate_addr(addr)?;
         service_url(registry_url, &options.service)?;
@@ -269,17 +291,25 @@ impl Heartbeat {
                 ..State::default()
             }),
             wake: Condvar::new(),
+            ended: Condvar::new(),
         });
         let mut hb = Heartbeat {
             shared,
             beats,
             threads: Vec::new(),
         };
-        for (beat, first) in hb.beats.clone().into_iter().zip(firsts) {
+        for (i, (beat, first)) in hb.beats.clone().into_iter().zip(firsts).enumerate() {
             let s = hb.shared.clone();
             let thread = thread::Builder::new()
                 .name("regcenter-heartbeat".into())
-                .spawn(move || beat_loop(&s, &beat, first))
+                .spawn(move || {
+                    let _ended = Ended {
+                        shared: &s,
+                        index: i,
+                        beat: &beat,
+                    };
+                    beat_loop(&s, i, &beat, first);
+                })
                 .map_err(|e| Error::io("spawn heartbeat thread", e))?;
             hb.threads.push(thread);
         }
@@ -291,9 +321,44 @@ impl Heartbeat {
         self.shared.state.lock().beats
     }
 
-    /// Whether every thread still beats (one ends on a permanent error).
+    /// Whether every registry is still beaten: false once one refused the
+    /// server for good (see [What ends a heartbeat](Heartbeat#what-ends-a-heartbeat)),
+    /// and then [`stopped_reason`](Heartbeat::stopped_reason) says why.
     pub fn is_running(&self) -> bool {
-        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
+        self.shared.state.lock().failures.is_empty()
+    }
+
+    /// Why the heartbeat stopped beating on its own, `None` while it runs:
+    /// the message of the first permanent error (it names the registry and
+    /// its reason, e.g. `registry http://127.0.0.1:9999/myRPC/registry:
+    /// answered 401: missing or wrong bearer token`), or of a panic of a
+    /// beat thread. A registry that is down or answers garbage does not stop
+    /// it: it is retried for as long as the heartbeat runs.
+    ///
+    /// A program that runs only to keep a server registered should then
+    /// call [`stop`](Heartbeat::stop), which deregisters from the
+    /// registries that did not refuse and returns the same error, and exit
+    /// non-zero with it.
+    pub fn stopped_reason(&self) -> Option<String> {
+        reason(&self.shared.state.lock())
+    }
+
+    /// Waits up to `timeout` for the heartbeat to stop on its own; the
+    /// reason as [`stopped_reason`](Heartbeat::stopped_reason), `None` when
+    /// it still runs at the deadline. Lets a program wait for either this or
+    /// its own shutdown signal without polling tightly.
+    pub fn wait_stopped(&self, timeout: Duration) -> Option<String> {
+        let running = |st: &mut State| st.failures.is_empty();
+        let mut st = self.shared.state.lock();
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => {
+                self.shared
+                    .ended
+                    .wait_while_until(&mut st, running, deadline);
+            }
+            None => self.shared.ended.wait_while(&mut st, running),
+        }
+        reason(&st)
     }
 
     /// The URL the server is registered at (the first registry's).
@@ -301,13 +366,16 @@ impl Heartbeat {
         &self.beats[0].url
     }
 
-    /// Stops beating, joins the thread and deregisters the server.
+    /// Stops beating, joins the threads and deregisters the server from
+    /// every registry, except those that had refused it for good.
     ///
     /// # Errors
     ///
-    /// The permanent error that ended the heartbeat early, or the error of
-    /// the DELETE when the registry could not be reached (the entry then
-    /// expires after its TTL).
+    /// The permanent error that ended the heartbeat early (the other
+    /// registries are deregistered all the same, and their failures only
+    /// logged), else the error of a DELETE when a registry could not be
+    /// reached or answered with an error (the entry then expires after its
+    /// TTL).
     pub fn stop(mut self) -> Result<()> {
         self.stop_inner()
     }
@@ -321,21 +389,71 @@ impl Heartbeat {
             st.stop = true;
             self.shared.wake.notify_all();
         }
+        // Interrupts a beat blocked on a registry that stalls; the agents
+        // are not used again (the DELETE has its own).
+        for b in &self.beats {
+            b.agent.clone().shutdown();
+        }
         let mut panicked = false;
         for t in self.threads.drain(..) {
             panicked |= t.join().is_err();
         }
-        if let Some(e) = self.shared.state.lock().failure.take() {
-            return Err(e);
+        let mut failures = std::mem::take(&mut self.shared.state.lock().failures);
+        // Every registry that did not refuse is told, even when one fails.
+        let results: Vec<Result<()>> = self
+            .beats
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| failures.iter().all(|(f, _)| f != i))
+            .map(|(_, b)| b.deregister())
+            .collect();
+        if !failures.is_empty() {
+            for e in results.iter().filter_map(|r| r.as_ref().err()) {
+                log::warn!("heartbeat for {}: {e}", self.beats[0].addr);
+            }
+            return Err(failures.swap_remove(0).1);
         }
         if panicked {
+            // Not reached while `Ended` records panics; kept so that a panic
+            // can never pass for a clean stop.
             return Err(Error::Stopped {
                 what: format!("heartbeat for {} (its thread panicked)", self.beats[0].addr),
             });
         }
-        // Every registry is told, even when one of them fails.
-        let results: Vec<Result<()>> = self.beats.iter().map(|b| b.deregister()).collect();
         results.into_iter().collect()
+    }
+}
+
+/// The message of the first failure, if any.
+fn reason(st: &State) -> Option<String> {
+    st.failures.first().map(|(_, e)| e.to_string())
+}
+
+/// Held by a beat thread: records a panic as the thread's failure, and
+/// wakes [`Heartbeat::wait_stopped`] when the thread ends on its own.
+struct Ended<'a> {
+    shared: &'a Shared,
+    index: usize,
+    beat: &'a Beat,
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        // The state lock is never held across code that can panic, so this
+        // cannot deadlock on a lock the panicking thread holds.
+        let mut st = self.shared.state.lock();
+        if thread::panicking() {
+            st.failures.push((
+                self.index,
+                Error::Stopped {
+                    what: format!(
+                        "heartbeat for {} at {} (its thread panicked)",
+                        self.beat.addr, self.beat.url
+                    ),
+                },
+            ));
+        }
+        self.shared.ended.notify_all();
     }
 }
 
@@ -381,7 +499,7 @@ impl Drop for Heartbeat {
     }
 }
 
-fn beat_loop(shared: &Shared, beat: &Beat, first: Result<Duration>) {
+fn beat_loop(shared: &Shared, index: usize, beat: &Beat, first: Result<Duration>) {
     let fallback = beat.period.unwrap_or(DEFAULT_TTL / 3);
     let mut backoff = FIRST_BACKOFF;
     let mut failing = first.is_err();
@@ -416,6 +534,10 @@ fn beat_loop(shared: &Shared, beat: &Beat, first: Result<Duration>) {
                 next = Instant::now() + period;
             }
             Err(e) if e.is_transient() => {
+                if shared.state.lock().stop {
+                    // The stop interrupted this beat.
+                    return;
+                }
                 if !failing {
                     log::warn!("heartbeat for {}: {e}; retrying", beat.addr);
                     failing = true;
@@ -428,7 +550,7 @@ fn beat_loop(shared: &Shared, beat: &Beat, first: Result<Duration>) {
             }
             Err(e) => {
                 log::error!("heartbeat for {} stopped: {e}", beat.addr);
-                shared.state.lock().failure = Some(e);
+                shared.state.lock().failures.push((index, e));
                 return;
             }
         }

@@ -357,8 +357,11 @@ impl RegistryDiscovery {
             self.shared.stop.store(true, Ordering::Release);
             self.shared.stop_wake.notify_all();
         }
-        // Interrupts a long-poll blocked in its read at once.
+        // Interrupts a long-poll blocked in its read at once, and the
+        // watcher's plain fetch (on the other agent) from a registry that
+        // stalls. Neither agent is used again: this handle is going away.
         self.shared.watch_agent.clone().shutdown();
+        self.shared.agent.clone().shutdown();
         #[cfg(feature = "etcd")]
         if let Some(etcd) = &self.shared.etcd {
             etcd.interrupt();

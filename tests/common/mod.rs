@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test module uses a different subset
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
