@@ -43,8 +43,11 @@ usage: regcenter serve [options]
   --token-file FILE   require this bearer token for POST and DELETE
                       (or set REGCENTER_TOKEN); needed to bind beyond loopback
   --protect-reads     require the token for listings too
-  --snapshot FILE     keep the table in FILE: loaded at start, written every 5s
-                      and at shutdown
+  --snapshot FILE     keep the table in FILE: loaded at start, written every
+                      --snapshot-interval and at shutdown
+  --snapshot-interval D
+                      how often the snapshot is written; a crash loses at most
+                      the changes of one interval (default 5s)
   --insecure          allow a non-loopback address without a token
 durations are Go-style: 500ms, 5s, 1m30s
 ";
@@ -160,6 +163,7 @@ struct Args {
     token_file: Option<String>,
     protect_reads: bool,
     snapshot: Option<String>,
+    snapshot_interval: Option<Duration>,
     etcd: Option<String>,
 }
 
@@ -200,6 +204,9 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             Long("token-file") => a.token_file = Some(p.value()?.string()?),
             Long("protect-reads") => a.protect_reads = true,
             Long("snapshot") => a.snapshot = Some(p.value()?.string()?),
+            Long("snapshot-interval") => {
+                a.snapshot_interval = Some(duration(&mut p, "--snapshot-interval")?)
+            }
             Long("etcd") => a.etcd = Some(p.value()?.string()?),
             Long("clients") => a.clients = Some(p.value()?.parse()?),
             Long("duration") => a.duration = Some(duration(&mut p, "--duration")?),
@@ -245,6 +252,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 "token-file",
                 "protect-reads",
                 "snapshot",
+                "snapshot-interval",
             ],
         ),
         "list" => (
@@ -344,6 +352,7 @@ impl Args {
         add(self.token_file.is_some(), "token-file");
         add(self.protect_reads, "protect-reads");
         add(self.snapshot.is_some(), "snapshot");
+        add(self.snapshot_interval.is_some(), "snapshot-interval");
         add(self.etcd.is_some(), "etcd");
         add(self.clients.is_some(), "clients");
         add(self.duration.is_some(), "duration");
@@ -462,6 +471,15 @@ fn serve(a: Args) -> Result<(), Failure> {
     }
     if let Some(path) = &a.snapshot {
         b = b.snapshot(path);
+    }
+    match a.snapshot_interval {
+        Some(_) if a.snapshot.is_none() => {
+            return Err(Failure::Usage(
+                "--snapshot-interval needs --snapshot FILE".into(),
+            ));
+        }
+        Some(every) => b = b.snapshot_interval(every),
+        None => {}
     }
     let signals = Signals::install()?;
     let server = b.start()?;

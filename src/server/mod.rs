@@ -48,7 +48,8 @@ pub struct RegistryServerBuilder {
     threads: usize,
     token: Option<String>,
     protect_reads: bool,
-    snapshot: Option<(std::path::PathBuf, Duration)>,
+    snapshot: Option<std::path::PathBuf>,
+    snapshot_interval: Duration,
     limits: Limits,
     table: RegistryBuilder,
     registry: Option<Registry>,
@@ -92,10 +93,19 @@ impl RegistryServerBuilder {
 
     /// Keeps the table in `path`: loaded at start (entries already expired
     /// are dropped; an unusable file is reported, kept as `FILE.corrupt`, and
-    /// the registry starts empty), written atomically every 5 s and at
-    /// shutdown. Defaults to none.
+    /// the registry starts empty), written atomically every
+    /// [`snapshot_interval`](Self::snapshot_interval) and at shutdown.
+    /// Defaults to none.
     pub fn snapshot(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.snapshot = Some((path.into(), Duration::from_secs(5)));
+        self.snapshot = Some(path.into());
+        self
+    }
+
+    /// How often the snapshot is written while the registry runs: what a
+    /// crash can lose is at most the changes of one interval. Defaults to
+    /// 5 s.
+    pub fn snapshot_interval(mut self, every: Duration) -> Self {
+        self.snapshot_interval = every;
         self
     }
 
@@ -203,7 +213,10 @@ impl RegistryServerBuilder {
                 return Err(Error::config(setting, "must be above zero"));
             }
         }
-        if let Some((path, _)) = &self.snapshot {
+        if self.snapshot_interval.is_zero() {
+            return Err(Error::config("snapshot_interval", "must be above zero"));
+        }
+        if let Some(path) = &self.snapshot {
             snapshot::load(&registry, path);
         }
         let listener = nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
@@ -227,7 +240,8 @@ impl RegistryServerBuilder {
         // Thread names carry the port (the OS keeps 15 bytes of a name), so
         // an operator or a test can tell whose threads they are.
         server.sweeper = Some(registry.start_sweeper_named(format!("rc{port}-sweep"))?);
-        if let Some((path, every)) = self.snapshot {
+        if let Some(path) = self.snapshot {
+            let every = self.snapshot_interval;
             server.snapshot = Some(
                 snapshot::Writer::start(registry.clone(), path, every, format!("rc{port}-snap"))
                     .map_err(|e| Error::io("spawn the snapshot thread", e))?,
@@ -402,6 +416,7 @@ impl RegistryServer {
             token: None,
             protect_reads: false,
             snapshot: None,
+            snapshot_interval: Duration::from_secs(5),
             limits: Limits::default(),
             table: Registry::builder(),
             registry: None,
