@@ -10,10 +10,10 @@ const USAGE: &str = "\
 regcenter: a service registry speaking the GeeRPC registry protocol
 
 usage:
-  regcenter [serve] [options]     run the registry until SIGINT/SIGTERM
+  regcenter [serve] [options]     run the registry until SIGTERM (or INT, HUP, QUIT)
   regcenter list [options]        print the alive servers, one per line
   regcenter watch [options]       print the list each time it changes
-  regcenter register --addr ADDR  keep ADDR registered until SIGINT/SIGTERM
+  regcenter register --addr ADDR  keep ADDR registered until SIGTERM (or INT, HUP, QUIT)
   regcenter deregister --addr ADDR
   regcenter bench [options]       load a registry and report its throughput
   regcenter COMMAND --help        options of a command
@@ -50,6 +50,13 @@ usage: regcenter serve [options]
                       the changes of one interval (default 5s)
   --insecure          allow a non-loopback address without a token
 durations are Go-style: 500ms, 5s, 1m30s
+
+signals:
+  TERM INT HUP QUIT   shut down gracefully: answer requests in flight, write
+                      the final snapshot, exit 0
+  USR1                write the snapshot at once (logged) and carry on
+  USR2, ALRM, VTALRM, PROF, IO, PWR, XCPU, XFSZ, STKFLT and the real-time
+                      signals are logged and ignored
 ";
 
 const LIST_USAGE: &str = "\
@@ -64,7 +71,7 @@ usage: regcenter watch [options]
   --registry URL      registry URL (default http://127.0.0.1:9999/myRPC/registry)
   --service NAME      service (default: the default service)
 prints '# index N' and the servers, one per line, at start and on every change,
-until SIGINT/SIGTERM
+until SIGTERM (or INT, HUP, QUIT)
 ";
 
 const REGISTER_USAGE: &str = "\
@@ -123,17 +130,21 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Run(e)) => {
-            // The chain joined by ": ", each cause once.
-            let mut msg = e.to_string();
-            let mut cause = e.source();
-            while let Some(c) = cause {
-                msg.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            eprintln!("regcenter: {msg}");
+            eprintln!("regcenter: {}", chain(&*e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes joined by ": ", each once.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    msg
 }
 
 #[derive(Default)]
@@ -483,8 +494,12 @@ fn serve(a: Args) -> Result<(), Failure> {
     }
     let signals = Signals::install()?;
     let server = b.start()?;
-    let sig = signals.wait();
-    log::info!("signal {sig} received, shutting down");
+    let sig = signals.wait_for_stop(|| match server.write_snapshot() {
+        Ok(Some(path)) => log::info!("signal SIGUSR1: snapshot written to {}", path.display()),
+        Ok(None) => log::warn!("signal SIGUSR1: ignored, no --snapshot FILE was given"),
+        Err(e) => log::error!("signal SIGUSR1: {}", chain(&e)),
+    });
+    log::info!("{sig} received, shutting down");
     server.shutdown()?;
     Ok(())
 }
@@ -507,18 +522,16 @@ fn list(a: Args) -> Result<(), Failure> {
 }
 
 fn watch(a: Args) -> Result<(), Failure> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let signals = Signals::install()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        signals.wait();
-        flag.store(true, Ordering::Release);
-    });
     let d = a.discovery(true)?;
     let mut seen = None;
-    while !stop.load(Ordering::Acquire) {
+    loop {
+        match signals.next(Some(Duration::ZERO)) {
+            Some(Asked::Stop(_)) => break,
+            Some(Asked::Snapshot) => log_ignored(libc::SIGUSR1),
+            Some(Asked::Ignore(sig)) => log_ignored(sig),
+            None => {}
+        }
         let index = d.wait_for_change(seen, Duration::from_millis(200));
         if index != seen {
             seen = index;
@@ -564,8 +577,8 @@ fn register(a: Args) -> Result<(), Failure> {
     }
     let hb = Heartbeat::start(a.registry(), addr, opts)?;
     eprintln!("regcenter: keeping {addr} registered at {}", hb.url());
-    let sig = signals.wait();
-    log::info!("signal {sig} received, deregistering {addr}");
+    let sig = signals.wait_for_stop(|| log_ignored(libc::SIGUSR1));
+    log::info!("{sig} received, deregistering {addr}");
     hb.stop()?;
     Ok(())
 }
@@ -611,8 +624,8 @@ fn register_etcd(
         "regcenter: keeping {addr} registered in etcd as {}",
         reg.key()
     );
-    let sig = signals.wait();
-    log::info!("signal {sig} received, revoking {addr}");
+    let sig = signals.wait_for_stop(|| log_ignored(libc::SIGUSR1));
+    log::info!("{sig} received, revoking {addr}");
     reg.stop()?;
     Ok(())
 }
@@ -631,20 +644,131 @@ fn deregister(a: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// SIGINT and SIGTERM, caught from before the work starts.
-struct Signals(signal_hook::iterator::Signals);
+/// What a signal asks of a long-running command (README, "Signals").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// SIGINT, SIGTERM, SIGHUP, SIGQUIT: stop gracefully (serve writes its
+    /// final snapshot, register deregisters).
+    Stop(i32),
+    /// SIGUSR1: serve writes its snapshot at once.
+    Snapshot,
+    /// Another signal whose default would end the process: logged only.
+    Ignore(i32),
+}
+
+/// Signals that stop a command gracefully.
+const STOP_SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Signals whose default action ends the process and that mean nothing
+/// here: a stray `kill -USR2` or an expired timer must not cost the table.
+fn ignored_signals() -> Vec<i32> {
+    let mut v = vec![
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+    ];
+    #[cfg(target_os = "linux")]
+    {
+        v.extend([libc::SIGPWR, libc::SIGSTKFLT]);
+        // The real-time signals end the process by default too.
+        v.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    }
+    v
+}
+
+/// Every signal that would end the process, caught from before the work
+/// starts, each with a safe meaning ([`Asked`]). Not caught: SIGKILL and
+/// SIGSTOP (nobody can), and SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT,
+/// SIGTRAP and SIGSYS, which report a fault of the process itself and keep
+/// their default (a handler that returns would fault again).
+///
+/// A thread reads them and hands them over a channel, so a command can wait
+/// for the next one with a timeout; dropping the handle ends and joins it.
+struct Signals {
+    rx: std::sync::mpsc::Receiver<i32>,
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Signals {
     fn install() -> Result<Signals, Failure> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-            .map(Signals)
-            .map_err(|e| Failure::Run(format!("installing signal handlers failed: {e}").into()))
+        let all = STOP_SIGNALS
+            .into_iter()
+            .chain([libc::SIGUSR1])
+            .chain(ignored_signals());
+        let mut signals = signal_hook::iterator::Signals::new(all)
+            .map_err(|e| Failure::Run(format!("installing signal handlers failed: {e}").into()))?;
+        let handle = signals.handle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("regcenter-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if tx.send(sig).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Failure::Run(format!("spawning the signal thread failed: {e}").into()))?;
+        Ok(Signals {
+            rx,
+            handle,
+            thread: Some(thread),
+        })
     }
 
-    fn wait(mut self) -> i32 {
-        self.0.forever().next().unwrap_or(0)
+    /// The next signal, waiting at most `within` (`None`: until one comes).
+    fn next(&self, within: Option<Duration>) -> Option<Asked> {
+        let sig = match within {
+            None => self.rx.recv().ok()?,
+            Some(d) => self.rx.recv_timeout(d).ok()?,
+        };
+        Some(if STOP_SIGNALS.contains(&sig) {
+            Asked::Stop(sig)
+        } else if sig == libc::SIGUSR1 {
+            Asked::Snapshot
+        } else {
+            Asked::Ignore(sig)
+        })
     }
+
+    /// Waits for a stop signal; logs the others (`on_snapshot` answers
+    /// SIGUSR1). Returns the stop signal's name.
+    fn wait_for_stop(&self, mut on_snapshot: impl FnMut()) -> String {
+        loop {
+            match self.next(None) {
+                Some(Asked::Stop(sig)) => return signal_name(sig),
+                Some(Asked::Snapshot) => on_snapshot(),
+                Some(Asked::Ignore(sig)) => log_ignored(sig),
+                // The reading thread is gone: nothing can stop us any more.
+                None => return "none (the signal thread ended)".into(),
+            }
+        }
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match signal_hook::low_level::signal_name(sig) {
+        Some(name) => format!("signal {sig} ({name})"),
+        None => format!("signal {sig}"),
+    }
+}
+
+fn log_ignored(sig: i32) {
+    log::warn!("{} received: ignored", signal_name(sig));
 }
 
 /// A stderr logger; the library only uses the `log` macros.

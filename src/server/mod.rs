@@ -506,6 +506,23 @@ impl RegistryServer {
         Ok(())
     }
 
+    /// Writes the snapshot now, as the server does every
+    /// [`snapshot_interval`](RegistryServerBuilder::snapshot_interval) (the
+    /// binary does it on SIGUSR1, e.g. before a backup). Returns the file
+    /// written, `None` when the server keeps no snapshot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when writing the file fails.
+    pub fn write_snapshot(&self) -> Result<Option<&std::path::Path>> {
+        let Some(w) = &self.snapshot else {
+            return Ok(None);
+        };
+        w.write_now()
+            .map_err(|e| Error::io(format!("write the snapshot {}", w.path().display()), e))?;
+        Ok(Some(w.path()))
+    }
+
     /// How many long-poll requests are parked, waiting for a change.
     pub fn parked(&self) -> usize {
         self.watchers.as_ref().map_or(0, |w| w.len())

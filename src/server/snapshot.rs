@@ -102,6 +102,17 @@ impl Writer {
         })
     }
 
+    /// The file it writes.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the snapshot now, in turn with the thread's own writes.
+    pub(crate) fn write_now(&self) -> std::io::Result<()> {
+        let _turn = self.stop.0.lock();
+        write(&self.registry, &self.path)
+    }
+
     /// Stops the thread and writes the final snapshot.
     pub(crate) fn stop(&mut self) -> std::io::Result<()> {
         let Some(t) = self.thread.take() else {
