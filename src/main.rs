@@ -103,9 +103,11 @@ usage: regcenter bench [options]
   --format F          text | seed: how GETs ask for the list (default text)
 ";
 
-/// A failure and the exit code it maps to: 2 for usage, 1 for the rest.
+/// A failure and the exit code it maps to: 2 for usage and configuration
+/// errors (nothing was started), 1 for the rest.
 enum Failure {
     Usage(String),
+    Config(Box<dyn std::error::Error>),
     Run(Box<dyn std::error::Error>),
 }
 
@@ -117,7 +119,10 @@ impl From<lexopt::Error> for Failure {
 
 impl From<regcenter::Error> for Failure {
     fn from(e: regcenter::Error) -> Self {
-        Failure::Run(Box::new(e))
+        match e {
+            regcenter::Error::InvalidConfig { .. } => Failure::Config(Box::new(e)),
+            e => Failure::Run(Box::new(e)),
+        }
     }
 }
 
@@ -127,6 +132,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(msg)) => {
             eprintln!("regcenter: {msg} (see regcenter --help)");
+            ExitCode::from(2)
+        }
+        Err(Failure::Config(e)) => {
+            eprintln!("regcenter: {}", chain(&*e));
             ExitCode::from(2)
         }
         Err(Failure::Run(e)) => {

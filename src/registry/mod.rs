@@ -954,6 +954,23 @@ impl Registry {
         Ok(loaded)
     }
 
+    /// After a snapshot could not be restored: moves the counter past the
+    /// one its header names, if that much of `damaged` can be read, so no
+    /// index a client saw before comes back. Returns the counter read.
+    pub(crate) fn restore_counter(&self, damaged: &[u8]) -> Option<u64> {
+        let mut lines = damaged.split(|&b| b == b'\n');
+        let magic = std::str::from_utf8(lines.next()?).ok()?;
+        magic.strip_prefix("regcenter-snapshot ")?;
+        let counter = std::str::from_utf8(lines.next()?)
+            .ok()?
+            .strip_prefix("counter ")?
+            .parse::<u64>()
+            .ok()?;
+        let mut t = self.locked(self.inner.now());
+        t.counter = t.counter.max(counter);
+        Some(counter)
+    }
+
     /// Counts of registrations, renewals, deregistrations and expiries.
     pub fn stats(&self) -> RegistryStats {
         let now = self.inner.now();

@@ -92,8 +92,9 @@ impl RegistryServerBuilder {
     }
 
     /// Keeps the table in `path`: loaded at start (entries already expired
-    /// are dropped; an unusable file is reported, kept as `FILE.corrupt`, and
-    /// the registry starts empty), written atomically every
+    /// are dropped; a file that cannot be read or parsed is reported, kept
+    /// as `FILE.corrupt`, and the registry starts empty; `start` fails when
+    /// it cannot be kept aside), written atomically every
     /// [`snapshot_interval`](Self::snapshot_interval) and at shutdown.
     /// Defaults to none.
     pub fn snapshot(mut self, path: impl Into<std::path::PathBuf>) -> Self {
@@ -217,7 +218,7 @@ impl RegistryServerBuilder {
             return Err(Error::config("snapshot_interval", "must be above zero"));
         }
         if let Some(path) = &self.snapshot {
-            snapshot::load(&registry, path);
+            snapshot::load(&registry, path)?;
         }
         let listener = nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
         let front = Front::new(listener, self.threads)

@@ -3,7 +3,7 @@
 //! servers at once instead of an empty list until the next heartbeats.
 
 use std::fs;
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -11,44 +11,101 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::error::{Error, Result};
 use crate::registry::Registry;
 
-/// Loads `path` into `registry` if it exists. A snapshot that does not
-/// parse is reported, set aside as `FILE.corrupt`, and the registry starts
-/// empty: a damaged file must not keep the registry from starting.
-pub(crate) fn load(registry: &Registry, path: &Path) {
-    let text = match fs::read_to_string(path) {
+/// Loads `path` into `registry` if it exists. A snapshot that cannot be
+/// read or does not parse is reported and set aside as `FILE.corrupt`, and
+/// the registry starts empty (its counter past the one the file names, when
+/// that much can be read): a damaged file must not keep the registry from
+/// starting, and the first write must not destroy what an operator may
+/// still recover from it.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] (setting `snapshot`) when `path` is a directory,
+/// or when an unusable file cannot be set aside: starting then would
+/// overwrite it with an empty table.
+pub(crate) fn load(registry: &Registry, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::config(
+            "snapshot",
+            format!("{} is a directory: name a file in it", path.display()),
+        ));
+    }
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return set_aside(registry, path, &[], &format!("reading it failed: {e}")),
+    };
+    let text = match std::str::from_utf8(&bytes) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {
-            log::error!(
-                "reading the snapshot {} failed: {e}; starting empty",
-                path.display()
-            );
-            return;
+            let why = format!("byte {} is not UTF-8 text", e.valid_up_to());
+            return set_aside(registry, path, &bytes, &why);
         }
     };
-    match registry.restore(&text) {
-        Ok(n) => log::info!("restored {n} entries from {}", path.display()),
-        Err(e) => {
-            let aside = with_suffix(path, ".corrupt");
-            log::error!(
-                "the snapshot {} is unusable ({e}); starting empty and keeping it as {}",
+    match registry.restore(text) {
+        Ok(n) => {
+            log::info!("restored {n} entries from {}", path.display());
+            Ok(())
+        }
+        Err(e) => set_aside(registry, path, &bytes, &e.to_string()),
+    }
+}
+
+/// Renames an unusable snapshot to `FILE.corrupt` and moves the counter
+/// past what its header names.
+fn set_aside(registry: &Registry, path: &Path, bytes: &[u8], why: &str) -> Result<()> {
+    let aside = with_suffix(path, ".corrupt");
+    if let Err(e) = fs::rename(path, &aside) {
+        return Err(Error::config(
+            "snapshot",
+            format!(
+                "{} is unusable ({why}) and could not be kept aside as {} ({e}); \
+                 move it away, or fix it, and start again",
                 path.display(),
                 aside.display()
-            );
-            let _ = fs::rename(path, aside);
-        }
+            ),
+        ));
     }
+    log::error!(
+        "the snapshot {} is unusable ({why}); kept it as {} and starting empty",
+        path.display(),
+        aside.display()
+    );
+    if registry.restore_counter(bytes).is_none() {
+        log::warn!(
+            "the modify counter of {} could not be read: indexes restart from the current one",
+            aside.display()
+        );
+    }
+    Ok(())
 }
 
 /// Writes the snapshot to `FILE.tmp`, syncs it, and renames it over
 /// `FILE`: a crash leaves the old snapshot or the new one, never half.
 pub(crate) fn write(registry: &Registry, path: &Path) -> std::io::Result<()> {
+    let text = registry.snapshot();
     let tmp = with_suffix(path, ".tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(registry.snapshot().as_bytes())?;
-    f.sync_all()?;
+    // Whatever is at FILE.tmp (a leftover of a crash, or a symlink or hard
+    // link someone planted to have another file overwritten) is unlinked,
+    // never opened; and the file is created exclusively (O_EXCL, which does
+    // not follow symlinks), so one planted between the two fails this write
+    // instead of redirecting it.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    if let Err(e) = f.write_all(text.as_bytes()).and_then(|()| f.sync_all()) {
+        drop(f);
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     drop(f);
     fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
