@@ -243,10 +243,12 @@ impl RegistryServerBuilder {
         server.sweeper = Some(registry.start_sweeper_named(format!("rc{port}-sweep"))?);
         if let Some(path) = self.snapshot {
             let every = self.snapshot_interval;
-            server.snapshot = Some(
-                snapshot::Writer::start(registry.clone(), path, every, format!("rc{port}-snap"))
-                    .map_err(|e| Error::io("spawn the snapshot thread", e))?,
-            );
+            server.snapshot = Some(snapshot::Writer::start(
+                registry.clone(),
+                path,
+                every,
+                format!("rc{port}-snap"),
+            )?);
         }
         if let Some(t) = &self.token
             && (t.is_empty() || !t.bytes().all(|b| (0x21..=0x7e).contains(&b)))

@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -85,8 +85,10 @@ fn set_aside(registry: &Registry, path: &Path, bytes: &[u8], why: &str) -> Resul
 
 /// Writes the snapshot to `FILE.tmp`, syncs it, and renames it over
 /// `FILE`: a crash leaves the old snapshot or the new one, never half.
-pub(crate) fn write(registry: &Registry, path: &Path) -> std::io::Result<()> {
-    let text = registry.snapshot();
+/// `clean` marks the final snapshot of a shutdown, after which nothing
+/// changes.
+pub(crate) fn write(registry: &Registry, path: &Path, clean: bool) -> std::io::Result<()> {
+    let text = registry.snapshot_text(clean);
     let tmp = with_suffix(path, ".tmp");
     // Whatever is at FILE.tmp (a leftover of a crash, or a symlink or hard
     // link someone planted to have another file overwritten) is unlinked,
@@ -123,7 +125,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// The thread that writes the snapshot every `every`; stopping it writes a
-/// last one.
+/// last one, marked clean.
 pub(crate) struct Writer {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
@@ -132,25 +134,47 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// Writes the snapshot once, then starts the thread. Call it before the
+    /// table's changes are served: the file must carry the counter this run
+    /// starts from, marked unclean, before a client can see an index of
+    /// this run. Otherwise a crash before the first periodic write would
+    /// restore the older counter (from a clean file, without the gap; from
+    /// an unclean one, to the same value as this run's start) and give this
+    /// run's indexes out again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the first write or the spawn fails.
     pub(crate) fn start(
         registry: Registry,
         path: PathBuf,
         every: Duration,
         name: String,
-    ) -> std::io::Result<Writer> {
+    ) -> Result<Writer> {
+        write(&registry, &path, false)
+            .map_err(|e| Error::io(format!("write the snapshot {}", path.display()), e))?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let (s, r, p) = (stop.clone(), registry.clone(), path.clone());
-        let thread = thread::Builder::new().name(name).spawn(move || {
-            let (lock, cv) = &*s;
-            let mut stopped = lock.lock();
-            while !*stopped {
-                if cv.wait_for(&mut stopped, every).timed_out()
-                    && let Err(e) = write(&r, &p)
-                {
-                    log::error!("writing the snapshot {} failed: {e}", p.display());
+        let thread = thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let (lock, cv) = &*s;
+                let mut stopped = lock.lock();
+                let mut next = Instant::now() + every;
+                while !*stopped {
+                    if !cv.wait_until(&mut stopped, next).timed_out() || *stopped {
+                        continue; // woken to stop, or spuriously
+                    }
+                    if let Err(e) = write(&r, &p, false) {
+                        log::error!("writing the snapshot {} failed: {e}", p.display());
+                    }
+                    // Writes start every interval however long one takes, so
+                    // the file on disk is at most an interval and a write
+                    // old; after a stalled write the next follows at once.
+                    next = (next + every).max(Instant::now());
                 }
-            }
-        })?;
+            })
+            .map_err(|e| Error::io("spawn the snapshot thread", e))?;
         Ok(Writer {
             stop,
             thread: Some(thread),
@@ -167,10 +191,11 @@ impl Writer {
     /// Writes the snapshot now, in turn with the thread's own writes.
     pub(crate) fn write_now(&self) -> std::io::Result<()> {
         let _turn = self.stop.0.lock();
-        write(&self.registry, &self.path)
+        write(&self.registry, &self.path, false)
     }
 
-    /// Stops the thread and writes the final snapshot.
+    /// Stops the thread and writes the final snapshot, marked clean: the
+    /// caller has stopped everything that changes the table.
     pub(crate) fn stop(&mut self) -> std::io::Result<()> {
         let Some(t) = self.thread.take() else {
             return Ok(());
@@ -178,6 +203,6 @@ impl Writer {
         *self.stop.0.lock() = true;
         self.stop.1.notify_all();
         let _ = t.join();
-        write(&self.registry, &self.path)
+        write(&self.registry, &self.path, true)
     }
 }

@@ -213,6 +213,10 @@ fn hangup_and_quit_shut_down_gracefully_with_the_final_snapshot() {
         assert_eq!(status.code(), Some(0), "{name}: {status:?}\n{}", p.stderr());
         let text = snapshot_text(&file);
         assert!(text.contains(&format!("tcp@{name}:1")), "{name}: {text}");
+        assert!(
+            text.contains("\nclean yes\n"),
+            "{name}: marked clean: {text}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -232,6 +236,10 @@ fn user1_writes_the_snapshot_at_once_and_the_registry_carries_on() {
     p.line_containing("snapshot written", Duration::from_secs(20));
     let text = snapshot_text(&file);
     assert!(text.contains("tcp@first:1"), "{text}");
+    assert!(
+        text.contains("\nclean no\n"),
+        "written while running: {text}"
+    );
     assert!(p.running());
     assert_serves(at);
     register(at, "tcp@second:1");
