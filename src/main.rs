@@ -391,24 +391,34 @@ impl Args {
     }
 
     /// The bearer token: from `--token-file`, else `REGCENTER_TOKEN`. Never
-    /// from a command-line value, which every user of the machine sees.
+    /// from a command-line value, which every user of the machine sees. A
+    /// file that cannot be read or is blank, and a variable that is set but
+    /// blank, are refused alike: either would otherwise switch auth off.
     fn token(&self) -> Result<Option<String>, Failure> {
+        let config = |msg: String| Failure::Config(msg.into());
         if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Failure::Run(format!("reading the token file {path} failed: {e}").into())
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| config(format!("--token-file {path}: reading it failed: {e}")))?;
             let token = text.trim().to_string();
             if token.is_empty() {
-                return Err(Failure::Usage(format!(
-                    "--token-file {path}: the file is empty"
+                return Err(config(format!(
+                    "--token-file {path}: the file is empty; put the token in it"
                 )));
             }
             return Ok(Some(token));
         }
-        Ok(std::env::var("REGCENTER_TOKEN")
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty()))
+        match std::env::var_os("REGCENTER_TOKEN") {
+            None => Ok(None),
+            Some(v) => match v.to_str().map(str::trim) {
+                Some("") => Err(config(
+                    "REGCENTER_TOKEN is set but blank: set it to the token, \
+                     or unset it to run without one"
+                        .into(),
+                )),
+                Some(t) => Ok(Some(t.to_string())),
+                None => Err(config("REGCENTER_TOKEN is not valid UTF-8".into())),
+            },
+        }
     }
 
     /// A discovery of the registry, or of etcd with `--etcd`.

@@ -176,14 +176,24 @@ impl RegistryServerBuilder {
         self
     }
 
-    /// Binds the listener and starts the worker and sweeper threads.
+    /// Binds the listener, loads the snapshot, and starts the worker,
+    /// sweeper and snapshot threads.
+    ///
+    /// A start refused for its settings has no effect at all: no thread is
+    /// started, no port held, no file read or written.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for an address that does not parse, a path
-    /// that does not start with `/` or ends with one, zero threads, or
-    /// invalid TTL settings; [`Error::Io`] when binding or spawning fails.
+    /// that does not start with `/` or ends with one, zero threads, invalid
+    /// TTL settings, a token that is not visible ASCII, a snapshot path
+    /// whose directory is missing or not writable or that names a
+    /// directory, or a damaged snapshot that cannot be set aside;
+    /// [`Error::Io`] when binding, spawning or the first snapshot write
+    /// fails.
     pub fn start(self) -> Result<RegistryServer> {
+        // Every setting is checked before anything is bound, spawned, read
+        // or written: a start that fails leaves nothing behind.
         let bind: SocketAddr = self.addr.parse().map_err(|_| {
             Error::config(
                 "addr",
@@ -197,10 +207,6 @@ impl RegistryServerBuilder {
         if self.threads == 0 {
             return Err(Error::config("threads", "must be at least 1"));
         }
-        let registry = match self.registry {
-            Some(r) => r,
-            None => self.table.build()?,
-        };
         let max_connections = match self.limits.max_connections {
             Some(0) => return Err(Error::config("max_connections", "must be at least 1")),
             Some(n) => n,
@@ -214,13 +220,33 @@ impl RegistryServerBuilder {
                 return Err(Error::config(setting, "must be above zero"));
             }
         }
+        if let Some(t) = &self.token
+            && (t.is_empty() || !t.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+        {
+            return Err(Error::config(
+                "token",
+                "must be non-empty visible ASCII (no spaces or line breaks)",
+            ));
+        }
+        if self.protect_reads && self.token.is_none() {
+            return Err(Error::config("protect_reads", "needs a token"));
+        }
         if self.snapshot_interval.is_zero() {
             return Err(Error::config("snapshot_interval", "must be above zero"));
         }
         if let Some(path) = &self.snapshot {
+            snapshot::check_path(path)?;
+        }
+        let registry = match self.registry {
+            Some(r) => r,
+            None => self.table.build()?,
+        };
+        // Bound before the snapshot is read: a port in use fails the start
+        // before a damaged file is set aside or a given table is filled.
+        let listener = nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
+        if let Some(path) = &self.snapshot {
             snapshot::load(&registry, path)?;
         }
-        let listener = nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
         let front = Front::new(listener, self.threads)
             .map_err(|e| Error::io(format!("start the HTTP server on {bind}"), e))?;
         let local_addr = front.local;
@@ -241,6 +267,8 @@ impl RegistryServerBuilder {
         // Thread names carry the port (the OS keeps 15 bytes of a name), so
         // an operator or a test can tell whose threads they are.
         server.sweeper = Some(registry.start_sweeper_named(format!("rc{port}-sweep"))?);
+        // Before the workers: the snapshot on disk carries this run's
+        // counter before any change is served (see `Writer::start`).
         if let Some(path) = self.snapshot {
             let every = self.snapshot_interval;
             server.snapshot = Some(snapshot::Writer::start(
@@ -249,17 +277,6 @@ impl RegistryServerBuilder {
                 every,
                 format!("rc{port}-snap"),
             )?);
-        }
-        if let Some(t) = &self.token
-            && (t.is_empty() || !t.bytes().all(|b| (0x21..=0x7e).contains(&b)))
-        {
-            return Err(Error::config(
-                "token",
-                "must be non-empty visible ASCII (no spaces or line breaks)",
-            ));
-        }
-        if self.protect_reads && self.token.is_none() {
-            return Err(Error::config("protect_reads", "needs a token"));
         }
         let cfg = RouteConfig {
             path: self.path,

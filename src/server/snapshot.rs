@@ -14,6 +14,75 @@ use parking_lot::{Condvar, Mutex};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 
+/// Checks, without touching anything, that `path` can hold the snapshot:
+/// its directory exists and can be written, and neither it nor `FILE.tmp`
+/// is a directory. What this cannot foresee (a full disk) fails the first
+/// write, still before anything is served.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] (setting `snapshot`) naming what is wrong.
+pub(crate) fn check_path(path: &Path) -> Result<()> {
+    let bad = |what: String| {
+        Err(Error::config(
+            "snapshot",
+            format!("{}: {what}", path.display()),
+        ))
+    };
+    if path.file_name().is_none() || path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return bad("name a file, not a directory".into());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return bad(format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return bad(format!(
+                "the directory {} does not exist: create it first",
+                dir.display()
+            ));
+        }
+        Err(e) => {
+            return bad(format!(
+                "the directory {} cannot be read: {e}",
+                dir.display()
+            ));
+        }
+    }
+    // The file itself is followed (a symlink to a file is fine: the rename
+    // replaces the link); FILE.tmp is unlinked, which a directory is not.
+    let tmp = with_suffix(path, ".tmp");
+    if fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return bad("it is a directory: name a file in it".into());
+    }
+    if fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_dir()) {
+        return bad(format!("{} is a directory: remove it", tmp.display()));
+    }
+    if let Err(e) = writable(dir) {
+        return bad(format!(
+            "the directory {} cannot be written: {e}",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether this process may create and rename files in `dir` (access(2),
+/// which also reports a read-only filesystem).
+fn writable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    // SAFETY: access(2) reads a NUL-terminated path that outlives the call.
+    match unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// Loads `path` into `registry` if it exists. A snapshot that cannot be
 /// read or does not parse is reported and set aside as `FILE.corrupt`, and
 /// the registry starts empty (its counter past the one the file names, when
@@ -23,16 +92,10 @@ use crate::registry::Registry;
 ///
 /// # Errors
 ///
-/// [`Error::InvalidConfig`] (setting `snapshot`) when `path` is a directory,
-/// or when an unusable file cannot be set aside: starting then would
-/// overwrite it with an empty table.
+/// [`Error::InvalidConfig`] (setting `snapshot`) when an unusable file
+/// cannot be set aside: starting then would overwrite it with an empty
+/// table.
 pub(crate) fn load(registry: &Registry, path: &Path) -> Result<()> {
-    if path.is_dir() {
-        return Err(Error::config(
-            "snapshot",
-            format!("{} is a directory: name a file in it", path.display()),
-        ));
-    }
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
