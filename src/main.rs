@@ -1,6 +1,7 @@
 //! The `regcenter` binary: arguments and wiring only.
 
 use std::process::ExitCode;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use regcenter::protocol::{DEFAULT_PATH, DEFAULT_REGISTRY_URL, parse_duration};
@@ -546,10 +547,10 @@ fn watch(a: Args) -> Result<(), Failure> {
     let mut seen = None;
     loop {
         match signals.next(Some(Duration::ZERO)) {
-            Some(Asked::Stop(_)) => break,
-            Some(Asked::Snapshot) => log_ignored(libc::SIGUSR1),
-            Some(Asked::Ignore(sig)) => log_ignored(sig),
-            None => {}
+            Ok(Asked::Stop(_)) | Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Asked::Snapshot) => log_ignored(libc::SIGUSR1),
+            Ok(Asked::Ignore(sig)) => log_ignored(sig),
+            Err(RecvTimeoutError::Timeout) => {}
         }
         let index = d.wait_for_change(seen, Duration::from_millis(200));
         if index != seen {
@@ -596,10 +597,56 @@ fn register(a: Args) -> Result<(), Failure> {
     }
     let hb = Heartbeat::start(a.registry(), addr, opts)?;
     eprintln!("regcenter: keeping {addr} registered at {}", hb.url());
-    let sig = signals.wait_for_stop(|| log_ignored(libc::SIGUSR1));
-    log::info!("{sig} received, deregistering {addr}");
+    // The heartbeat ends on its own when the registry refuses it for good
+    // (a rotated token answered 401): then exit 1 with the reason, rather
+    // than run on as if the server were still registered.
+    loop {
+        match signals.next(Some(HEARTBEAT_CHECK)) {
+            Ok(Asked::Stop(sig)) => {
+                log::info!("{} received, deregistering {addr}", signal_name(sig));
+                break;
+            }
+            Ok(Asked::Snapshot) => log_ignored(libc::SIGUSR1),
+            Ok(Asked::Ignore(sig)) => log_ignored(sig),
+            Err(RecvTimeoutError::Timeout) if hb.is_running() => {}
+            Err(RecvTimeoutError::Timeout) => {
+                let source = hb.stop().err();
+                return Err(Failure::Run(Box::new(HeartbeatEnded {
+                    addr: addr.to_string(),
+                    source,
+                })));
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
     hb.stop()?;
     Ok(())
+}
+
+/// How often `register` looks whether its heartbeat still runs.
+const HEARTBEAT_CHECK: Duration = Duration::from_millis(200);
+
+/// `register`'s heartbeat ended on its own; the source says why.
+#[derive(Debug)]
+struct HeartbeatEnded {
+    addr: String,
+    source: Option<regcenter::Error>,
+}
+
+impl std::fmt::Display for HeartbeatEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the heartbeat of {} ended, so it is no longer renewed",
+            self.addr
+        )
+    }
+}
+
+impl std::error::Error for HeartbeatEnded {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
 }
 
 fn bench(a: Args) -> Result<(), Failure> {
@@ -740,13 +787,15 @@ impl Signals {
         })
     }
 
-    /// The next signal, waiting at most `within` (`None`: until one comes).
-    fn next(&self, within: Option<Duration>) -> Option<Asked> {
+    /// The next signal, waiting at most `within` (`None`: until one
+    /// comes). `Disconnected` when the reading thread is gone (it is not,
+    /// before the handle is dropped).
+    fn next(&self, within: Option<Duration>) -> Result<Asked, RecvTimeoutError> {
         let sig = match within {
-            None => self.rx.recv().ok()?,
-            Some(d) => self.rx.recv_timeout(d).ok()?,
+            None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)?,
+            Some(d) => self.rx.recv_timeout(d)?,
         };
-        Some(if STOP_SIGNALS.contains(&sig) {
+        Ok(if STOP_SIGNALS.contains(&sig) {
             Asked::Stop(sig)
         } else if sig == libc::SIGUSR1 {
             Asked::Snapshot
@@ -760,11 +809,11 @@ impl Signals {
     fn wait_for_stop(&self, mut on_snapshot: impl FnMut()) -> String {
         loop {
             match self.next(None) {
-                Some(Asked::Stop(sig)) => return signal_name(sig),
-                Some(Asked::Snapshot) => on_snapshot(),
-                Some(Asked::Ignore(sig)) => log_ignored(sig),
-                // The reading thread is gone: nothing can stop us any more.
-                None => return "none (the signal thread ended)".into(),
+                Ok(Asked::Stop(sig)) => return signal_name(sig),
+                Ok(Asked::Snapshot) => on_snapshot(),
+                Ok(Asked::Ignore(sig)) => log_ignored(sig),
+                // The reading thread is gone: nothing could stop us later.
+                Err(_) => return "none (the signal thread ended)".into(),
             }
         }
     }

@@ -1,9 +1,12 @@
 //! Hostile configuration: a setting that would switch auth off or lose the
 //! table by accident is refused before anything starts (exit 2 from the
-//! binary, an error from `start()` that leaves nothing behind).
+//! binary, an error from `start()` that leaves nothing behind), and a
+//! sidecar whose registry stops accepting it says so and exits.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use regcenter::{Error, RegistryServer};
@@ -228,5 +231,85 @@ fn a_refused_start_leaves_no_thread_no_port_and_no_write() {
         .unwrap();
     assert_eq!(s.registry().alive("svc"), ["tcp@kept:1"]);
     s.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A registry stand-in that accepts the first `accept` beats and answers
+/// 401 to every request after them, as a registry whose token was rotated.
+struct Rotating {
+    addr: SocketAddr,
+    http: Arc<tiny_http::Server>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Rotating {
+    fn start(accept: usize) -> Rotating {
+        let http = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let addr = http.server_addr().to_ip().unwrap();
+        let seen = AtomicUsize::new(0);
+        let h = http.clone();
+        let worker = std::thread::Builder::new()
+            .name("test-rotating".into())
+            .spawn(move || {
+                while let Ok(rq) = h.recv() {
+                    let resp = if seen.fetch_add(1, Ordering::Relaxed) < accept {
+                        tiny_http::Response::from_string("").with_header(
+                            tiny_http::Header::from_bytes("X-Myrpc-Ttl", "1s").unwrap(),
+                        )
+                    } else {
+                        tiny_http::Response::from_string("the bearer token is wrong")
+                            .with_status_code(401)
+                    };
+                    let _ = rq.respond(resp);
+                }
+            })
+            .unwrap();
+        Rotating {
+            addr,
+            http,
+            worker: Some(worker),
+        }
+    }
+}
+
+impl Drop for Rotating {
+    fn drop(&mut self) {
+        self.http.unblock();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+#[test]
+fn a_sidecar_whose_token_is_refused_exits_1_and_says_why() {
+    let registry = Rotating::start(2);
+    let dir = temp_dir("rotated");
+    let token = dir.join("token");
+    std::fs::write(&token, "old-token\n").unwrap();
+    let url = format!("http://{}{P}", registry.addr);
+    let mut p = Process::spawn(
+        &[
+            "register",
+            "--registry",
+            &url,
+            "--addr",
+            "tcp@side:1",
+            "--period",
+            "100ms",
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+        &[],
+    );
+    p.line_containing("keeping tcp@side:1 registered", Duration::from_secs(20));
+    let status = p.wait(Duration::from_secs(30));
+    let err = p.stderr();
+    assert_eq!(status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("regcenter: ") && last.contains("401") && last.contains("tcp@side:1"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
