@@ -243,9 +243,12 @@ impl RegistryServerBuilder {
         };
         // Bound before the snapshot is read: a port in use fails the start
         // before a damaged file is set aside or a given table is filled.
+        // The first write follows the load at once, before anything is
+        // started or served (see `write_first`).
         let listener = nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
         if let Some(path) = &self.snapshot {
             snapshot::load(&registry, path)?;
+            snapshot::write_first(&registry, path)?;
         }
         let front = Front::new(listener, self.threads)
             .map_err(|e| Error::io(format!("start the HTTP server on {bind}"), e))?;
@@ -267,8 +270,6 @@ impl RegistryServerBuilder {
         // Thread names carry the port (the OS keeps 15 bytes of a name), so
         // an operator or a test can tell whose threads they are.
         server.sweeper = Some(registry.start_sweeper_named(format!("rc{port}-sweep"))?);
-        // Before the workers: the snapshot on disk carries this run's
-        // counter before any change is served (see `Writer::start`).
         if let Some(path) = self.snapshot {
             let every = self.snapshot_interval;
             server.snapshot = Some(snapshot::Writer::start(

@@ -181,6 +181,22 @@ pub(crate) fn write(registry: &Registry, path: &Path, clean: bool) -> std::io::R
     Ok(())
 }
 
+/// The first write of a run, after [`load`] and before the table's changes
+/// are served: the file must carry the counter this run starts from,
+/// marked unclean, before a client can see an index of this run.
+/// Otherwise a crash before the first periodic write would restore the
+/// older counter (from a clean file, without the gap; from an unclean one,
+/// to the same value as this run's start) and give this run's indexes out
+/// again.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the write fails.
+pub(crate) fn write_first(registry: &Registry, path: &Path) -> Result<()> {
+    write(registry, path, false)
+        .map_err(|e| Error::io(format!("write the snapshot {}", path.display()), e))
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
@@ -197,25 +213,18 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Writes the snapshot once, then starts the thread. Call it before the
-    /// table's changes are served: the file must carry the counter this run
-    /// starts from, marked unclean, before a client can see an index of
-    /// this run. Otherwise a crash before the first periodic write would
-    /// restore the older counter (from a clean file, without the gap; from
-    /// an unclean one, to the same value as this run's start) and give this
-    /// run's indexes out again.
+    /// Starts the thread; the caller has written the first snapshot (see
+    /// [`write_first`]).
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the first write or the spawn fails.
+    /// [`Error::Io`] when the spawn fails.
     pub(crate) fn start(
         registry: Registry,
         path: PathBuf,
         every: Duration,
         name: String,
     ) -> Result<Writer> {
-        write(&registry, &path, false)
-            .map_err(|e| Error::io(format!("write the snapshot {}", path.display()), e))?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let (s, r, p) = (stop.clone(), registry.clone(), path.clone());
         let thread = thread::Builder::new()
