@@ -976,22 +976,16 @@ impl Registry {
         Ok(loaded)
     }
 
-    /// After a snapshot could not be restored: moves the counter past the
-    /// one its header names, and as far again as past an unclean snapshot,
-    /// if that much of `damaged` can be read, so no index a client saw
-    /// before comes back. Returns the counter read.
+    /// After a snapshot could not be restored: moves the counter as far
+    /// past the one its header names as past an unclean snapshot's, so no
+    /// index a client saw before comes back; when not even the header of
+    /// `damaged` reads, past 0 (the best guess left). Returns the counter
+    /// read.
     pub(crate) fn restore_counter(&self, damaged: &[u8]) -> Option<u64> {
-        let mut lines = damaged.split(|&b| b == b'\n');
-        let magic = std::str::from_utf8(lines.next()?).ok()?;
-        magic.strip_prefix(SNAPSHOT_MAGIC)?;
-        let counter = std::str::from_utf8(lines.next()?)
-            .ok()?
-            .strip_prefix("counter ")?
-            .parse::<u64>()
-            .ok()?;
+        let read = header_counter(damaged);
         let mut t = self.locked(self.inner.now());
-        t.counter = t.counter.max(counter.saturating_add(UNCLEAN_GAP));
-        Some(counter)
+        t.counter = t.counter.max(read.unwrap_or(0).saturating_add(UNCLEAN_GAP));
+        read
     }
 
     /// Counts of registrations, renewals, deregistrations and expiries.
@@ -1175,6 +1169,20 @@ struct Snapshot {
     /// Written at a clean shutdown: nothing changed after it.
     clean: bool,
     entries: Vec<SnapshotEntry>,
+}
+
+/// The counter a snapshot's header names, read from bytes that need not be
+/// a whole snapshot or text.
+fn header_counter(bytes: &[u8]) -> Option<u64> {
+    let mut lines = bytes.split(|&b| b == b'\n');
+    std::str::from_utf8(lines.next()?)
+        .ok()?
+        .strip_prefix(SNAPSHOT_MAGIC)?;
+    std::str::from_utf8(lines.next()?)
+        .ok()?
+        .strip_prefix("counter ")?
+        .parse()
+        .ok()
 }
 
 fn parse_snapshot(text: &str) -> Result<Snapshot> {
@@ -2044,7 +2052,11 @@ mod tests {
         assert_eq!(reg.counter(), 77 + UNCLEAN_GAP);
         let other = Registry::new();
         assert_eq!(other.restore_counter(b"\xffgarbage\ncounter 5\n"), None);
-        assert_eq!(other.counter(), 0);
+        assert_eq!(
+            other.counter(),
+            UNCLEAN_GAP,
+            "past what one crash could lose"
+        );
     }
 
     #[test]

@@ -139,7 +139,8 @@ fn set_aside(registry: &Registry, path: &Path, bytes: &[u8], why: &str) -> Resul
     );
     if registry.restore_counter(bytes).is_none() {
         log::warn!(
-            "the modify counter of {} could not be read: indexes restart from the current one",
+            "the modify counter of {} could not be read: indexes continue from 2^40, \
+             past those of a registry that had not crashed before",
             aside.display()
         );
     }
