@@ -1,6 +1,7 @@
 //! The `regcenter` binary: arguments and wiring only.
 
 use std::process::ExitCode;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use regcenter::protocol::{DEFAULT_PATH, DEFAULT_REGISTRY_URL, parse_duration};
@@ -10,10 +11,10 @@ const USAGE: &str = "\
 regcenter: a service registry speaking the GeeRPC registry protocol
 
 usage:
-  regcenter [serve] [options]     run the registry until SIGINT/SIGTERM
+  regcenter [serve] [options]     run the registry until SIGTERM (or INT, HUP, QUIT)
   regcenter list [options]        print the alive servers, one per line
   regcenter watch [options]       print the list each time it changes
-  regcenter register --addr ADDR  keep ADDR registered until SIGINT/SIGTERM
+  regcenter register --addr ADDR  keep ADDR registered until SIGTERM (or INT, HUP, QUIT)
   regcenter deregister --addr ADDR
   regcenter bench [options]       load a registry and report its throughput
   regcenter COMMAND --help        options of a command
@@ -43,10 +44,20 @@ usage: regcenter serve [options]
   --token-file FILE   require this bearer token for POST and DELETE
                       (or set REGCENTER_TOKEN); needed to bind beyond loopback
   --protect-reads     require the token for listings too
-  --snapshot FILE     keep the table in FILE: loaded at start, written every 5s
-                      and at shutdown
+  --snapshot FILE     keep the table in FILE: loaded at start, written every
+                      --snapshot-interval and at shutdown
+  --snapshot-interval D
+                      how often the snapshot is written; a crash loses at most
+                      the changes of one interval (default 5s)
   --insecure          allow a non-loopback address without a token
 durations are Go-style: 500ms, 5s, 1m30s
+
+signals:
+  TERM INT HUP QUIT   shut down gracefully: answer requests in flight, write
+                      the final snapshot, exit 0
+  USR1                write the snapshot at once (logged) and carry on
+  USR2, ALRM, VTALRM, PROF, IO, PWR, XCPU, XFSZ, STKFLT and the real-time
+                      signals are logged and ignored
 ";
 
 const LIST_USAGE: &str = "\
@@ -61,7 +72,7 @@ usage: regcenter watch [options]
   --registry URL      registry URL (default http://127.0.0.1:9999/myRPC/registry)
   --service NAME      service (default: the default service)
 prints '# index N' and the servers, one per line, at start and on every change,
-until SIGINT/SIGTERM
+until SIGTERM (or INT, HUP, QUIT)
 ";
 
 const REGISTER_USAGE: &str = "\
@@ -93,9 +104,11 @@ usage: regcenter bench [options]
   --format F          text | seed: how GETs ask for the list (default text)
 ";
 
-/// A failure and the exit code it maps to: 2 for usage, 1 for the rest.
+/// A failure and the exit code it maps to: 2 for usage and configuration
+/// errors (nothing was started), 1 for the rest.
 enum Failure {
     Usage(String),
+    Config(Box<dyn std::error::Error>),
     Run(Box<dyn std::error::Error>),
 }
 
@@ -107,7 +120,10 @@ impl From<lexopt::Error> for Failure {
 
 impl From<regcenter::Error> for Failure {
     fn from(e: regcenter::Error) -> Self {
-        Failure::Run(Box::new(e))
+        match e {
+            regcenter::Error::InvalidConfig { .. } => Failure::Config(Box::new(e)),
+            e => Failure::Run(Box::new(e)),
+        }
     }
 }
 
@@ -119,18 +135,26 @@ fn main() -> ExitCode {
             eprintln!("regcenter: {msg} (see regcenter --help)");
             ExitCode::from(2)
         }
+        Err(Failure::Config(e)) => {
+            eprintln!("regcenter: {}", chain(&*e));
+            ExitCode::from(2)
+        }
         Err(Failure::Run(e)) => {
-            // The chain joined by ": ", each cause once.
-            let mut msg = e.to_string();
-            let mut cause = e.source();
-            while let Some(c) = cause {
-                msg.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            eprintln!("regcenter: {msg}");
+            eprintln!("regcenter: {}", chain(&*e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes joined by ": ", each once.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    msg
 }
 
 #[derive(Default)]
@@ -160,6 +184,7 @@ struct Args {
     token_file: Option<String>,
     protect_reads: bool,
     snapshot: Option<String>,
+    snapshot_interval: Option<Duration>,
     etcd: Option<String>,
 }
 
@@ -200,6 +225,9 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             Long("token-file") => a.token_file = Some(p.value()?.string()?),
             Long("protect-reads") => a.protect_reads = true,
             Long("snapshot") => a.snapshot = Some(p.value()?.string()?),
+            Long("snapshot-interval") => {
+                a.snapshot_interval = Some(duration(&mut p, "--snapshot-interval")?)
+            }
             Long("etcd") => a.etcd = Some(p.value()?.string()?),
             Long("clients") => a.clients = Some(p.value()?.parse()?),
             Long("duration") => a.duration = Some(duration(&mut p, "--duration")?),
@@ -245,6 +273,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 "token-file",
                 "protect-reads",
                 "snapshot",
+                "snapshot-interval",
             ],
         ),
         "list" => (
@@ -344,6 +373,7 @@ impl Args {
         add(self.token_file.is_some(), "token-file");
         add(self.protect_reads, "protect-reads");
         add(self.snapshot.is_some(), "snapshot");
+        add(self.snapshot_interval.is_some(), "snapshot-interval");
         add(self.etcd.is_some(), "etcd");
         add(self.clients.is_some(), "clients");
         add(self.duration.is_some(), "duration");
@@ -362,24 +392,34 @@ impl Args {
     }
 
     /// The bearer token: from `--token-file`, else `REGCENTER_TOKEN`. Never
-    /// from a command-line value, which every user of the machine sees.
+    /// from a command-line value, which every user of the machine sees. A
+    /// file that cannot be read or is blank, and a variable that is set but
+    /// blank, are refused alike: either would otherwise switch auth off.
     fn token(&self) -> Result<Option<String>, Failure> {
+        let config = |msg: String| Failure::Config(msg.into());
         if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Failure::Run(format!("reading the token file {path} failed: {e}").into())
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| config(format!("--token-file {path}: reading it failed: {e}")))?;
             let token = text.trim().to_string();
             if token.is_empty() {
-                return Err(Failure::Usage(format!(
-                    "--token-file {path}: the file is empty"
+                return Err(config(format!(
+                    "--token-file {path}: the file is empty; put the token in it"
                 )));
             }
             return Ok(Some(token));
         }
-        Ok(std::env::var("REGCENTER_TOKEN")
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty()))
+        match std::env::var_os("REGCENTER_TOKEN") {
+            None => Ok(None),
+            Some(v) => match v.to_str().map(str::trim) {
+                Some("") => Err(config(
+                    "REGCENTER_TOKEN is set but blank: set it to the token, \
+                     or unset it to run without one"
+                        .into(),
+                )),
+                Some(t) => Ok(Some(t.to_string())),
+                None => Err(config("REGCENTER_TOKEN is not valid UTF-8".into())),
+            },
+        }
     }
 
     /// A discovery of the registry, or of etcd with `--etcd`.
@@ -463,10 +503,23 @@ fn serve(a: Args) -> Result<(), Failure> {
     if let Some(path) = &a.snapshot {
         b = b.snapshot(path);
     }
+    match a.snapshot_interval {
+        Some(_) if a.snapshot.is_none() => {
+            return Err(Failure::Usage(
+                "--snapshot-interval needs --snapshot FILE".into(),
+            ));
+        }
+        Some(every) => b = b.snapshot_interval(every),
+        None => {}
+    }
     let signals = Signals::install()?;
     let server = b.start()?;
-    let sig = signals.wait();
-    log::info!("signal {sig} received, shutting down");
+    let sig = signals.wait_for_stop(|| match server.write_snapshot() {
+        Ok(Some(path)) => log::info!("signal SIGUSR1: snapshot written to {}", path.display()),
+        Ok(None) => log::warn!("signal SIGUSR1: ignored, no --snapshot FILE was given"),
+        Err(e) => log::error!("signal SIGUSR1: {}", chain(&e)),
+    });
+    log::info!("{sig} received, shutting down");
     server.shutdown()?;
     Ok(())
 }
@@ -489,18 +542,16 @@ fn list(a: Args) -> Result<(), Failure> {
 }
 
 fn watch(a: Args) -> Result<(), Failure> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let signals = Signals::install()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        signals.wait();
-        flag.store(true, Ordering::Release);
-    });
     let d = a.discovery(true)?;
     let mut seen = None;
-    while !stop.load(Ordering::Acquire) {
+    loop {
+        match signals.next(Some(Duration::ZERO)) {
+            Ok(Asked::Stop(_)) | Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Asked::Snapshot) => log_ignored(libc::SIGUSR1),
+            Ok(Asked::Ignore(sig)) => log_ignored(sig),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
         let index = d.wait_for_change(seen, Duration::from_millis(200));
         if index != seen {
             seen = index;
@@ -546,10 +597,56 @@ fn register(a: Args) -> Result<(), Failure> {
     }
     let hb = Heartbeat::start(a.registry(), addr, opts)?;
     eprintln!("regcenter: keeping {addr} registered at {}", hb.url());
-    let sig = signals.wait();
-    log::info!("signal {sig} received, deregistering {addr}");
+    // The heartbeat ends on its own when the registry refuses it for good
+    // (a rotated token answered 401): then exit 1 with the reason, rather
+    // than run on as if the server were still registered.
+    loop {
+        match signals.next(Some(HEARTBEAT_CHECK)) {
+            Ok(Asked::Stop(sig)) => {
+                log::info!("{} received, deregistering {addr}", signal_name(sig));
+                break;
+            }
+            Ok(Asked::Snapshot) => log_ignored(libc::SIGUSR1),
+            Ok(Asked::Ignore(sig)) => log_ignored(sig),
+            Err(RecvTimeoutError::Timeout) if hb.is_running() => {}
+            Err(RecvTimeoutError::Timeout) => {
+                let source = hb.stop().err();
+                return Err(Failure::Run(Box::new(HeartbeatEnded {
+                    addr: addr.to_string(),
+                    source,
+                })));
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
     hb.stop()?;
     Ok(())
+}
+
+/// How often `register` looks whether its heartbeat still runs.
+const HEARTBEAT_CHECK: Duration = Duration::from_millis(200);
+
+/// `register`'s heartbeat ended on its own; the source says why.
+#[derive(Debug)]
+struct HeartbeatEnded {
+    addr: String,
+    source: Option<regcenter::Error>,
+}
+
+impl std::fmt::Display for HeartbeatEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the heartbeat of {} ended, so it is no longer renewed",
+            self.addr
+        )
+    }
+}
+
+impl std::error::Error for HeartbeatEnded {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
 }
 
 fn bench(a: Args) -> Result<(), Failure> {
@@ -593,8 +690,8 @@ fn register_etcd(
         "regcenter: keeping {addr} registered in etcd as {}",
         reg.key()
     );
-    let sig = signals.wait();
-    log::info!("signal {sig} received, revoking {addr}");
+    let sig = signals.wait_for_stop(|| log_ignored(libc::SIGUSR1));
+    log::info!("{sig} received, revoking {addr}");
     reg.stop()?;
     Ok(())
 }
@@ -613,20 +710,133 @@ fn deregister(a: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// SIGINT and SIGTERM, caught from before the work starts.
-struct Signals(signal_hook::iterator::Signals);
+/// What a signal asks of a long-running command (README, "Signals").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// SIGINT, SIGTERM, SIGHUP, SIGQUIT: stop gracefully (serve writes its
+    /// final snapshot, register deregisters).
+    Stop(i32),
+    /// SIGUSR1: serve writes its snapshot at once.
+    Snapshot,
+    /// Another signal whose default would end the process: logged only.
+    Ignore(i32),
+}
+
+/// Signals that stop a command gracefully.
+const STOP_SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Signals whose default action ends the process and that mean nothing
+/// here: a stray `kill -USR2` or an expired timer must not cost the table.
+fn ignored_signals() -> Vec<i32> {
+    let mut v = vec![
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+    ];
+    #[cfg(target_os = "linux")]
+    {
+        v.extend([libc::SIGPWR, libc::SIGSTKFLT]);
+        // The real-time signals end the process by default too.
+        v.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    }
+    v
+}
+
+/// Every signal that would end the process, caught from before the work
+/// starts, each with a safe meaning ([`Asked`]). Not caught: SIGKILL and
+/// SIGSTOP (nobody can), and SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT,
+/// SIGTRAP and SIGSYS, which report a fault of the process itself and keep
+/// their default (a handler that returns would fault again).
+///
+/// A thread reads them and hands them over a channel, so a command can wait
+/// for the next one with a timeout; dropping the handle ends and joins it.
+struct Signals {
+    rx: std::sync::mpsc::Receiver<i32>,
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Signals {
     fn install() -> Result<Signals, Failure> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-            .map(Signals)
-            .map_err(|e| Failure::Run(format!("installing signal handlers failed: {e}").into()))
+        let all = STOP_SIGNALS
+            .into_iter()
+            .chain([libc::SIGUSR1])
+            .chain(ignored_signals());
+        let mut signals = signal_hook::iterator::Signals::new(all)
+            .map_err(|e| Failure::Run(format!("installing signal handlers failed: {e}").into()))?;
+        let handle = signals.handle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("regcenter-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if tx.send(sig).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Failure::Run(format!("spawning the signal thread failed: {e}").into()))?;
+        Ok(Signals {
+            rx,
+            handle,
+            thread: Some(thread),
+        })
     }
 
-    fn wait(mut self) -> i32 {
-        self.0.forever().next().unwrap_or(0)
+    /// The next signal, waiting at most `within` (`None`: until one
+    /// comes). `Disconnected` when the reading thread is gone (it is not,
+    /// before the handle is dropped).
+    fn next(&self, within: Option<Duration>) -> Result<Asked, RecvTimeoutError> {
+        let sig = match within {
+            None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)?,
+            Some(d) => self.rx.recv_timeout(d)?,
+        };
+        Ok(if STOP_SIGNALS.contains(&sig) {
+            Asked::Stop(sig)
+        } else if sig == libc::SIGUSR1 {
+            Asked::Snapshot
+        } else {
+            Asked::Ignore(sig)
+        })
     }
+
+    /// Waits for a stop signal; logs the others (`on_snapshot` answers
+    /// SIGUSR1). Returns the stop signal's name.
+    fn wait_for_stop(&self, mut on_snapshot: impl FnMut()) -> String {
+        loop {
+            match self.next(None) {
+                Ok(Asked::Stop(sig)) => return signal_name(sig),
+                Ok(Asked::Snapshot) => on_snapshot(),
+                Ok(Asked::Ignore(sig)) => log_ignored(sig),
+                // The reading thread is gone: nothing could stop us later.
+                Err(_) => return "none (the signal thread ended)".into(),
+            }
+        }
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match signal_hook::low_level::signal_name(sig) {
+        Some(name) => format!("signal {sig} ({name})"),
+        None => format!("signal {sig}"),
+    }
+}
+
+fn log_ignored(sig: i32) {
+    log::warn!("{} received: ignored", signal_name(sig));
 }
 
 /// A stderr logger; the library only uses the `log` macros.

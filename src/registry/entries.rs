@@ -361,6 +361,7 @@ impl View<'_> {
         }
     }
 
+    #[cfg(test)] // the table copies times with `raw_times`
     pub(super) fn ttl(&self) -> Duration {
         Duration::from_nanos(self.hot.ttl_ns())
     }
@@ -377,6 +378,7 @@ impl View<'_> {
     }
 
     /// `None` for an entry that never expires.
+    #[cfg(test)] // the table copies times with `raw_times`
     pub(super) fn deadline(&self) -> Option<Tick> {
         self.hot.deadline()
     }

@@ -52,7 +52,8 @@ pub struct RegistryServerBuilder {
     threads: usize,
     token: Option<String>,
     protect_reads: bool,
-    snapshot: Option<(std::path::PathBuf, Duration)>,
+    snapshot: Option<std::path::PathBuf>,
+    snapshot_interval: Duration,
     limits: Limits,
     table: RegistryBuilder,
     registry: Option<Registry>,
@@ -95,11 +96,21 @@ impl RegistryServerBuilder {
     }
 
     /// Keeps the table in `path`: loaded at start (entries already expired
-    /// are dropped; an unusable file is reported, kept as `FILE.corrupt`, and
-    /// the registry starts empty), written atomically every 5 s and at
-    /// shutdown. Defaults to none.
+    /// are dropped; a file that cannot be read or parsed is reported, kept
+    /// as `FILE.corrupt`, and the registry starts empty; `start` fails when
+    /// it cannot be kept aside), written atomically every
+    /// [`snapshot_interval`](Self::snapshot_interval) and at shutdown.
+    /// Defaults to none.
     pub fn snapshot(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.snapshot = Some((path.into(), Duration::from_secs(5)));
+        self.snapshot = Some(path.into());
+        self
+    }
+
+    /// How often the snapshot is written while the registry runs: what a
+    /// crash can lose is at most the changes of one interval. Defaults to
+    /// 5 s.
+    pub fn snapshot_interval(mut self, every: Duration) -> Self {
+        self.snapshot_interval = every;
         self
     }
 
@@ -178,14 +189,24 @@ impl RegistryServerBuilder {
         self
     }
 
-    /// Binds the listener and starts the worker and sweeper threads.
+    /// Binds the listener, loads the snapshot, and starts the worker,
+    /// sweeper and snapshot threads.
+    ///
+    /// A start refused for its settings has no effect at all: no thread is
+    /// started, no port held, no file read or written.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for an address that does not parse, a path
-    /// that does not start with `/` or ends with one, zero threads, or
-    /// invalid TTL settings; [`Error::Io`] when binding or spawning fails.
+    /// that does not start with `/` or ends with one, zero threads, invalid
+    /// TTL settings, a token that is not visible ASCII, a snapshot path
+    /// whose directory is missing or not writable or that names a
+    /// directory, or a damaged snapshot that cannot be set aside;
+    /// [`Error::Io`] when binding, spawning or the first snapshot write
+    /// fails.
     pub fn start(self) -> Result<RegistryServer> {
+        // Every setting is checked before anything is bound, spawned, read
+        // or written: a start that fails leaves nothing behind.
         let bind: SocketAddr = self.addr.parse().map_err(|_| {
             Error::config(
                 "addr",
@@ -199,10 +220,6 @@ impl RegistryServerBuilder {
         if self.threads == 0 {
             return Err(Error::config("threads", "must be at least 1"));
         }
-        let registry = match self.registry {
-            Some(r) => r,
-            None => self.table.build()?,
-        };
         let max_connections = match self.limits.max_connections {
             Some(0) => return Err(Error::config("max_connections", "must be at least 1")),
             Some(n) => n,
@@ -216,15 +233,41 @@ impl RegistryServerBuilder {
                 return Err(Error::config(setting, "must be above zero"));
             }
         }
-        if let Some((path, _)) = &self.snapshot {
-            snapshot::load(&registry, path);
+        if let Some(t) = &self.token
+            && (t.is_empty() || !t.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+        {
+            return Err(Error::config(
+                "token",
+                "must be non-empty visible ASCII (no spaces or line breaks)",
+            ));
+        }
+        if self.protect_reads && self.token.is_none() {
+            return Err(Error::config("protect_reads", "needs a token"));
         }
         let max_watchers = match self.limits.max_watchers {
             Some(0) => return Err(Error::config("max_watchers", "must be at least 1")),
             Some(n) => n,
             None => (max_connections * 3 / 4).max(1),
         };
+        if self.snapshot_interval.is_zero() {
+            return Err(Error::config("snapshot_interval", "must be above zero"));
+        }
+        if let Some(path) = &self.snapshot {
+            snapshot::check_path(path)?;
+        }
+        let registry = match self.registry {
+            Some(r) => r,
+            None => self.table.build()?,
+        };
+        // Bound before the snapshot is read: a port in use fails the start
+        // before a damaged file is set aside or a given table is filled.
+        // The first write follows the load at once, before anything is
+        // started or served (see `write_first`).
         let listener = nodelay_listener(bind).map_err(|e| Error::io(format!("bind {bind}"), e))?;
+        if let Some(path) = &self.snapshot {
+            snapshot::load(&registry, path)?;
+            snapshot::write_first(&registry, path)?;
+        }
         let front = Front::new(listener)
             .map_err(|e| Error::io(format!("start the HTTP server on {bind}"), e))?;
         let local_addr = front.local;
@@ -245,22 +288,14 @@ impl RegistryServerBuilder {
         // Thread names carry the port (the OS keeps 15 bytes of a name), so
         // an operator or a test can tell whose threads they are.
         server.sweeper = Some(registry.start_sweeper_named(format!("rc{port}-sweep"))?);
-        if let Some((path, every)) = self.snapshot {
-            server.snapshot = Some(
-                snapshot::Writer::start(registry.clone(), path, every, format!("rc{port}-snap"))
-                    .map_err(|e| Error::io("spawn the snapshot thread", e))?,
-            );
-        }
-        if let Some(t) = &self.token
-            && (t.is_empty() || !t.bytes().all(|b| (0x21..=0x7e).contains(&b)))
-        {
-            return Err(Error::config(
-                "token",
-                "must be non-empty visible ASCII (no spaces or line breaks)",
-            ));
-        }
-        if self.protect_reads && self.token.is_none() {
-            return Err(Error::config("protect_reads", "needs a token"));
+        if let Some(path) = self.snapshot {
+            let every = self.snapshot_interval;
+            server.snapshot = Some(snapshot::Writer::start(
+                registry.clone(),
+                path,
+                every,
+                format!("rc{port}-snap"),
+            )?);
         }
         let cfg = RouteConfig {
             path: self.path,
@@ -432,6 +467,7 @@ impl RegistryServer {
             token: None,
             protect_reads: false,
             snapshot: None,
+            snapshot_interval: Duration::from_secs(5),
             limits: Limits::default(),
             table: Registry::builder(),
             registry: None,
@@ -526,6 +562,23 @@ impl RegistryServer {
             return Err(Error::io("write the final snapshot", e));
         }
         Ok(())
+    }
+
+    /// Writes the snapshot now, as the server does every
+    /// [`snapshot_interval`](RegistryServerBuilder::snapshot_interval) (the
+    /// binary does it on SIGUSR1, e.g. before a backup). Returns the file
+    /// written, `None` when the server keeps no snapshot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when writing the file fails.
+    pub fn write_snapshot(&self) -> Result<Option<&std::path::Path>> {
+        let Some(w) = &self.snapshot else {
+            return Ok(None);
+        };
+        w.write_now()
+            .map_err(|e| Error::io(format!("write the snapshot {}", w.path().display()), e))?;
+        Ok(Some(w.path()))
     }
 
     /// How many long-poll requests are parked, waiting for a change.

@@ -144,10 +144,13 @@ impl RouteConfig {
         if !write && !self.protect_reads {
             return Ok(());
         }
+        // The scheme is case-insensitive and followed by one or more spaces
+        // (RFC 7235 §2.1).
         let given = req
             .header("Authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|h| h.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         match given {
             Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
             Some(_) => Err(unauthorized("the bearer token is wrong")),
