@@ -28,6 +28,19 @@ pub fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     s
 }
 
+/// Opens a connection that reads nothing (its receive buffer is the
+/// smallest the kernel allows, so what the server sends stays in the
+/// server's send buffer) and writes `bytes`.
+pub fn send_unread(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect_timeout(&addr.into(), Duration::from_secs(2))
+        .expect("connect");
+    let mut s: TcpStream = sock.into();
+    s.write_all(bytes).expect("write the requests");
+    s
+}
+
 /// A request head with no body, kept alive.
 pub fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> String {
     let mut r = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
