@@ -174,9 +174,12 @@ mod imp {
             out
         }
 
-        /// The connection from `peer`, if it is open (a quick scan).
+        /// The connection from `peer`, if it is open: a quick scan, then a
+        /// full one (a quick scan trusts descriptor numbers it has seen,
+        /// and a new connection may have taken the number of a closed one).
         pub(crate) fn find(&mut self, peer: SocketAddr) -> Option<Conn> {
-            self.scan(false).into_iter().find(|c| c.peer == peer)
+            let quick = self.scan(false).into_iter().find(|c| c.peer == peer);
+            quick.or_else(|| self.scan(true).into_iter().find(|c| c.peer == peer))
         }
 
         /// How many of this process's descriptors named the socket `inode`
