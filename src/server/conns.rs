@@ -182,6 +182,13 @@ mod imp {
             quick.or_else(|| self.scan(true).into_iter().find(|c| c.peer == peer))
         }
 
+        /// Reads `fd`'s link again at the next scan: an action found that
+        /// it no longer names the socket listed.
+        pub(crate) fn forget(&mut self, fd: RawFd) {
+            self.fds.remove(&fd);
+            self.count = 0;
+        }
+
         /// How many of this process's descriptors named the socket `inode`
         /// at the last scan.
         pub(crate) fn descriptors_of(&self, inode: u64) -> usize {
@@ -344,6 +351,8 @@ mod imp {
         pub(crate) fn descriptors_of(&self, _: u64) -> usize {
             0
         }
+
+        pub(crate) fn forget(&mut self, _: i32) {}
     }
 
     pub(crate) fn listening(_: SocketAddr) -> bool {

@@ -115,6 +115,17 @@ impl Front {
         }
     }
 
+    /// Writes `bytes` on the listed connection `c` without blocking and
+    /// shuts it down; false when `c` is gone (its number is then read
+    /// again at the next scan).
+    pub(crate) fn close_listed(&self, c: &conns::Conn, bytes: &[u8]) -> bool {
+        let closed = conns::send_and_close(c, self.local, bytes);
+        if !closed {
+            self.scanner.lock().forget(c.fd);
+        }
+        closed
+    }
+
     /// Writes `bytes` on `peer`'s connection without blocking and shuts it
     /// down; false when no such connection is open.
     pub(crate) fn close(&self, peer: SocketAddr, bytes: &[u8]) -> bool {

@@ -43,8 +43,10 @@ use super::worker::{self, Ctx, MAX_HEAD_BYTES};
 const TICK: Duration = Duration::from_millis(40);
 /// Every how many passes the guard reads TCP statistics (about 4 a second).
 const FULL_EVERY: u64 = 6;
-/// Every how many passes every descriptor is identified again (about 5 s).
-const RELINK_EVERY: u64 = 120;
+/// Every how many passes every descriptor is identified again (about 1 s):
+/// between two, a number tiny_http closed and the process reused for a new
+/// connection still reads as the old one (see `conns.rs`).
+const RELINK_EVERY: u64 = 25;
 /// Longest an answer may take to write before its connection is cut: a
 /// client that reads nothing for this long is not reading.
 const WRITE_LIMIT: Duration = Duration::from_secs(10);
@@ -272,7 +274,7 @@ fn close(front: &Front, c: &Conn, status: u16, reason: &str) -> bool {
             )
         }
     };
-    let closed = conns::send_and_close(c, front.local, answer.as_bytes());
+    let closed = front.close_listed(c, answer.as_bytes());
     if closed {
         log::debug!(
             "closed the connection from {}: {}",
