@@ -377,13 +377,15 @@ impl Drop for Locked<'_> {
         let Some(mut guard) = self.guard.take() else {
             return;
         };
-        if guard.changed.is_empty() && guard.retired.is_empty() {
-            return; // a heartbeat: nothing to announce or free
+        if guard.changed.is_empty() && guard.retired.is_empty() && guard.expired.is_empty() {
+            return; // a heartbeat: nothing to announce, log or free
         }
         let changed = std::mem::take(&mut guard.changed);
         let retired = std::mem::take(&mut guard.retired);
+        let expired = std::mem::take(&mut guard.expired);
         drop(guard);
         drop(retired);
+        log_expired(&expired);
         self.inner.notify(&changed);
     }
 }
@@ -432,6 +434,8 @@ struct Table {
     /// the listing and details of 100 000 entries takes milliseconds, and
     /// every heartbeat would wait for it.
     retired: Vec<Box<dyn Send>>,
+    /// Entries expired since the lock was taken, logged on release.
+    expired: Vec<(Arc<str>, Key<'static>)>,
     /// Registry-wide modify counter (DESIGN.md, "Modify index").
     counter: u64,
     entries: usize,
@@ -731,8 +735,8 @@ impl Registry {
         opts.validate()?;
         let ttl = self.effective_ttl(opts.ttl);
         let now = self.inner.now();
-        let mut t = self.locked(now);
-        let t = &mut *t;
+        let mut locked = self.locked(now);
+        let t = &mut *locked;
         if let Some(svc) = t.services.get_mut(service)
             && let Some(i) = svc.entries.find(&key)
         {
@@ -764,10 +768,13 @@ impl Registry {
             });
         }
         t.stats.registrations += 1;
-        log::info!("registered {addr} in service {service:?}");
         let index = t.add(service, key, &self.inner.wake, |entries, key| {
             entries.insert(key, ttl, opts.weight, &opts.meta, now)
         });
+        // Logged once the lock is released: a logger writes, and every
+        // heartbeat would wait for it.
+        drop(locked);
+        log::info!("registered {addr} in service {service:?}");
         Ok(PutOutcome {
             ttl,
             index,
@@ -788,6 +795,9 @@ impl Registry {
         let removed = t.remove(service, &key);
         if removed {
             t.stats.deregistrations += 1;
+        }
+        drop(t);
+        if removed {
             log::info!("deregistered {addr} from service {service:?}");
         }
         Ok(removed)
@@ -1193,9 +1203,11 @@ fn sweep_loop(inner: &Inner, stop: &AtomicBool) {
         t.expire_due(now);
         let changed = std::mem::take(&mut t.changed);
         let retired = std::mem::take(&mut t.retired);
-        if !changed.is_empty() || !retired.is_empty() {
+        let expired = std::mem::take(&mut t.expired);
+        if !changed.is_empty() || !retired.is_empty() || !expired.is_empty() {
             MutexGuard::unlocked(&mut t, || {
                 drop(retired);
+                log_expired(&expired);
                 inner.notify(&changed);
             });
         }
@@ -1208,6 +1220,45 @@ fn sweep_loop(inner: &Inner, stop: &AtomicBool) {
             .min(SWEEP_MAX_WAIT);
         // Also woken when an earlier deadline is scheduled or on stop.
         inner.wake.wait_for(&mut t, wait);
+    }
+}
+
+/// Expiries logged one line each at `info`; beyond, one summary line (and
+/// a line each at `debug`).
+const EXPIRY_LINES: usize = 100;
+
+/// Logs what expired, after the table lock is released: at 100 000 expiries
+/// a line each took the lock for as long as the logger took to write them.
+fn log_expired(expired: &[(Arc<str>, Key<'static>)]) {
+    if expired.len() <= EXPIRY_LINES {
+        for (service, addr) in expired {
+            log::info!("expired {addr} from service {:?}", &**service);
+        }
+        return;
+    }
+    let mut per_service: HashMap<&str, usize> = HashMap::new();
+    for (service, _) in expired {
+        *per_service.entry(service).or_default() += 1;
+    }
+    let mut counts: Vec<(&str, usize)> = per_service.into_iter().collect();
+    counts.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut most: Vec<String> = counts
+        .iter()
+        .take(5)
+        .map(|(s, n)| format!("{n} from service {s:?}"))
+        .collect();
+    if counts.len() > 5 {
+        most.push(format!("{} more services", counts.len() - 5));
+    }
+    log::info!(
+        "expired {} entries: {} (set the log level to debug for each address)",
+        expired.len(),
+        most.join(", ")
+    );
+    if log::log_enabled!(log::Level::Debug) {
+        for (service, addr) in expired {
+            log::debug!("expired {addr} from service {:?}", &**service);
+        }
     }
 }
 
@@ -1308,7 +1359,7 @@ impl Table {
                 entries::Due::Expired => {
                     self.remove(&due.service, &due.addr);
                     self.stats.expiries += 1;
-                    log::info!("expired {} from service {:?}", due.addr, &*due.service);
+                    self.expired.push((due.service, due.addr));
                     expired += 1;
                 }
                 entries::Due::Requeue(at) => self.queue.push(Reverse(Due { at, ..due })),
@@ -1930,6 +1981,105 @@ mod tests {
         }
         assert!(fresh.is_empty());
         assert_eq!(fresh.restore(&text).unwrap(), 2);
+    }
+
+    /// Log lines as a test sees them, each with whether the table lock of
+    /// the registry its thread watches was held when it was written.
+    mod capture {
+        use std::cell::RefCell;
+
+        use super::Registry;
+
+        pub(super) type Line = (log::Level, String, bool);
+
+        thread_local! {
+            static WATCHED: RefCell<Option<(Registry, Vec<Line>)>> = const { RefCell::new(None) };
+        }
+
+        struct Capture;
+
+        impl log::Log for Capture {
+            fn enabled(&self, _: &log::Metadata) -> bool {
+                WATCHED.with(|w| w.borrow().is_some())
+            }
+
+            fn log(&self, r: &log::Record) {
+                WATCHED.with(|w| {
+                    if let Some((reg, lines)) = &mut *w.borrow_mut() {
+                        let locked = reg.inner.table.is_locked();
+                        lines.push((r.level(), r.args().to_string(), locked));
+                    }
+                });
+            }
+
+            fn flush(&self) {}
+        }
+
+        /// What `f` logs on this thread, all levels. Other tests' lines
+        /// (their threads watch nothing) are dropped.
+        pub(super) fn watch(reg: &Registry, f: impl FnOnce()) -> Vec<Line> {
+            static CAPTURE: Capture = Capture;
+            static INSTALL: std::sync::Once = std::sync::Once::new();
+            INSTALL.call_once(|| {
+                log::set_logger(&CAPTURE).expect("no other logger in these tests");
+                log::set_max_level(log::LevelFilter::Trace);
+            });
+            WATCHED.with(|w| *w.borrow_mut() = Some((reg.clone(), Vec::new())));
+            f();
+            WATCHED.with(|w| w.borrow_mut().take().map(|(_, l)| l).unwrap_or_default())
+        }
+    }
+
+    #[test]
+    fn log_lines_are_written_after_the_table_lock_is_released() {
+        let clock = ManualClock::new();
+        let reg = registry(&clock);
+        let lines = capture::watch(&reg, || {
+            reg.put("svc", "a").unwrap();
+            assert!(reg.remove("svc", "a").unwrap());
+            for i in 0..150 {
+                reg.put("svc", &format!("m{i}")).unwrap();
+            }
+            reg.put("other", "o").unwrap();
+            clock.advance(5 * S);
+            assert_eq!(reg.sweep(), 151);
+            for i in 0..3 {
+                reg.put("few", &format!("f{i}")).unwrap();
+            }
+            clock.advance(5 * S);
+            assert_eq!(reg.len(), 0, "expired by the call itself");
+        });
+        let under_lock: Vec<&String> = lines.iter().filter(|l| l.2).map(|l| &l.1).collect();
+        assert!(
+            under_lock.is_empty(),
+            "logged under the lock: {under_lock:?}"
+        );
+        let at = |level| -> Vec<&str> {
+            lines
+                .iter()
+                .filter(|l| l.0 == level)
+                .map(|l| l.1.as_str())
+                .collect()
+        };
+        let info = at(log::Level::Info);
+        assert_eq!(info.len(), 1 + 1 + 150 + 1 + 1 + 3 + 3, "{info:#?}");
+        assert_eq!(info[1], r#"deregistered a from service "svc""#);
+        // Past 100 expiries at once, one line says what expired.
+        assert_eq!(
+            info[153],
+            r#"expired 151 entries: 150 from service "svc", 1 from service "other" (set the log level to debug for each address)"#
+        );
+        // Equal deadlines expire in no particular order.
+        let mut few = info[157..].to_vec();
+        few.sort_unstable();
+        let want = ["f0", "f1", "f2"].map(|a| format!("expired {a} from service \"few\""));
+        assert_eq!(few, want);
+        let debug = at(log::Level::Debug);
+        assert_eq!(debug.len(), 151, "{debug:#?}");
+        assert!(
+            debug.contains(&r#"expired m42 from service "svc""#),
+            "{debug:#?}"
+        );
     }
 
     #[test]
