@@ -2,8 +2,7 @@
 
 mod entries;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -442,10 +441,10 @@ struct Table {
     /// Cloned into each service: one seed per registry.
     hasher: RandomState,
     services: HashMap<Arc<str>, Service, RandomState>,
-    /// Expiry queue. A renewal only moves the entry's deadline; its queued
-    /// item stays at the old deadline and is re-queued when it comes due, so
-    /// renewals cost no queue work.
-    queue: BinaryHeap<Reverse<Due>>,
+    /// Each service with queued expiries at its earliest, the soonest
+    /// first: what expiry walks and the sweeper waits for. Each service
+    /// keeps its own queue (see `entries`), one item an entry.
+    soonest: BTreeSet<(Tick, Arc<str>)>,
     stats: RegistryStats,
 }
 
@@ -464,39 +463,35 @@ pub struct RegistryStats {
     pub entries: usize,
 }
 
-/// An item of the expiry queue. It is live while the entry's queued time
-/// equals `at`; other items (the entry renewed with a shorter TTL, removed,
-/// or registered again) are dropped when they come up.
-struct Due {
-    at: Tick,
-    service: Arc<str>,
-    addr: Key<'static>,
-}
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Due) -> bool {
-        self.at == other.at
-    }
-}
-
-impl Eq for Due {}
-
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Due) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Due {
-    fn cmp(&self, other: &Due) -> std::cmp::Ordering {
-        self.at.cmp(&other.at)
-    }
+/// What the table reserves, live or free, for tests and benches that
+/// check it stays bounded by the live entries whatever the churn.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Alive entries.
+    pub entries: usize,
+    /// Services with alive entries.
+    pub services: usize,
+    /// Services the service map has room for.
+    pub service_room: usize,
+    /// Items in the expiry queues.
+    pub queued: usize,
+    /// Items the expiry queues have room for.
+    pub queue_room: usize,
+    /// Slots of the services' hash tables.
+    pub slots: usize,
+    /// Places for the entries' cold parts, free ones included.
+    pub places: usize,
+    /// Bytes reserved for the text of long addresses, free ones included.
+    pub text_bytes: usize,
 }
 
 struct Service {
     name: Arc<str>,
     index: u64,
     entries: Entries,
+    /// Its place in [`Table::soonest`]: the earliest queued expiry.
+    due: Option<Tick>,
     /// `None` after a change: rebuilt by the next reader.
     listing: Option<Arc<Listing>>,
     /// Likewise, for readers of the details (JSON listings, status page).
@@ -505,9 +500,12 @@ struct Service {
 
 impl Service {
     /// After a change of membership or labels; returns the old caches,
-    /// for [`Table::retired`].
-    fn invalidate(&mut self) -> Box<dyn Send> {
-        Box::new((self.listing.take(), self.details.take()))
+    /// if any, for [`Table::retired`].
+    fn invalidate(&mut self) -> Option<Box<dyn Send>> {
+        if self.listing.is_none() && self.details.is_none() {
+            return None; // nothing to free, nothing to allocate
+        }
+        Some(Box::new((self.listing.take(), self.details.take())))
     }
 
     /// What renewals move, for every entry in the table's order: one
@@ -740,25 +738,21 @@ impl Registry {
         if let Some(svc) = t.services.get_mut(service)
             && let Some(i) = svc.entries.find(&key)
         {
-            let (changed, queue) = svc.entries.renew(i, ttl, opts.weight, &opts.meta, now);
+            let (changed, queued) = svc.entries.renew(i, ttl, opts.weight, &opts.meta, now);
             t.stats.renewals += 1;
             if changed {
                 t.counter += 1;
                 svc.index = t.counter;
-                t.retired.push(svc.invalidate());
-                t.changed.push(svc.name.clone());
+                t.retired.extend(svc.invalidate());
+                announce(&mut t.changed, &svc.name);
             }
-            if let Some(at) = queue {
-                let due = Due {
-                    at,
-                    service: svc.name.clone(),
-                    addr: key.into_owned(),
-                };
-                schedule(&mut t.queue, &self.inner.wake, due);
+            let index = svc.index;
+            if queued && t.settle(service) {
+                self.inner.wake.notify_all();
             }
             return Ok(PutOutcome {
                 ttl,
-                index: svc.index,
+                index,
                 changed,
             });
         }
@@ -970,6 +964,27 @@ impl Registry {
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// What the table reserves; see [`Footprint`].
+    #[doc(hidden)]
+    pub fn footprint(&self) -> Footprint {
+        let t = self.inner.table.lock();
+        let mut f = Footprint {
+            entries: t.entries,
+            services: t.services.len(),
+            service_room: t.services.capacity(),
+            ..Footprint::default()
+        };
+        for svc in t.services.values() {
+            let room = svc.entries.room();
+            f.slots += room.slots;
+            f.places += room.places;
+            f.text_bytes += room.text_bytes;
+            f.queued += room.queued;
+            f.queue_room += room.queue_room;
+        }
+        f
     }
 
     /// The registry-wide modify counter.
@@ -1212,10 +1227,10 @@ fn sweep_loop(inner: &Inner, stop: &AtomicBool) {
             });
         }
         let wait = t
-            .queue
-            .peek()
-            .map_or(SWEEP_MAX_WAIT, |Reverse(d)| {
-                Duration::from_nanos(d.at.saturating_sub(now))
+            .soonest
+            .first()
+            .map_or(SWEEP_MAX_WAIT, |(at, _)| {
+                Duration::from_nanos(at.saturating_sub(now))
             })
             .min(SWEEP_MAX_WAIT);
         // Also woken when an earlier deadline is scheduled or on stop.
@@ -1223,6 +1238,8 @@ fn sweep_loop(inner: &Inner, stop: &AtomicBool) {
     }
 }
 
+/// Room of the service map below which it is not shrunk.
+const MIN_SERVICE_ROOM: usize = 1024;
 /// Expiries logged one line each at `info`; beyond, one summary line (and
 /// a line each at `debug`).
 const EXPIRY_LINES: usize = 100;
@@ -1262,19 +1279,51 @@ fn log_expired(expired: &[(Arc<str>, Key<'static>)]) {
     }
 }
 
-/// Queues an expiry and wakes the sweeper when it is the new earliest.
-fn schedule(queue: &mut BinaryHeap<Reverse<Due>>, wake: &Condvar, due: Due) {
-    let earliest = queue.peek().is_none_or(|Reverse(d)| due.at < d.at);
-    queue.push(Reverse(due));
-    if earliest {
-        wake.notify_all();
+/// Adds `service` to the services changed, once for a run of changes to
+/// it (a mass expiry changes one service 100 000 times).
+fn announce(changed: &mut Vec<Arc<str>>, service: &Arc<str>) {
+    if changed.last().is_none_or(|c| !Arc::ptr_eq(c, service)) {
+        changed.push(service.clone());
     }
 }
 
 impl Table {
-    /// Adds an absent entry with `insert`, which returns its deadline: a
-    /// new index for its service, the caches retired, the change announced
-    /// and the expiry queued. Returns the index.
+    /// Files `service` in [`soonest`](Table::soonest) at its earliest
+    /// queued expiry after its queue changed, and lets it go when it has
+    /// emptied out. Returns whether it is now the soonest of all (then the
+    /// sweeper must be woken).
+    fn settle(&mut self, service: &str) -> bool {
+        let Some(svc) = self.services.get_mut(service) else {
+            return false;
+        };
+        let next = svc.entries.next_due();
+        let mut soonest = false;
+        if next != svc.due {
+            if let Some(old) = svc.due {
+                self.soonest.remove(&(old, svc.name.clone()));
+            }
+            if let Some(at) = next {
+                soonest = self.soonest.first().is_none_or(|(first, _)| at < *first);
+                self.soonest.insert((at, svc.name.clone()));
+            }
+            svc.due = next;
+        }
+        if svc.entries.is_empty() {
+            if let Some(gone) = self.services.remove(service) {
+                self.retired.push(Box::new(gone));
+            }
+            // Services that came and went leave no room behind.
+            let room = self.services.capacity();
+            if room > MIN_SERVICE_ROOM && self.services.len() * 4 <= room {
+                self.services.shrink_to(self.services.len() * 2);
+            }
+        }
+        soonest
+    }
+
+    /// Adds an absent entry with `insert`, which queues its expiry and
+    /// returns its deadline: a new index for its service, the caches
+    /// retired, the change announced. Returns the index.
     fn add<'k>(
         &mut self,
         service: &str,
@@ -1288,17 +1337,12 @@ impl Table {
         let svc = self.service_mut(service);
         svc.index = index;
         let old = svc.invalidate();
-        let deadline = insert(&mut svc.entries, key.clone());
+        let deadline = insert(&mut svc.entries, key);
         let name = svc.name.clone();
-        self.retired.push(old);
-        self.changed.push(name.clone());
-        if let Some(at) = deadline {
-            let due = Due {
-                at,
-                service: name,
-                addr: key.into_owned(),
-            };
-            schedule(&mut self.queue, wake, due);
+        self.retired.extend(old);
+        announce(&mut self.changed, &name);
+        if deadline.is_some() && self.settle(service) {
+            wake.notify_all();
         }
         index
     }
@@ -1311,6 +1355,7 @@ impl Table {
                 name: name.clone(),
                 index: 0,
                 entries: Entries::new(self.hasher.clone()),
+                due: None,
                 listing: None,
                 details: None,
             };
@@ -1326,46 +1371,54 @@ impl Table {
         if !svc.entries.remove(addr) {
             return false;
         }
-        self.entries -= 1;
-        self.counter += 1;
-        self.changed.push(svc.name.clone());
-        if svc.entries.is_empty() {
-            if let Some(gone) = self.services.remove(service) {
-                self.retired.push(Box::new(gone));
-            }
-        } else {
-            svc.index = self.counter;
-            let old = svc.invalidate();
-            self.retired.push(old);
-        }
+        self.removed(service, 1);
         true
     }
 
-    /// Pops every queue item that is due; returns how many entries expired.
+    /// What follows the removal of `n` entries of `service`: a new index,
+    /// the caches retired, the change announced, the service filed again
+    /// for expiry, or let go when it emptied out.
+    fn removed(&mut self, service: &str, n: usize) {
+        let Some(svc) = self.services.get_mut(service) else {
+            return;
+        };
+        self.entries -= n;
+        self.counter += n as u64;
+        announce(&mut self.changed, &svc.name);
+        svc.index = self.counter;
+        self.retired.extend(svc.invalidate());
+        // Only ever later: the sweeper need not be woken.
+        self.settle(service);
+    }
+
+    /// Expires every entry whose deadline has passed, service by service
+    /// in the order of their earliest expiry; returns how many.
     fn expire_due(&mut self, now: Tick) -> usize {
-        let mut expired = 0;
-        while let Some(Reverse(top)) = self.queue.peek() {
-            if top.at > now {
+        let mut total = 0;
+        while let Some((at, name)) = self.soonest.first() {
+            if *at > now {
                 break;
             }
-            let Some(Reverse(due)) = self.queue.pop() else {
-                break;
-            };
-            let Some(svc) = self.services.get_mut(&due.service) else {
+            let name = name.clone();
+            let Some(svc) = self.services.get_mut(&*name) else {
+                // Not reached: a service leaves `soonest` before the table.
+                self.soonest.pop_first();
                 continue;
             };
-            match svc.entries.due(&due.addr, due.at, now) {
-                entries::Due::Stale => {}
-                entries::Due::Expired => {
-                    self.remove(&due.service, &due.addr);
-                    self.stats.expiries += 1;
-                    self.expired.push((due.service, due.addr));
-                    expired += 1;
-                }
-                entries::Due::Requeue(at) => self.queue.push(Reverse(Due { at, ..due })),
+            let log = &mut self.expired;
+            let n = svc
+                .entries
+                .expire(now, |addr| log.push((name.clone(), addr)));
+            if n == 0 {
+                // Renewals only: the items moved to later deadlines.
+                self.settle(&name);
+                continue;
             }
+            self.stats.expiries += n as u64;
+            self.removed(&name, n);
+            total += n;
         }
-        expired
+        total
     }
 }
 
