@@ -1,4 +1,5 @@
-//! In-process costs of the registry table: renewal, registration, listing.
+//! In-process costs of the registry table: renewal, registration, listing,
+//! and how long a heartbeat waits while the table is busy.
 //!
 //! `cargo bench --bench registry`; `REGCENTER_BENCH_LONG=1` runs ten times
 //! longer. Prints operations per second and nanoseconds per operation.
@@ -6,11 +7,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use regcenter::Registry;
+use regcenter::{ManualClock, PutOptions, Registry};
 
 fn main() {
     memory();
-    heartbeats_during_rebuilds();
+    heartbeats_during_table_work();
     let long = std::env::var_os("REGCENTER_BENCH_LONG").is_some();
     let budget = Duration::from_millis(if long { 2000 } else { 200 });
     println!(
@@ -110,62 +111,209 @@ fn report(name: &str, entries: usize, budget: Duration, mut op: impl FnMut(usize
     );
 }
 
-/// How long a heartbeat waits for the table lock while another thread
-/// changes a 100 000-entry service and reads its text and JSON listings
-/// (rebuilt after every change): the rebuilds must not hold the lock.
-fn heartbeats_during_rebuilds() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// How long a heartbeat waits for the table lock while this thread works
+/// on a 100 000-entry table: changes and rebuilt listings, snapshots, a
+/// mass expiry (logged), renewals that each shorten a TTL (each moves its
+/// entry's expiry item). None of it may hold the lock for long; the
+/// "work" column is the time of one round.
+fn heartbeats_during_table_work() {
     let n = 100_000;
-    let reg = Registry::builder()
-        .max_entries(1_000_000)
-        .build()
-        .expect("valid settings");
-    for i in 0..n {
-        let addr = format!("tcp@10.{}.{}.{}:7001", i >> 16, (i >> 8) & 255, i & 255);
-        reg.put("bench", &addr).expect("put");
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let beats = {
-        let (reg, stop) = (reg.clone(), stop.clone());
-        std::thread::spawn(move || {
-            // Powers of two of nanoseconds: millions of beats in 64 counters.
-            let mut log2 = [0u64; 64];
-            let mut worst = Duration::ZERO;
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                black_box(reg.put("bench", "tcp@10.0.0.1:7001").expect("renew"));
-                let wait = start.elapsed();
-                worst = worst.max(wait);
-                log2[64 - (wait.as_nanos() as u64).leading_zeros() as usize % 64] += 1;
-            }
-            (log2, worst)
-        })
+    let addr = |i: usize| format!("tcp@10.{}.{}.{}:7001", i >> 16, (i >> 8) & 255, i & 255);
+    let fill = |reg: &Registry, ttl: Duration| {
+        let opts = PutOptions::new().ttl(ttl);
+        for i in 0..n {
+            reg.put_with("bench", &addr(i), &opts).expect("put");
+        }
     };
-    let start = Instant::now();
+    let hour = Duration::from_secs(3600);
+    let built = |clock: &ManualClock| {
+        Registry::builder()
+            .max_entries(1_000_000)
+            .clock(clock.clone())
+            .build()
+            .expect("valid settings")
+    };
+    println!(
+        "{:<58} {:>9} {:>12} {:>10} {:>10}",
+        "heartbeat wait (one entry renewed in a loop) while", "beats", "p99 under", "worst", "work"
+    );
+    let clock = ManualClock::new();
+    let reg = built(&clock);
+    fill(&reg, hour);
     let rounds = 10;
-    for k in 0..rounds {
+    let w = heartbeat_waits(&reg, rounds, |k| {
         reg.put("bench", &format!("tcp@11.0.0.{k}:7001"))
             .expect("register");
         black_box(reg.listing("bench"));
         black_box(reg.instances("bench"));
+    });
+    w.print("100000 entries change and are listed", rounds);
+    let rounds = 5;
+    let w = heartbeat_waits(&reg, rounds, |_| {
+        black_box(reg.snapshot());
+    });
+    w.print("a snapshot of 100000 entries is taken", rounds);
+    // Every expiry is logged, each line written as the binary's logger
+    // writes to stderr (one write each), here to /dev/null.
+    let mut expiry = Waits::default();
+    let rounds = 3;
+    for _ in 0..rounds {
+        let clock = ManualClock::new();
+        let reg = built(&clock);
+        fill(&reg, Duration::from_secs(5));
+        let logged = DevNullLogger::install();
+        let w = heartbeat_waits(&reg, 1, |_| {
+            clock.advance(Duration::from_secs(5));
+            // The beating thread may meet the expiry first, and do it.
+            reg.sweep();
+            assert_eq!(reg.len(), 1, "every entry but the beating one expired");
+        });
+        log::set_max_level(log::LevelFilter::Off);
+        assert!(
+            logged.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "the logger wrote"
+        );
+        expiry.add(w);
     }
-    let per_round = start.elapsed() / rounds;
-    stop.store(true, Ordering::Relaxed);
-    let (log2, worst) = beats.join().expect("heartbeat thread");
-    let total: u64 = log2.iter().sum();
-    let mut seen = 0;
-    let p99 = log2
-        .iter()
-        .position(|&c| {
-            seen += c;
-            seen * 100 >= total * 99
-        })
-        .map_or(0, |b| 1u64 << b);
-    println!(
-        "heartbeats while 100000 entries change and are listed ({per_round:.1?} a round): \
-         {total} beats, p99 under {p99} ns, worst {worst:.1?}\n"
-    );
+    expiry.print("100000 entries expire at once (logged)", rounds);
+    let clock = ManualClock::new();
+    let reg = built(&clock);
+    fill(&reg, hour);
+    let w = heartbeat_waits(&reg, 1, |_| {
+        let opts = PutOptions::new().ttl(hour - Duration::from_secs(1));
+        for i in 0..n {
+            reg.put_with("bench", &addr(i), &opts).expect("renew");
+        }
+    });
+    w.print("100000 entries renew with a shorter TTL", 1);
+    println!();
+}
+
+/// Heartbeat waits seen by a second thread, in powers of two of
+/// nanoseconds (millions of beats in 64 counters), and the time `work`
+/// took a round.
+struct Waits {
+    log2: [u64; 64],
+    worst: Duration,
+    work: Duration,
+}
+
+impl Default for Waits {
+    fn default() -> Waits {
+        Waits {
+            log2: [0; 64],
+            worst: Duration::ZERO,
+            work: Duration::ZERO,
+        }
+    }
+}
+
+impl Waits {
+    fn add(&mut self, other: Waits) {
+        for (a, b) in self.log2.iter_mut().zip(other.log2) {
+            *a += b;
+        }
+        self.worst = self.worst.max(other.worst);
+        self.work += other.work;
+    }
+
+    fn print(&self, what: &str, rounds: u32) {
+        let total: u64 = self.log2.iter().sum();
+        let mut seen = 0;
+        let p99 = self
+            .log2
+            .iter()
+            .position(|&c| {
+                seen += c;
+                seen * 100 >= total * 99
+            })
+            .map_or(0, |b| 1u64 << b);
+        let work = format!("{:.1?}", self.work / rounds);
+        let worst = format!("{:.1?}", self.worst);
+        println!("{what:<58} {total:>9} {p99:>9} ns {worst:>10} {work:>10}");
+    }
+}
+
+/// Runs `work(round)` `rounds` times while a second thread renews one
+/// entry of its own service in a loop and times each renewal. Each round
+/// starts once that thread has beaten again, so a wait spans one round at
+/// most.
+fn heartbeat_waits(reg: &Registry, rounds: u32, mut work: impl FnMut(u32)) -> Waits {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
+    let beat = PutOptions::new().ttl(Duration::from_secs(3600));
+    reg.put_with("beat", "tcp@10.0.0.1:7001", &beat)
+        .expect("register");
+    std::thread::scope(|scope| {
+        let beats = scope.spawn(|| {
+            let mut w = Waits::default();
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                black_box(
+                    reg.put_with("beat", "tcp@10.0.0.1:7001", &beat)
+                        .expect("renew"),
+                );
+                let wait = start.elapsed();
+                w.worst = w.worst.max(wait);
+                w.log2[64 - (wait.as_nanos() as u64).leading_zeros() as usize % 64] += 1;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            w
+        });
+        let mut work_time = Duration::ZERO;
+        for k in 0..rounds {
+            let seen = count.load(Ordering::Relaxed);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while count.load(Ordering::Relaxed) < seen + 100 && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            let start = Instant::now();
+            work(k);
+            work_time += start.elapsed();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut w = beats.join().expect("heartbeat thread");
+        w.work = work_time;
+        w
+    })
+}
+
+/// Writes each log line to /dev/null with one `write`, as a logger to an
+/// unbuffered stderr does; counts them.
+struct DevNullLogger {
+    file: std::fs::File,
+    lines: std::sync::atomic::AtomicU64,
+}
+
+impl DevNullLogger {
+    /// Installs it (once) at `info`; returns the count of lines written.
+    fn install() -> &'static std::sync::atomic::AtomicU64 {
+        static LOGGER: std::sync::OnceLock<DevNullLogger> = std::sync::OnceLock::new();
+        let logger = LOGGER.get_or_init(|| DevNullLogger {
+            file: std::fs::File::create("/dev/null").expect("open /dev/null"),
+            lines: Default::default(),
+        });
+        let _ = log::set_logger(logger);
+        log::set_max_level(log::LevelFilter::Info);
+        &logger.lines
+    }
+}
+
+impl log::Log for DevNullLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record) {
+        use std::io::Write;
+        let line = format!("{:<5} {}\n", r.level(), r.args());
+        let _ = (&self.file).write_all(line.as_bytes());
+        self.lines
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn flush(&self) {}
 }
 
 /// Resident memory of 100 000 entries, listing rendered: the difference in

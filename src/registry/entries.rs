@@ -8,10 +8,18 @@
 //! and more beyond 8 MB). So a heartbeat touches one 32-byte slot of the
 //! hash table, which holds what it reads: the address (an IPv4 `tcp@`
 //! address packed in 6 bytes, other short ones inline), the deadline, the
-//! TTL and the weight; 4 MB for 100 000 entries. Expiry queue bookkeeping
-//! and labels live in `cold`, which a plain heartbeat does not read; the
-//! text of an address too long to pack lives in `texts`, where its slot
-//! points straight at it.
+//! TTL and the weight; 4 MB for 100 000 entries. Labels and the place of
+//! the entry in the expiry queue live in `cold`, which a plain heartbeat
+//! does not read; the text of an address too long to pack lives in
+//! `texts`, where its slot points straight at it.
+//!
+//! The expiry queue is a heap of (deadline, cold place) in which each cold
+//! part records its item's position, so an entry has one item at most: a
+//! removal takes it out and an earlier deadline moves it up, and churn
+//! leaves no stale items behind. A later deadline (a renewal) leaves the
+//! item where it is; it is moved down when it comes due. Every part is
+//! rebuilt to fit once the live entries fill a quarter of it, so a
+//! service's memory follows its live entries, not its history.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -143,12 +151,33 @@ impl Texts {
         Some(std::str::from_utf8(bytes).expect("stored from a str"))
     }
 
-    fn free(&mut self, packed: &Packed) {
-        if let Packed::Long { class, at, .. } = *packed {
-            self.arenas[usize::from(class)].free.push(at);
-        }
+    /// Frees the place of a `Long` address; returns whether its arena is
+    /// now mostly free.
+    fn free(&mut self, packed: &Packed) -> bool {
+        let Packed::Long { class, at, .. } = *packed else {
+            return false;
+        };
+        let class = usize::from(class);
+        let arena = &mut self.arenas[class];
+        arena.free.push(at);
+        let places = arena.bytes.len() / PLACES[class];
+        sparse(places, places - arena.free.len())
     }
 }
+
+/// Room below which nothing is given back: small tables are not worth
+/// rebuilding.
+const MIN_ROOM: usize = 64;
+
+/// Whether `reserved` places hold so few `live` ones that rebuilding
+/// pays: at a quarter, so what a rebuild costs is paid for by the removals
+/// since the last one, and growing again does not undo it at once.
+fn sparse(reserved: usize, live: usize) -> bool {
+    reserved > MIN_ROOM && live * 4 <= reserved
+}
+
+/// The position of an entry that has no expiry item.
+const NOT_QUEUED: u32 = u32::MAX;
 
 /// A server address as the table keys it; a long address borrows its
 /// text for a lookup, so a heartbeat allocates nothing.
@@ -169,14 +198,6 @@ impl<'a> Key<'a> {
         }
         crate::protocol::validate_addr(addr)?;
         Ok(Key::new(addr))
-    }
-
-    /// The key to keep, for the expiry queue.
-    pub(super) fn into_owned(self) -> Key<'static> {
-        Key {
-            packed: self.packed,
-            long: self.long.map(|l| Cow::Owned(l.into_owned())),
-        }
     }
 
     pub(super) fn new(addr: &'a str) -> Key<'a> {
@@ -299,11 +320,11 @@ impl Hot {
 }
 
 /// What only registrations, label changes, TTL cuts and expiry touch.
-#[derive(Default)]
 struct Cold {
-    /// Time of the entry's live item in the expiry queue; 0 when none (a
-    /// deadline is never 0: it lies a TTL after the registry's start).
-    queued: Tick,
+    /// The table hash of the address: finds the slot of a queued entry.
+    hash: u64,
+    /// Position of the entry's item in the expiry queue, or `NOT_QUEUED`.
+    queued: u32,
     #[allow(
         clippy::box_collection,
         reason = "8 bytes instead of 24; labels are rare"
@@ -311,17 +332,40 @@ struct Cold {
     meta: Option<Box<BTreeMap<String, String>>>,
 }
 
+impl Default for Cold {
+    fn default() -> Cold {
+        Cold {
+            hash: 0,
+            queued: NOT_QUEUED,
+            meta: None,
+        }
+    }
+}
+
 static NO_META: BTreeMap<String, String> = BTreeMap::new();
 
-/// What became of a due expiry item.
-pub(super) enum Due {
-    /// Superseded: the entry is gone, renewed with a shorter TTL (a newer
-    /// item exists) or now never expires.
-    Stale,
-    /// The deadline passed: remove the entry.
-    Expired,
-    /// Renewed meanwhile: queue the item again for this time.
-    Requeue(Tick),
+/// An item of the expiry queue: at `at`, look at the entry whose cold part
+/// is at `cold`. Its deadline is `at` or later (renewals move deadlines on
+/// without moving items).
+#[derive(Clone, Copy)]
+struct Item {
+    at: Tick,
+    cold: u32,
+}
+
+/// What a service reserves, live or free.
+#[derive(Debug, Default)]
+pub(super) struct Room {
+    /// Hash-table slots.
+    pub(super) slots: usize,
+    /// Places for cold parts, and the free list.
+    pub(super) places: usize,
+    /// Bytes for long addresses, and their free lists.
+    pub(super) text_bytes: usize,
+    /// Expiry items.
+    pub(super) queued: usize,
+    /// Room for expiry items.
+    pub(super) queue_room: usize,
 }
 
 /// One service's entries; see the module docs for the layout.
@@ -331,6 +375,8 @@ pub(super) struct Entries {
     cold: Vec<Cold>,
     free: Vec<u32>,
     texts: Texts,
+    /// A binary heap by `at`, the earliest first; see the module docs.
+    queue: Vec<Item>,
     hasher: RandomState,
 }
 
@@ -422,6 +468,7 @@ impl Entries {
             cold: Vec::new(),
             free: Vec::new(),
             texts: Texts::default(),
+            queue: Vec::new(),
             hasher,
         }
     }
@@ -432,6 +479,27 @@ impl Entries {
 
     pub(super) fn is_empty(&self) -> bool {
         self.table.is_empty()
+    }
+
+    /// What this service reserves, live or free.
+    pub(super) fn room(&self) -> Room {
+        Room {
+            slots: self.table.capacity(),
+            places: self.cold.capacity() + self.free.capacity(),
+            text_bytes: self
+                .texts
+                .arenas
+                .iter()
+                .map(|a| a.bytes.capacity() + a.free.capacity() * 4)
+                .sum(),
+            queued: self.queue.len(),
+            queue_room: self.queue.capacity(),
+        }
+    }
+
+    /// The time of the earliest expiry item, if any.
+    pub(super) fn next_due(&self) -> Option<Tick> {
+        self.queue.first().map(|i| i.at)
     }
 
     /// The bucket of `key`, if present; valid until the next insert or
@@ -473,12 +541,12 @@ impl Entries {
     }
 
     /// A heartbeat for the entry in `bucket` at `now`. Returns whether the
-    /// weight or labels changed, and the time of an expiry item to queue,
-    /// if any.
+    /// weight or labels changed, and whether the expiry queue did (then its
+    /// earliest time may have).
     ///
     /// With the same or a longer TTL the new deadline is past the queued
-    /// item, which is re-queued when it comes due, so only a shorter TTL
-    /// (or a first one) reads the queue bookkeeping.
+    /// item, which is moved when it comes due, so only a shorter TTL (or a
+    /// first one) reads the queue.
     pub(super) fn renew(
         &mut self,
         bucket: usize,
@@ -486,7 +554,7 @@ impl Entries {
         weight: u32,
         meta: &BTreeMap<String, String>,
         now: Tick,
-    ) -> (bool, Option<Tick>) {
+    ) -> (bool, bool) {
         let hot = self
             .table
             .get_bucket_mut(bucket)
@@ -504,20 +572,24 @@ impl Entries {
             let (hot, cold) = self.slot(bucket);
             set_labels(hot, cold, weight, meta);
         }
-        let mut queue = None;
+        let mut queued = false;
         if ns != 0 && (old_ttl == 0 || ns < old_ttl) {
-            let cold = &mut self.cold[cold];
             let deadline = now + ns;
-            if cold.queued == 0 || deadline < cold.queued {
-                cold.queued = deadline;
-                queue = Some(deadline);
+            let pos = self.cold[cold].queued;
+            if pos == NOT_QUEUED {
+                self.enqueue(cold as u32, deadline);
+                queued = true;
+            } else if deadline < self.queue[pos as usize].at {
+                self.queue[pos as usize].at = deadline;
+                self.sift_up(pos as usize);
+                queued = true;
             }
         }
-        (changed, queue)
+        (changed, queued)
     }
 
-    /// Adds an absent `key` beating at `now`; returns its deadline, the time
-    /// of the expiry item to queue for it.
+    /// Adds an absent `key` beating at `now`, queued for expiry; returns its
+    /// deadline.
     pub(super) fn insert(
         &mut self,
         key: Key<'_>,
@@ -577,52 +649,186 @@ impl Entries {
         let deadline = hot.deadline();
         let cold = &mut self.cold[index as usize];
         *cold = Cold {
-            queued: deadline.unwrap_or(0),
-            meta: None,
+            hash,
+            ..Cold::default()
         };
         set_labels(&mut hot, cold, weight, meta);
         let (texts, hasher) = (&self.texts, &self.hasher);
         self.table.insert_unique(hash, hot, |h| {
             hash_of(&h.packed, texts.of(&h.packed), hasher)
         });
+        if let Some(at) = deadline {
+            self.enqueue(index, at);
+        }
         deadline
     }
 
     /// Removes `key`; `false` when it was not there.
     pub(super) fn remove(&mut self, key: &Key<'_>) -> bool {
-        let Some(bucket) = self.find(key) else {
-            return false;
-        };
+        match self.find(key) {
+            Some(bucket) => self.remove_at(bucket),
+            None => false,
+        }
+    }
+
+    /// Removes the entry in `bucket`.
+    ///
+    /// Once the entries fill a quarter of the room the service holds (its
+    /// hash table, cold places, or the arena of a long address), the room
+    /// is rebuilt to fit: a service keeps no memory for entries that left.
+    fn remove_at(&mut self, bucket: usize) -> bool {
         let Ok(found) = self.table.get_bucket_entry(bucket) else {
             return false;
         };
         let hot = found.remove().0;
+        let pos = self.cold[hot.cold as usize].queued;
+        if pos != NOT_QUEUED {
+            self.dequeue(pos as usize);
+        }
         self.cold[hot.cold as usize] = Cold::default();
         self.free.push(hot.cold);
-        self.texts.free(&hot.packed);
+        let sparse_texts = self.texts.free(&hot.packed);
+        let len = self.table.len();
+        if sparse_texts || sparse(self.table.capacity(), len) || sparse(self.cold.len(), len) {
+            self.compact();
+        }
         true
     }
 
-    /// Settles the expiry item of `key` due at `at`; `now` has reached it.
-    pub(super) fn due(&mut self, key: &Key<'_>, at: Tick, now: Tick) -> Due {
-        let Some(bucket) = self.find(key) else {
-            return Due::Stale;
-        };
-        let (hot, cold) = self.slot(bucket);
-        if cold.queued != at {
-            return Due::Stale;
-        }
-        match hot.deadline() {
-            Some(d) if d <= now => Due::Expired,
-            Some(d) => {
-                cold.queued = d;
-                Due::Requeue(d)
-            }
-            None => {
-                cold.queued = 0;
-                Due::Stale
+    /// Rebuilds the hash table, the cold places, the text arenas and the
+    /// expiry queue to fit the live entries: O(entries), paid for by the
+    /// removals that made them sparse.
+    fn compact(&mut self) {
+        let mut per_class = [0usize; PLACES.len()];
+        for hot in self.table.iter() {
+            if let Packed::Long { class, .. } = hot.packed {
+                per_class[usize::from(class)] += 1;
             }
         }
+        let mut texts = Texts::default();
+        for (arena, (n, size)) in texts.arenas.iter_mut().zip(per_class.iter().zip(PLACES)) {
+            arena.bytes.reserve_exact(n * size);
+        }
+        let mut cold = Vec::with_capacity(self.table.len());
+        for hot in self.table.iter_mut() {
+            let part = std::mem::take(&mut self.cold[hot.cold as usize]);
+            hot.cold = u32::try_from(cold.len()).expect("fewer than 2^32 entries");
+            if part.queued != NOT_QUEUED {
+                self.queue[part.queued as usize].cold = hot.cold;
+            }
+            cold.push(part);
+            if let Some(text) = self.texts.of(&hot.packed)
+                && let Packed::Long { at, .. } = &mut hot.packed
+            {
+                *at = texts.put(text).1;
+            }
+        }
+        self.cold = cold;
+        self.free = Vec::new();
+        self.texts = texts;
+        self.queue.shrink_to_fit();
+        let (texts, hasher) = (&self.texts, &self.hasher);
+        self.table
+            .shrink_to(0, |h| hash_of(&h.packed, texts.of(&h.packed), hasher));
+    }
+
+    /// Settles the expiry items due at `now`: an entry whose deadline has
+    /// passed is removed and its address handed to `expired`; a renewed
+    /// one's item moves to its deadline; one that no longer expires leaves
+    /// the queue. Returns how many expired.
+    pub(super) fn expire(&mut self, now: Tick, mut expired: impl FnMut(Key<'static>)) -> usize {
+        let mut n = 0;
+        while let Some(&Item { at, cold }) = self.queue.first() {
+            if at > now {
+                break;
+            }
+            let hash = self.cold[cold as usize].hash;
+            let bucket = self
+                .table
+                .find_bucket_index(hash, |h| h.cold == cold)
+                .expect("a queued entry is in the table");
+            let hot = self.table.get_bucket(bucket).expect("found above");
+            match hot.deadline() {
+                Some(d) if d <= now => {
+                    let long = self
+                        .texts
+                        .of(&hot.packed)
+                        .map(|l| Cow::Owned(l.to_string()));
+                    expired(Key {
+                        packed: hot.packed,
+                        long,
+                    });
+                    self.remove_at(bucket);
+                    n += 1;
+                }
+                Some(d) => {
+                    self.queue[0].at = d;
+                    self.sift_down(0);
+                }
+                None => self.dequeue(0),
+            }
+        }
+        n
+    }
+
+    /// Queues an item for the entry whose cold part is at `cold`.
+    fn enqueue(&mut self, cold: u32, at: Tick) {
+        self.queue.push(Item { at, cold });
+        self.sift_up(self.queue.len() - 1);
+    }
+
+    /// Takes the item at `pos` out of the queue.
+    fn dequeue(&mut self, pos: usize) {
+        let gone = self.queue[pos];
+        self.cold[gone.cold as usize].queued = NOT_QUEUED;
+        let last = self.queue.pop().expect("pos is in the queue");
+        if pos < self.queue.len() {
+            self.place(pos, last);
+            if last.at < gone.at {
+                self.sift_up(pos);
+            } else {
+                self.sift_down(pos);
+            }
+        }
+    }
+
+    /// Puts `item` at `pos` and tells its entry.
+    fn place(&mut self, pos: usize, item: Item) {
+        self.queue[pos] = item;
+        self.cold[item.cold as usize].queued = pos as u32;
+    }
+
+    fn sift_up(&mut self, mut pos: usize) {
+        let item = self.queue[pos];
+        while pos > 0 {
+            let parent = (pos - 1) / 2;
+            if self.queue[parent].at <= item.at {
+                break;
+            }
+            self.place(pos, self.queue[parent]);
+            pos = parent;
+        }
+        self.place(pos, item);
+    }
+
+    fn sift_down(&mut self, mut pos: usize) {
+        let item = self.queue[pos];
+        let len = self.queue.len();
+        loop {
+            let mut child = 2 * pos + 1;
+            if child >= len {
+                break;
+            }
+            if child + 1 < len && self.queue[child + 1].at < self.queue[child].at {
+                child += 1;
+            }
+            if self.queue[child].at >= item.at {
+                break;
+            }
+            self.place(pos, self.queue[child]);
+            pos = child;
+        }
+        self.place(pos, item);
     }
 }
 
@@ -729,6 +935,120 @@ mod tests {
     }
 
     #[test]
+    fn a_sparse_service_is_rebuilt_to_fit_and_keeps_its_entries() {
+        let mut e = Entries::new(RandomState::default());
+        let addrs: Vec<String> = (0..3000)
+            .map(|i| match i % 3 {
+                0 => format!("tcp@10.0.{}.{}:7001", i / 256, i % 256),
+                1 => format!("u@{i}"),
+                _ => format!("tcp@host-{i}.{}.example.org:7001", "x".repeat(i % 200)),
+            })
+            .collect();
+        for (i, a) in addrs.iter().enumerate() {
+            let labels = if i % 2 == 0 {
+                meta("n", a)
+            } else {
+                NO_META.clone()
+            };
+            e.insert(
+                Key::new(a),
+                Duration::from_secs(5),
+                1 + i as u32 % 7,
+                &labels,
+                i as Tick,
+            );
+        }
+        let full = e.room();
+        // Keep every tenth: the last removals find the room sparse.
+        for a in addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 10 != 0)
+            .map(|(_, a)| a)
+        {
+            assert!(e.remove(&Key::new(a)), "{a}");
+        }
+        e.check_queue();
+        // Between rebuilds the live entries fill from a quarter of the
+        // room to all of it, and the free list grows beside them.
+        let room = e.room();
+        let fits = |n: usize| n <= 8 * e.len();
+        assert!(
+            fits(room.slots)
+                && fits(room.places)
+                && fits(room.queue_room)
+                && room.queued == e.len(),
+            "{room:?} kept of {full:?}"
+        );
+        assert!(
+            room.text_bytes * 4 <= full.text_bytes,
+            "{room:?} kept of {full:?}"
+        );
+        for (i, a) in addrs.iter().enumerate() {
+            let found = e.find(&Key::new(a));
+            assert_eq!(found.is_some(), i % 10 == 0, "{a}");
+            let Some(b) = found else { continue };
+            let v = e.view(b);
+            let labels = if i % 2 == 0 {
+                meta("n", a)
+            } else {
+                NO_META.clone()
+            };
+            assert_eq!(
+                (v.to_string(), v.weight(), v.meta(), v.deadline()),
+                (
+                    a.clone(),
+                    1 + i as u32 % 7,
+                    &labels,
+                    Some(i as Tick + 5 * S)
+                )
+            );
+        }
+        // And it grows again as before.
+        for a in addrs.iter().skip(5).step_by(10) {
+            e.insert(Key::new(a), Duration::from_secs(5), 1, &NO_META, 1);
+        }
+        assert_eq!(e.len(), 600);
+        for a in addrs.iter().step_by(5) {
+            assert!(e.find(&Key::new(a)).is_some(), "{a}");
+        }
+    }
+
+    impl Entries {
+        /// Asserts the queue is a heap by time, each item pointing at a
+        /// queued entry that points back, one item an entry at most, and
+        /// no item after its entry's deadline.
+        fn check_queue(&self) {
+            for (pos, item) in self.queue.iter().enumerate() {
+                if pos > 0 {
+                    assert!(
+                        self.queue[(pos - 1) / 2].at <= item.at,
+                        "heap order at {pos}"
+                    );
+                }
+                assert_eq!(self.cold[item.cold as usize].queued as usize, pos);
+            }
+            for hot in self.table.iter() {
+                let at = self.cold[hot.cold as usize].queued;
+                match hot.deadline() {
+                    Some(d) => {
+                        assert!(self.queue[at as usize].at <= d, "queued after its deadline")
+                    }
+                    None => assert!(at == NOT_QUEUED || (at as usize) < self.queue.len()),
+                }
+            }
+            assert!(self.queue.len() <= self.table.len());
+        }
+
+        fn expire_all(&mut self, now: Tick) -> Vec<String> {
+            let mut gone = Vec::new();
+            self.expire(now, |k| gone.push(k.to_string()));
+            self.check_queue();
+            gone
+        }
+    }
+
+    #[test]
     fn a_renewal_moves_the_deadline_and_reports_label_changes() {
         let mut e = Entries::new(RandomState::default());
         let key = Key::new("tcp@10.0.0.1:7001");
@@ -737,35 +1057,48 @@ mod tests {
             e.insert(key.clone(), ttl, 2, &NO_META, 10),
             Some(10 + 5 * S)
         );
+        assert_eq!(e.next_due(), Some(10 + 5 * S));
         let i = e.find(&key).unwrap();
         // Same TTL: no queue work.
-        assert_eq!(e.renew(i, ttl, 2, &NO_META, 20), (false, None));
+        assert_eq!(e.renew(i, ttl, 2, &NO_META, 20), (false, false));
         assert_eq!(
             (e.view(i).deadline(), e.view(i).raw_times().last_beat()),
             (Some(20 + 5 * S), 20)
         );
         // Labels.
-        assert_eq!(e.renew(i, ttl, 3, &NO_META, 30), (true, None));
-        assert_eq!(e.renew(i, ttl, 3, &meta("zone", "a"), 30), (true, None));
-        assert_eq!(e.renew(i, ttl, 3, &meta("zone", "a"), 30), (false, None));
+        assert_eq!(e.renew(i, ttl, 3, &NO_META, 30), (true, false));
+        assert_eq!(e.renew(i, ttl, 3, &meta("zone", "a"), 30), (true, false));
+        assert_eq!(e.renew(i, ttl, 3, &meta("zone", "a"), 30), (false, false));
         assert_eq!(e.view(i).meta(), &meta("zone", "a"));
-        assert_eq!(e.renew(i, ttl, 3, &NO_META, 30), (true, None));
+        assert_eq!(e.renew(i, ttl, 3, &NO_META, 30), (true, false));
         assert_eq!((e.view(i).weight(), e.view(i).meta().len()), (3, 0));
-        // A shorter TTL queues an earlier item; the old one goes stale.
+        // A shorter TTL moves its one item earlier.
         let short = Duration::from_secs(1);
-        assert_eq!(e.renew(i, short, 3, &NO_META, 40), (false, Some(40 + S)));
-        assert!(matches!(e.due(&key, 10 + 5 * S, 10 + 5 * S), Due::Stale));
-        assert!(matches!(e.due(&key, 40 + S, 40 + S), Due::Expired));
-        // Never expiring, then a TTL again: a fresh item.
-        assert_eq!(e.renew(i, Duration::ZERO, 3, &NO_META, 50), (false, None));
+        assert_eq!(e.renew(i, short, 3, &NO_META, 40), (false, true));
+        assert_eq!((e.next_due(), e.queue.len()), (Some(40 + S), 1));
+        assert!(e.expire_all(40 + S - 1).is_empty());
+        assert_eq!(e.expire_all(40 + S), ["tcp@10.0.0.1:7001"]);
+        assert!(e.is_empty() && e.queue.is_empty());
+        // Never expiring, then a TTL again: the old item is moved when it
+        // comes due.
+        e.insert(key.clone(), ttl, 3, &NO_META, 50);
+        let i = e.find(&key).unwrap();
+        assert_eq!(e.renew(i, Duration::ZERO, 3, &NO_META, 50), (false, false));
         assert_eq!(e.view(i).deadline(), None);
         assert_eq!(
             e.renew(i, ttl, 3, &NO_META, 60),
-            (false, None),
-            "the 41 s item is live"
+            (false, false),
+            "the item due at 50 + 5 s is still queued"
         );
-        assert!(matches!(e.due(&key, 40 + S, 40 + S), Due::Requeue(d) if d == 60 + 5 * S));
+        assert!(e.expire_all(50 + 5 * S).is_empty());
+        assert_eq!(e.next_due(), Some(60 + 5 * S));
+        // Never expiring: its item leaves the queue when it comes due.
+        let i = e.find(&key).unwrap();
+        e.renew(i, Duration::ZERO, 3, &NO_META, 70);
+        assert!(e.expire_all(60 + 5 * S).is_empty());
+        assert_eq!((e.next_due(), e.len()), (None, 1));
         // The largest TTL and weight do not spill into each other.
+        let i = e.find(&key).unwrap();
         let (max_ttl, max_weight) = (TTL_LIMIT, super::super::MAX_WEIGHT);
         e.renew(i, max_ttl, max_weight, &meta("k", "v"), 70);
         let v = e.view(i);
@@ -773,6 +1106,52 @@ mod tests {
             (v.ttl(), v.weight(), v.meta()),
             (max_ttl, max_weight, &meta("k", "v"))
         );
+    }
+
+    #[test]
+    fn the_queue_stays_whole_through_random_operations() {
+        let mut e = Entries::new(RandomState::default());
+        let addrs: Vec<String> = (0..1000)
+            .map(|i| format!("tcp@host-{i}.example.org:1"))
+            .collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut now = 1;
+        let mut rebuilds = 0;
+        for step in 0..20_000 {
+            let places = e.cold.len();
+            // Long TTLs for a while, then short ones: the service fills up
+            // and empties out, and is rebuilt on the way down.
+            let long = step / 4000 % 2 == 0;
+            let a = &addrs[next(addrs.len() as u64) as usize];
+            let unit = if long { 7000 } else { 70 };
+            let ttl = match next(64) {
+                0 => Duration::ZERO,
+                _ => Duration::from_millis((1 + next(3)) * unit),
+            };
+            match (next(8), e.find(&Key::new(a))) {
+                (0..=4, Some(i)) => drop(e.renew(i, ttl, 1, &NO_META, now)),
+                (0..=4, None) => drop(e.insert(Key::new(a), ttl, 1, &NO_META, now)),
+                (5, _) => drop(e.remove(&Key::new(a))),
+                _ => {
+                    now += next(1000) * 1_000_000;
+                    for gone in e.expire_all(now) {
+                        assert!(e.find(&Key::new(&gone)).is_none());
+                    }
+                    for v in e.iter() {
+                        assert!(v.deadline().is_none_or(|d| d > now), "{v} was due");
+                    }
+                }
+            }
+            e.check_queue();
+            rebuilds += usize::from(e.cold.len() < places);
+        }
+        assert!(rebuilds >= 4, "rebuilt {rebuilds} times");
     }
 
     #[test]
