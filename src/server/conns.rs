@@ -45,6 +45,8 @@ pub(crate) struct ConnStats {
     pub(crate) peer_closed: bool,
 }
 
+#[cfg(all(test, target_os = "linux"))]
+use imp::with_socket;
 pub(crate) use imp::{Scanner, inode_of_listener, listening, send_and_close, stats, unread};
 
 /// Shuts down every accepted connection of the listener at `local`; returns
@@ -408,6 +410,95 @@ mod tests {
         let mut buf = Vec::new();
         client.read_to_end(&mut buf).unwrap();
         assert_eq!(buf, b"bye");
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod reuse {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    /// The guard lists a connection, tiny_http closes it, and the process
+    /// gives its descriptor number to a new socket before the guard acts:
+    /// the action must not reach the new socket.
+    #[test]
+    fn a_descriptor_number_reused_after_listing_is_never_acted_on() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = l.local_addr().unwrap();
+        let mut scanner = Scanner::new(local);
+        let mut reused = 0;
+        // Other tests open descriptors too; keep trying until the kernel
+        // hands the freed number (the lowest free one) to our new socket.
+        for _ in 0..200 {
+            let _old_client = TcpStream::connect(local).unwrap();
+            let (old, _) = l.accept().unwrap();
+            let stale = scanner
+                .scan(true)
+                .into_iter()
+                .find(|c| c.fd == old.as_raw_fd())
+                .expect("the connection is listed");
+            // Connected first, so that its accepted side is the next
+            // descriptor the process makes.
+            let mut new_client = TcpStream::connect(local).unwrap();
+            drop(old);
+            let (mut new, _) = l.accept().unwrap();
+            if new.as_raw_fd() != stale.fd {
+                continue;
+            }
+            reused += 1;
+            assert!(
+                !send_and_close(&stale, local, b"not for you"),
+                "acted on a reused descriptor"
+            );
+            // The new connection is untouched: it carries data both ways.
+            new_client.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            new.read_exact(&mut buf).unwrap();
+            new.write_all(b"pong").unwrap();
+            new_client.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"pong");
+            if reused >= 5 {
+                break;
+            }
+        }
+        assert!(reused > 0, "the kernel never reused the number");
+    }
+
+    /// The number is closed and reused after the check, while the action
+    /// runs: the action still reaches the socket that was checked.
+    #[test]
+    fn the_socket_checked_is_the_socket_acted_on() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = l.local_addr().unwrap();
+        let mut old_client = TcpStream::connect(local).unwrap();
+        let (old, _) = l.accept().unwrap();
+        let listed = Scanner::new(local)
+            .scan(true)
+            .into_iter()
+            .find(|c| c.fd == old.as_raw_fd())
+            .unwrap();
+        let mut new_client = TcpStream::connect(local).unwrap();
+        let mut new = None;
+        let acted = with_socket(&listed, local, |sock| {
+            drop(old);
+            new = Some(l.accept().unwrap().0);
+            sock.send(b"bye").unwrap();
+            sock.shutdown(std::net::Shutdown::Both).unwrap();
+        });
+        assert!(acted.is_some());
+        let mut buf = Vec::new();
+        old_client.read_to_end(&mut buf).unwrap();
+        assert_eq!(buf, b"bye", "the checked socket got the action");
+        let mut new = new.unwrap();
+        new_client.write_all(b"ping").unwrap();
+        let mut four = [0u8; 4];
+        new.read_exact(&mut four).unwrap();
+        assert_eq!(
+            &four, b"ping",
+            "the socket that took the number is untouched"
+        );
     }
 }
 
