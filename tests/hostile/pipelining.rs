@@ -158,3 +158,43 @@ fn a_get_pipelined_after_a_post_lists_it() {
         }
     }
 }
+
+#[test]
+fn sigterm_sigint_and_sighup_stop_the_registry_promptly_whatever_clients_hold() {
+    use super::signals::Process;
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let (mut p, a) = Process::serve(&[]);
+        let mut held = Vec::new();
+        // Parked long-polls with requests pipelined behind them: they used
+        // to keep the process alive until their 600 s passed.
+        let hostile = format!(
+            "{}{}",
+            req("GET", &format!("{P}/x?index=0&wait=600s"), &[]),
+            req("GET", "/healthz", &[])
+        );
+        for _ in 0..2 {
+            held.push(send(a, hostile.as_bytes()));
+        }
+        // Plain parked long-polls, a head that never ends, and a body that
+        // never comes.
+        for _ in 0..2 {
+            held.push(send(
+                a,
+                req("GET", &format!("{P}/y?index=0&wait=600s"), &[]).as_bytes(),
+            ));
+        }
+        held.push(send(a, b"GET /healthz HTTP/1.1\r\nX-Slow: "));
+        held.push(send(
+            a,
+            format!("POST {P} HTTP/1.1\r\nX-Myrpc-Server: tcp@127.0.0.1:1\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+                .as_bytes(),
+        ));
+        assert_eq!(raw(a, "GET", "/healthz", &[]).status, 200);
+        let started = Instant::now();
+        p.signal(sig);
+        let status = p.wait(Duration::from_secs(10));
+        assert!(status.success(), "signal {sig}: {status:?}");
+        eprintln!("signal {sig}: exited in {:?}", started.elapsed());
+        drop(held);
+    }
+}
