@@ -311,16 +311,19 @@ impl RegistryServerBuilder {
         )
         .map_err(|e| Error::io("spawn a registry worker thread", e))?;
         let metrics = Arc::new(Metrics::new(self.threads));
-        let ctx = Arc::new(Ctx::new(
-            front.clone(),
-            registry.clone(),
+        let ctx = Arc::new(Ctx {
+            front: front.clone(),
+            registry: registry.clone(),
             cfg,
-            Watchers::new(max_watchers),
+            watchers: Watchers::new(max_watchers),
+            lanes: lanes::Lanes::default(),
             pool,
             metrics,
-            server.url.clone(),
-            format!("rc{port}-intake"),
-        ));
+            url: server.url.clone(),
+            writing: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            intakes: parking_lot::Mutex::new(Vec::new()),
+            name: format!("rc{port}-intake"),
+        });
         server.ctx = Some(ctx.clone());
         // A weak reference: the registry may outlive the server.
         let weak = Arc::downgrade(&ctx);

@@ -71,11 +71,7 @@ impl Watchers {
 
     /// Parks `rq` until `watch.service` moves past `watch.index`; gives it
     /// back when the registry is stopping or `max` requests are parked.
-    pub(crate) fn park(
-        &self,
-        rq: tiny_http::Request,
-        watch: &Watch,
-    ) -> Result<(), tiny_http::Request> {
+    pub(crate) fn park(&self, rq: tiny_http::Request, watch: &Watch) -> Option<tiny_http::Request> {
         // A small random extra wait (up to 1/16) spreads the wake-ups of
         // watchers that started together, as Consul does.
         let extra = watch
@@ -85,7 +81,7 @@ impl Watchers {
         let peer = rq.remote_addr().copied();
         let mut st = self.state.lock();
         if st.stopping || st.parked.len() >= self.max {
-            return Err(rq);
+            return Some(rq);
         }
         st.next_id += 1;
         let id = st.next_id;
@@ -111,7 +107,7 @@ impl Watchers {
         if earliest {
             self.wake.notify_all();
         }
-        Ok(())
+        None
     }
 
     /// Takes every watcher of the changed services.

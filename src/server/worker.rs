@@ -50,36 +50,12 @@ pub(crate) struct Ctx {
     /// Answers being written, by connection, since when: the guard cuts a
     /// connection whose client does not read its answer.
     pub(crate) writing: Mutex<HashMap<SocketAddr, Instant>>,
-    intakes: Mutex<Vec<JoinHandle<()>>>,
-    name: String,
+    pub(crate) intakes: Mutex<Vec<JoinHandle<()>>>,
+    /// The name of intake threads.
+    pub(crate) name: String,
 }
 
 impl Ctx {
-    pub(crate) fn new(
-        front: Arc<Front>,
-        registry: Registry,
-        cfg: RouteConfig,
-        watchers: Watchers,
-        pool: Arc<Pool>,
-        metrics: Arc<Metrics>,
-        url: String,
-        name: String,
-    ) -> Ctx {
-        Ctx {
-            front,
-            registry,
-            cfg,
-            watchers,
-            lanes: Lanes::default(),
-            pool,
-            metrics,
-            url,
-            writing: Mutex::new(HashMap::new()),
-            intakes: Mutex::new(Vec::new()),
-            name,
-        }
-    }
-
     /// Joins every intake thread (after the front was told to stop).
     pub(crate) fn join_intakes(&self) -> bool {
         let mut panicked = false;
@@ -323,7 +299,7 @@ fn park(
         return true;
     }
     match ctx.watchers.park(rq, watch) {
-        Err(rq) => {
+        Some(rq) => {
             ctx.metrics
                 .counters
                 .refused_watchers
@@ -339,7 +315,7 @@ fn park(
             write(ctx, id, rq, resp, "GET", started);
             true
         }
-        Ok(()) => {
+        None => {
             log::debug!("GET for {:?} parked", watch.service);
             // A change committed between the route's check and the parking
             // was announced before this watcher was there to hear it; and a
