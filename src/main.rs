@@ -41,6 +41,8 @@ usage: regcenter serve [options]
   --header-timeout D  close connections whose request head is not complete
                       this long after it started (default 10s)
   --max-connections N most open connections (default: from the descriptor limit)
+  --max-watchers N    most long-polls parked at once; beyond it they are
+                      answered 503 (default: 3/4 of --max-connections)
   --token-file FILE   require this bearer token for POST and DELETE
                       (or set REGCENTER_TOKEN); needed to bind beyond loopback
   --protect-reads     require the token for listings too
@@ -172,6 +174,7 @@ struct Args {
     idle_timeout: Option<Duration>,
     header_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    max_watchers: Option<usize>,
     clients: Option<usize>,
     duration: Option<Duration>,
     op: Option<regcenter::loadgen::Op>,
@@ -212,6 +215,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 a.header_timeout = Some(duration(&mut p, "--header-timeout")?)
             }
             Long("max-connections") => a.max_connections = Some(p.value()?.parse()?),
+            Long("max-watchers") => a.max_watchers = Some(p.value()?.parse()?),
             Long("weight") => a.weight = Some(p.value()?.parse()?),
             Long("meta") => {
                 let kv = p.value()?.string()?;
@@ -269,6 +273,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> Result<(), Failure> {
                 "idle-timeout",
                 "header-timeout",
                 "max-connections",
+                "max-watchers",
                 "insecure",
                 "token-file",
                 "protect-reads",
@@ -366,6 +371,7 @@ impl Args {
         add(self.idle_timeout.is_some(), "idle-timeout");
         add(self.header_timeout.is_some(), "header-timeout");
         add(self.max_connections.is_some(), "max-connections");
+        add(self.max_watchers.is_some(), "max-watchers");
         add(self.weight.is_some(), "weight");
         add(!self.meta.is_empty(), "meta");
         add(self.insecure, "insecure");
@@ -493,6 +499,9 @@ fn serve(a: Args) -> Result<(), Failure> {
     }
     if let Some(t) = a.header_timeout {
         b = b.header_timeout(t);
+    }
+    if let Some(n) = a.max_watchers {
+        b = b.max_watchers(n);
     }
     if let Some(n) = a.max_connections {
         b = b.max_connections(n);
