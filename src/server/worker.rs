@@ -149,12 +149,10 @@ fn admit(ctx: &Arc<Ctx>, rq: tiny_http::Request) {
                     .counters
                     .closed_pipelining
                     .fetch_add(1, Ordering::Relaxed);
-                close(
-                    ctx,
-                    peer,
-                    503,
-                    "too many pipelined requests; read the answers",
-                );
+                // No last answer: the request in service may be writing
+                // its own, and bytes of ours would land inside it.
+                ctx.lanes.close(peer);
+                ctx.front.close(peer, b"");
                 release(ctx, peer);
             }
         }
@@ -432,8 +430,16 @@ fn discard(rq: tiny_http::Request) {
         // descriptors stay behind; the client's connection is closed.
         log::warn!("leaked a request declaring a {declared}-byte body to keep the process alive");
         std::mem::forget(rq);
-    } else {
+    } else if cfg!(target_os = "linux") {
+        // Its connection was shut down (`close`), so draining the rest of
+        // a body reads the end of the stream at once.
         drop(rq);
+    } else {
+        // Elsewhere nothing could shut the connection down, and the drain
+        // may wait for a client that never sends the body.
+        let _ = std::thread::Builder::new()
+            .name("regcenter-drain".into())
+            .spawn(move || drop(rq));
     }
 }
 

@@ -198,3 +198,26 @@ fn sigterm_sigint_and_sighup_stop_the_registry_promptly_whatever_clients_hold() 
         drop(held);
     }
 }
+
+#[test]
+fn a_connection_that_pipelines_without_reading_is_closed_not_buffered() {
+    let (s, _) = super::watchers::big(90_000);
+    let a = s.local_addr();
+    // A 7 MB answer it does not read holds its lane; behind it, more
+    // requests than a lane keeps.
+    let mut batch = req("GET", &format!("{P}/big?format=json"), &[]);
+    for _ in 0..1100 {
+        batch.push_str(&req("GET", "/healthz", &[]));
+    }
+    let _c = super::send_unread(a, batch.as_bytes());
+    crate::common::wait_until(
+        "the connection to be closed for pipelining",
+        Duration::from_secs(8),
+        || {
+            raw(a, "GET", "/metrics", &[])
+                .text()
+                .contains("regcenter_connections_closed_total{reason=\"pipelining\"} 1")
+        },
+    );
+    assert_eq!(raw(a, "GET", "/healthz", &[]).status, 200);
+}

@@ -12,7 +12,7 @@ use crate::common::{raw, wait_until};
 /// in JSON), and the index of that service. 90 000 of them make a 7 MB
 /// answer, more than a send buffer holds (4 MB at most on Linux by
 /// default), so a client that does not read it holds the write.
-fn big(n: usize) -> (RegistryServer, u64) {
+pub(super) fn big(n: usize) -> (RegistryServer, u64) {
     let s = RegistryServer::builder()
         .addr("127.0.0.1:0")
         .threads(2)
