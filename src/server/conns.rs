@@ -180,7 +180,10 @@ mod imp {
         /// full one (a quick scan trusts descriptor numbers it has seen,
         /// and a new connection may have taken the number of a closed one).
         pub(crate) fn find(&mut self, peer: SocketAddr) -> Option<Conn> {
-            let quick = self.scan(false).into_iter().find(|c| c.peer == peer);
+            let quick = self
+                .scan(false)
+                .into_iter()
+                .find(|c| c.peer == peer && inode_at(c.fd) == Some(c.inode));
             quick.or_else(|| self.scan(true).into_iter().find(|c| c.peer == peer))
         }
 
@@ -196,6 +199,17 @@ mod imp {
         pub(crate) fn descriptors_of(&self, inode: u64) -> usize {
             self.fds.values().filter(|(i, _)| *i == inode).count()
         }
+    }
+
+    /// The inode of the socket descriptor `fd` names now, if any.
+    fn inode_at(fd: RawFd) -> Option<u64> {
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: fstat writes one stat; a closed number fails with EBADF.
+        if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        // SAFETY: filled by fstat.
+        Some(unsafe { st.assume_init() }.st_ino)
     }
 
     /// Bytes received on `c` that tiny_http has not read yet.

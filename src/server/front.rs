@@ -39,7 +39,7 @@ pub(crate) struct Front {
     stop_lock: Mutex<()>,
     stop_wake: Condvar,
     rebuilds: AtomicU64,
-    last_rebuild: Mutex<Option<(Instant, Duration)>>,
+    rebuild: Mutex<Rebuild>,
     /// Peers whose requests arrived since the guard last looked: a
     /// connection with activity is not idle, slow or starved.
     activity: Mutex<Vec<SocketAddr>>,
@@ -64,7 +64,7 @@ impl Front {
             stop_lock: Mutex::new(()),
             stop_wake: Condvar::new(),
             rebuilds: AtomicU64::new(0),
-            last_rebuild: Mutex::new(None),
+            rebuild: Mutex::new(Rebuild::default()),
             activity: Mutex::new(Vec::new()),
             scanner: Mutex::new(Scanner::new(local)),
         })
@@ -126,11 +126,9 @@ impl Front {
         closed
     }
 
-    /// Writes `bytes` on `peer`'s connection without blocking and shuts it
-    /// down; false when no such connection is open.
-    pub(crate) fn close(&self, peer: SocketAddr, bytes: &[u8]) -> bool {
-        let found = self.scanner.lock().find(peer);
-        found.is_some_and(|c| conns::send_and_close(&c, self.local, bytes))
+    /// The connection from `peer`, if it is open.
+    pub(crate) fn find(&self, peer: SocketAddr) -> Option<conns::Conn> {
+        self.scanner.lock().find(peer)
     }
 
     /// Waits up to `d` unless the front is stopping; true when stopping.
@@ -140,6 +138,12 @@ impl Front {
             self.stop_wake.wait_for(&mut g, d);
         }
         self.stopping()
+    }
+
+    /// Refuses new connections from now on: a stop has answered everything
+    /// it will answer, and a client connecting now would wait for nothing.
+    pub(crate) fn close_listener(&self) {
+        let _ = socket2::SockRef::from(&self.spare).shutdown(std::net::Shutdown::Read);
     }
 
     /// Starts stopping: wakes waits and every intake.
@@ -155,49 +159,63 @@ impl Front {
         }
     }
 
-    /// Replaces `failed` (if it is still the current server) with a new
-    /// server on the same listening socket; the new server, for its intake.
-    pub(crate) fn rebuild(
-        &self,
-        failed: &Arc<tiny_http::Server>,
-        why: &str,
-    ) -> Option<Arc<tiny_http::Server>> {
-        let mut current = self.current.lock();
-        if !Arc::ptr_eq(&current, failed) {
-            return None; // another thread rebuilt it already
+    /// Asks for `failed` to be replaced, if it is still the current server
+    /// (the guard makes the attempts, so that no intake waits on them).
+    pub(crate) fn want_rebuild(&self, failed: &Arc<tiny_http::Server>, why: &str) {
+        if !self.is_current(failed) {
+            return;
         }
+        let mut r = self.rebuild.lock();
+        if r.wanted {
+            return;
+        }
+        r.wanted = true;
         log::error!(
             "regcenter stopped accepting connections on {} ({why}); rebuilding the HTTP server on the same port",
             self.local
         );
-        // Repeated failures (descriptors still short) back off up to 1 s.
-        let mut wait = {
-            let last = self.last_rebuild.lock();
-            match *last {
-                Some((at, w)) if at.elapsed() < MAX_REBUILD_WAIT * 2 => {
-                    (w * 2).min(MAX_REBUILD_WAIT)
-                }
-                _ => Duration::from_millis(10),
-            }
-        };
-        let server = loop {
-            if self.wait_stop(wait) {
+    }
+
+    /// Whether a rebuild is wanted and its backoff has passed.
+    pub(crate) fn rebuild_due(&self) -> bool {
+        let r = self.rebuild.lock();
+        r.wanted && r.next_attempt.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// One attempt at a new server on the same listening socket; the new
+    /// server, for its intake, when it is built. Failures (descriptors
+    /// still short) back off up to 1 s between attempts.
+    pub(crate) fn try_rebuild(&self) -> Option<Arc<tiny_http::Server>> {
+        if self.stopping() {
+            return None;
+        }
+        // tiny_http starts its accept thread with `thread::spawn`, which
+        // panics when no thread can be made.
+        let spare = self.spare.try_clone();
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            spare.and_then(|l| {
+                tiny_http::Server::from_listener(l, None).map_err(std::io::Error::other)
+            })
+        }))
+        .unwrap_or_else(|_| Err(std::io::Error::other("starting its accept thread panicked")));
+        let server = match built {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                let mut r = self.rebuild.lock();
+                r.wait = (r.wait * 2).clamp(Duration::from_millis(10), MAX_REBUILD_WAIT);
+                r.next_attempt = Some(Instant::now() + r.wait);
+                log::warn!(
+                    "rebuilding the HTTP server on {} failed: {e}; retrying in {:?}",
+                    self.local,
+                    r.wait
+                );
                 return None;
             }
-            match self.spare.try_clone().and_then(|l| {
-                tiny_http::Server::from_listener(l, None).map_err(std::io::Error::other)
-            }) {
-                Ok(s) => break Arc::new(s),
-                Err(e) => {
-                    log::warn!(
-                        "rebuilding the HTTP server on {} failed: {e}; retrying",
-                        self.local
-                    );
-                    wait = (wait * 2).min(MAX_REBUILD_WAIT);
-                }
-            }
         };
-        *self.last_rebuild.lock() = Some((Instant::now(), wait));
+        let mut current = self.current.lock();
+        if self.stopping() {
+            return None;
+        }
         let old = std::mem::replace(&mut *current, server.clone());
         drop(current);
         {
@@ -205,8 +223,17 @@ impl Front {
             replaced.retain(|w| w.strong_count() > 0);
             replaced.push(Arc::downgrade(&old));
         }
+        *self.rebuild.lock() = Rebuild::default();
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
         log::info!("regcenter accepts connections on {} again", self.local);
         Some(server)
     }
+}
+
+/// Where a wanted rebuild stands.
+#[derive(Default)]
+struct Rebuild {
+    wanted: bool,
+    wait: Duration,
+    next_attempt: Option<Instant>,
 }

@@ -37,7 +37,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::conns::{self, Conn};
-use super::front::Front;
 use super::worker::{self, Ctx, MAX_HEAD_BYTES};
 /// Shortest time between two passes; longer when a pass itself is slow.
 const TICK: Duration = Duration::from_millis(40);
@@ -50,6 +49,8 @@ const RELINK_EVERY: u64 = 25;
 /// Longest an answer may take to write before its connection is cut: a
 /// client that reads nothing for this long is not reading.
 const WRITE_LIMIT: Duration = Duration::from_secs(10);
+/// Longest a pass spends kicking.
+const KICK_BUDGET: Duration = Duration::from_millis(200);
 /// How long jobs may wait with every pool thread busy before the pool
 /// grows by a thread.
 const POOL_STUCK: Duration = Duration::from_millis(50);
@@ -97,6 +98,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
     while !front.wait_stop(tick) {
         let started = Instant::now();
 
+        worker::rebuild(ctx);
         ctx.pool.relieve(POOL_STUCK);
         cut_unread_answers(ctx, counters);
 
@@ -122,7 +124,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
         } else {
             not_accepting += 1;
             if not_accepting >= 2 {
-                worker::rebuild(ctx, &front.current(), "its accept thread ended");
+                front.want_rebuild(&front.current(), "its accept thread ended");
                 not_accepting = 0;
             }
         }
@@ -138,7 +140,10 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
             if t.closed {
                 continue;
             }
-            if active.contains(&c.peer) {
+            // Bytes behind a request in service wait for it, not for a
+            // pool thread of tiny_http's (after `Connection: close`, for
+            // good): only a connection with nothing in service can starve.
+            if active.contains(&c.peer) || ctx.lanes.is_busy(&c.peer) {
                 t.waiting_passes = 0;
             } else if conns::unread(c) > 0 {
                 t.waiting_passes += 1;
@@ -174,7 +179,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
                 t.partial_since.get_or_insert(started);
             }
             if st.received - t.base > MAX_HEAD_BYTES {
-                t.closed = close(front, c, 431, "request head larger than 64 KiB");
+                t.closed = close(ctx, c, 431, "request head larger than 64 KiB");
                 counters.closed_oversized.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -182,7 +187,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
                 .is_some_and(|p| started - p >= cfg.header_timeout)
             {
                 t.closed = close(
-                    front,
+                    ctx,
                     c,
                     408,
                     "request head not complete within the header timeout",
@@ -196,7 +201,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
                 && !ctx.watchers.is_parked(&c.peer)
                 && !ctx.writing.lock().contains_key(&c.peer)
             {
-                t.closed = close(front, c, 0, "");
+                t.closed = close(ctx, c, 0, "");
                 counters.closed_idle.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -215,7 +220,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
                 let mut newest = open;
                 newest.sort_by_key(|c| std::cmp::Reverse(tracks[&c.inode].first_seen));
                 for c in newest.into_iter().take(excess) {
-                    let closed = close(front, c, 503, "too many connections; retry later");
+                    let closed = close(ctx, c, 503, "too many connections; retry later");
                     counters.closed_excess.fetch_add(1, Ordering::Relaxed);
                     if let Some(t) = tracks.get_mut(&c.inode) {
                         t.closed = closed;
@@ -224,7 +229,13 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
             }
         }
 
-        for _ in 0..kicks.min(1024) {
+        // A bounded share of the pass: a full backlog makes each connect
+        // wait, and the guard has other duties.
+        let budget = Instant::now() + KICK_BUDGET;
+        for _ in 0..kicks.min(256) {
+            if front.stopping() || Instant::now() >= budget {
+                break;
+            }
             // Connect and close at once: the pool thread that runs this
             // connection's task ends it and takes the next queued one.
             let _ = TcpStream::connect_timeout(&kick_to, Duration::from_millis(100));
@@ -239,7 +250,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
 
 /// Cuts the connections whose answer has been in writing too long: the
 /// write fails at once, and the thread that was blocked in it is free.
-fn cut_unread_answers(ctx: &Ctx, counters: &super::metrics::Counters) {
+fn cut_unread_answers(ctx: &Arc<Ctx>, counters: &super::metrics::Counters) {
     let stuck: Vec<SocketAddr> = ctx
         .writing
         .lock()
@@ -248,7 +259,7 @@ fn cut_unread_answers(ctx: &Ctx, counters: &super::metrics::Counters) {
         .map(|(peer, _)| *peer)
         .collect();
     for peer in stuck {
-        if ctx.front.close(peer, b"") {
+        if worker::cut(ctx, peer, None) {
             counters.closed_unread.fetch_add(1, Ordering::Relaxed);
             log::debug!("closed the connection from {peer}: it does not read its answer");
         }
@@ -258,23 +269,9 @@ fn cut_unread_answers(ctx: &Ctx, counters: &super::metrics::Counters) {
 
 /// Shuts a connection down, first writing a last answer with `status`
 /// (none for 0: an idle connection owes no answer). True when closed.
-fn close(front: &Front, c: &Conn, status: u16, reason: &str) -> bool {
-    let answer = match status {
-        0 => String::new(),
-        _ => {
-            let text = match status {
-                408 => "Request Timeout",
-                431 => "Request Header Fields Too Large",
-                _ => "Service Unavailable",
-            };
-            let body = format!("{reason}\n");
-            format!(
-                "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-        }
-    };
-    let closed = front.close_listed(c, answer.as_bytes());
+fn close(ctx: &Arc<Ctx>, c: &Conn, status: u16, reason: &str) -> bool {
+    let last = (status != 0).then_some((status, reason));
+    let closed = worker::cut_conn(ctx, c.peer, Some(*c), last);
     if closed {
         log::debug!(
             "closed the connection from {}: {}",

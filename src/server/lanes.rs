@@ -37,8 +37,9 @@ struct Lane {
     busy: bool,
     waiting: VecDeque<tiny_http::Request>,
     parked: bool,
-    /// Since when the connection is being closed; its requests are dropped.
-    closing: Option<Instant>,
+    /// Since when the connection is being closed, and its socket's inode
+    /// when known; its requests are dropped.
+    closing: Option<(Instant, Option<u64>)>,
 }
 
 /// What to do with a request that just arrived.
@@ -48,8 +49,10 @@ pub(crate) enum Arrival {
     /// It waits behind its connection's request in service; when that one
     /// is a parked long-poll, it should be answered now.
     Queued { release_parked: bool },
-    /// Its connection was closed and nothing of it is in service: drop it.
-    Discard(tiny_http::Request),
+    /// It comes from the peer of a connection that was closed: whether it
+    /// is that connection (drop its requests) or a new one from the same
+    /// address (serve it) must be checked; it waits in the lane meanwhile.
+    Verify,
     /// Its connection pipelined too much: shut the connection down (its
     /// requests are dropped when the one in service ends).
     Overflow,
@@ -79,7 +82,9 @@ impl Lanes {
         let mut lanes = self.lanes.lock();
         let lane = lanes.entry(peer).or_default();
         if !lane.busy && lane.closing.is_some() {
-            return Arrival::Discard(rq);
+            lane.busy = true;
+            lane.waiting.push_back(rq);
+            return Arrival::Verify;
         }
         if !lane.busy {
             lane.busy = true;
@@ -89,7 +94,7 @@ impl Lanes {
         // even a request to discard waits its turn behind the one in service.
         lane.waiting.push_back(rq);
         if lane.closing.is_none() && lane.waiting.len() > MAX_PIPELINED {
-            lane.closing = Some(Instant::now());
+            lane.closing = Some((Instant::now(), None));
             return Arrival::Overflow;
         }
         Arrival::Queued {
@@ -118,12 +123,44 @@ impl Lanes {
             .is_some_and(|l| !l.waiting.is_empty() || l.closing.is_some())
     }
 
-    /// From now on `peer`'s requests are dropped unanswered: its
-    /// connection has been shut down (ambiguous framing, an unread body).
-    pub(crate) fn close(&self, peer: SocketAddr) {
+    /// From now on the requests of `peer`'s connection (the socket
+    /// `inode`, when known) are dropped unanswered: it has been shut down.
+    pub(crate) fn close(&self, peer: SocketAddr, inode: Option<u64>) {
         let mut lanes = self.lanes.lock();
         let lane = lanes.entry(peer).or_default();
-        lane.closing.get_or_insert_with(Instant::now);
+        lane.closing.get_or_insert((Instant::now(), inode));
+    }
+
+    /// The socket of the connection closed on `peer`, if known.
+    pub(crate) fn closed_inode(&self, peer: SocketAddr) -> Option<u64> {
+        self.lanes.lock().get(&peer)?.closing?.1
+    }
+
+    /// After [`Arrival::Verify`]: the requests waiting come from a new
+    /// connection (`same` false), which gets a lane of its own, or from the
+    /// closed one, whose requests are dropped.
+    pub(crate) fn verified(&self, peer: SocketAddr, same: bool) -> Next {
+        let mut lanes = self.lanes.lock();
+        let Some(lane) = lanes.get_mut(&peer) else {
+            return Next::Idle;
+        };
+        if same {
+            lane.busy = false;
+            return Next::Discard(std::mem::take(&mut lane.waiting).into());
+        }
+        lane.closing = None;
+        match lane.waiting.pop_front() {
+            Some(rq) => Next::Run(rq),
+            None => {
+                lanes.remove(&peer);
+                Next::Idle
+            }
+        }
+    }
+
+    /// Whether one of `peer`'s requests is in service.
+    pub(crate) fn is_busy(&self, peer: &SocketAddr) -> bool {
+        self.lanes.lock().get(peer).is_some_and(|l| l.busy)
     }
 
     /// `peer`'s request in service has been answered.
@@ -153,7 +190,7 @@ impl Lanes {
             lane.busy
                 || lane
                     .closing
-                    .is_none_or(|at| at.elapsed() < TOMBSTONE || open(peer))
+                    .is_none_or(|(at, _)| at.elapsed() < TOMBSTONE || open(peer))
         });
     }
 }

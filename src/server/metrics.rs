@@ -28,6 +28,7 @@ pub(crate) struct Counters {
     pub(crate) closed_pipelining: AtomicU64,
     pub(crate) closed_departed: AtomicU64,
     pub(crate) refused_watchers: AtomicU64,
+    pub(crate) leaked_requests: AtomicU64,
 }
 
 #[derive(Default)]
@@ -209,6 +210,11 @@ impl Metrics {
                 "regcenter_refused_watchers_total",
                 "Long-polls answered 503 because the most allowed were parked.",
                 c.refused_watchers.load(Ordering::Relaxed),
+            ),
+            (
+                "regcenter_leaked_requests_total",
+                "Requests declaring a body over 1 MiB, left to tiny_http (a thread and two descriptors each) because dropping them could abort the process.",
+                c.leaked_requests.load(Ordering::Relaxed),
             ),
             (
                 "regcenter_rebuilds_total",

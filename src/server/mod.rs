@@ -247,7 +247,7 @@ impl RegistryServerBuilder {
         let max_watchers = match self.limits.max_watchers {
             Some(0) => return Err(Error::config("max_watchers", "must be at least 1")),
             Some(n) => n,
-            None => (max_connections * 3 / 4).max(1),
+            None => (max_connections / 4).saturating_mul(3).max(1),
         };
         if self.snapshot_interval.is_zero() {
             return Err(Error::config("snapshot_interval", "must be above zero"));
@@ -306,7 +306,7 @@ impl RegistryServerBuilder {
         // never needs more threads than connections.
         let pool = Pool::start(
             self.threads,
-            self.threads + max_connections,
+            self.threads.saturating_add(max_connections),
             format!("rc{port}-http"),
         )
         .map_err(|e| Error::io("spawn a registry worker thread", e))?;
@@ -322,6 +322,12 @@ impl RegistryServerBuilder {
             url: server.url.clone(),
             writing: parking_lot::Mutex::new(std::collections::HashMap::new()),
             intakes: parking_lot::Mutex::new(Vec::new()),
+            orphan: parking_lot::Mutex::new(None),
+            // The longest long-poll, its random extra, and an idle
+            // connection's life after it, with a minute to spare.
+            drain_quiet: route::MAX_WAIT * 17 / 16
+                + self.limits.idle_timeout
+                + Duration::from_secs(60),
             name: format!("rc{port}-intake"),
         });
         server.ctx = Some(ctx.clone());
@@ -524,10 +530,12 @@ impl RegistryServer {
         };
         let front = ctx.front.clone();
         front.stop();
-        let mut panicked = ctx.join_intakes();
+        // The guard first: it may start the intake of a rebuilt server.
+        let mut panicked = false;
         if let Some(g) = self.guard.take() {
             panicked |= g.join().is_err();
         }
+        panicked |= ctx.join_intakes();
         if let Some(id) = self.subscription.take() {
             self.registry.unsubscribe(id);
         }
@@ -539,6 +547,7 @@ impl RegistryServer {
             panicked |= t.join().is_err();
         }
         ctx.pool.wait_quiet(std::time::Instant::now() + STOP_GRACE);
+        front.close_listener();
         let closed = conns::shutdown_accepted(self.local_addr);
         log::debug!("closed {closed} kept-alive connections");
         panicked |= ctx.pool.stop();

@@ -65,8 +65,12 @@ impl Pool {
             handles: Mutex::new(Vec::new()),
         });
         for _ in 0..min {
-            let mut st = pool.state.lock();
-            pool.spawn(&mut st)?;
+            let spawned = pool.spawn(&mut pool.state.lock());
+            if let Err(e) = spawned {
+                // The threads already started would wait for work forever.
+                pool.stop();
+                return Err(e);
+            }
         }
         Ok(pool)
     }
@@ -80,24 +84,27 @@ impl Pool {
         }
     }
 
-    /// Adds a thread when the oldest job has waited `after` with no thread
-    /// idle, the threads being held by slow clients; true when one was added.
-    pub(crate) fn relieve(self: &Arc<Self>, after: Duration) -> bool {
+    /// Adds a thread for each job that has waited `after` with no thread
+    /// idle (the threads being held by slow clients), up to the maximum;
+    /// how many were added.
+    pub(crate) fn relieve(self: &Arc<Self>, after: Duration) -> usize {
         let mut st = self.state.lock();
-        let stuck = st.idle == 0
-            && !st.stopping
-            && st.threads < self.max
-            && st.jobs.front().is_some_and(|(at, _)| at.elapsed() >= after);
-        if !stuck {
-            return false;
+        if st.idle > 0 || st.stopping {
+            return 0;
         }
-        match self.spawn(&mut st) {
-            Ok(()) => true,
-            Err(e) => {
+        let stuck = st
+            .jobs
+            .iter()
+            .take_while(|(at, _)| at.elapsed() >= after)
+            .count()
+            .min(self.max.saturating_sub(st.threads));
+        for added in 0..stuck {
+            if let Err(e) = self.spawn(&mut st) {
                 log::warn!("starting another request thread failed: {e}");
-                false
+                return added;
             }
         }
+        stuck
     }
 
     /// Waits until no job is queued or running, or `deadline` passes.

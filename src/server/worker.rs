@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -32,10 +33,6 @@ pub(crate) const MAX_HEAD_BYTES: u64 = 64 * 1024;
 /// How often an intake looks up from a quiet server (to notice a stop, or
 /// that the server it drains after a rebuild has gone quiet).
 const INTAKE_TICK: Duration = Duration::from_secs(1);
-/// A server replaced by a rebuild keeps being read while its connections
-/// may still send: up to the longest long-poll plus an idle connection's
-/// life.
-const DRAIN_QUIET: Duration = Duration::from_secs(11 * 60);
 
 /// What the server's threads share.
 pub(crate) struct Ctx {
@@ -51,6 +48,10 @@ pub(crate) struct Ctx {
     /// connection whose client does not read its answer.
     pub(crate) writing: Mutex<HashMap<SocketAddr, Instant>>,
     pub(crate) intakes: Mutex<Vec<JoinHandle<()>>>,
+    /// A rebuilt server whose intake could not be started yet.
+    pub(crate) orphan: Mutex<Option<Arc<tiny_http::Server>>>,
+    /// How long a replaced server is read after its last request.
+    pub(crate) drain_quiet: Duration,
     /// The name of intake threads.
     pub(crate) name: String,
 }
@@ -98,7 +99,7 @@ fn intake(ctx: &Arc<Ctx>, http: &Arc<tiny_http::Server>) {
             // A timeout, or an unblock (ours, on stop: indistinguishable).
             Ok(None) => {
                 if ctx.front.stopping()
-                    || (!ctx.front.is_current(http) && quiet_since.elapsed() >= DRAIN_QUIET)
+                    || (quiet_since.elapsed() >= ctx.drain_quiet && !ctx.front.is_current(http))
                 {
                     return;
                 }
@@ -109,20 +110,28 @@ fn intake(ctx: &Arc<Ctx>, http: &Arc<tiny_http::Server>) {
                 }
             }
             // The accept thread died; this server's connections still send
-            // here, so the loop goes on reading it after the rebuild.
-            Err(e) => rebuild(ctx, http, &format!("accept failed: {e}")),
+            // here, so the loop goes on reading it while the guard rebuilds.
+            Err(e) => ctx.front.want_rebuild(http, &format!("accept failed: {e}")),
         }
     }
 }
 
-/// Replaces `failed` with a new server on the same port and starts its
-/// intake. Connections of the failed server are left alone: its intake
-/// keeps reading them.
-pub(crate) fn rebuild(ctx: &Arc<Ctx>, failed: &Arc<tiny_http::Server>, why: &str) {
-    if let Some(new) = ctx.front.rebuild(failed, why)
-        && let Err(e) = start_intake(ctx, new)
+/// Makes a wanted rebuild's next attempt, and starts the intake of the
+/// new server; an intake that could not be started is retried on the next
+/// call. Called by the guard.
+pub(crate) fn rebuild(ctx: &Arc<Ctx>) {
+    if ctx.front.rebuild_due()
+        && let Some(new) = ctx.front.try_rebuild()
     {
-        log::error!("starting the intake of the rebuilt HTTP server failed: {e}");
+        *ctx.orphan.lock() = Some(new);
+    }
+    let orphan = ctx.orphan.lock().take();
+    if let Some(http) = orphan
+        && !ctx.front.stopping()
+        && let Err(e) = start_intake(ctx, http.clone())
+    {
+        log::error!("starting the intake of the rebuilt HTTP server failed: {e}; retrying");
+        *ctx.orphan.lock() = Some(http);
     }
 }
 
@@ -138,7 +147,14 @@ fn admit(ctx: &Arc<Ctx>, rq: tiny_http::Request) {
                 release(ctx, peer);
             }
         }
-        Arrival::Discard(rq) => discard(rq),
+        // Off the intake: finding the connection reads /proc, and
+        // dropping a request may wait on its connection.
+        Arrival::Verify => {
+            if let Some(peer) = peer {
+                let c = ctx.clone();
+                ctx.pool.submit(Box::new(move |id| verify(&c, id, peer)));
+            }
+        }
         Arrival::Overflow => {
             if let Some(peer) = peer {
                 log::debug!(
@@ -149,14 +165,78 @@ fn admit(ctx: &Arc<Ctx>, rq: tiny_http::Request) {
                     .counters
                     .closed_pipelining
                     .fetch_add(1, Ordering::Relaxed);
-                // No last answer: the request in service may be writing
-                // its own, and bytes of ours would land inside it.
-                ctx.lanes.close(peer);
-                ctx.front.close(peer, b"");
-                release(ctx, peer);
+                let c = ctx.clone();
+                ctx.pool.submit(Box::new(move |_| {
+                    cut(&c, peer, None);
+                }));
             }
         }
     }
+}
+
+/// Requests came from the address of a connection that was closed: drops
+/// them if they are that connection's (tiny_http had read them before the
+/// close), serves them if a new connection reuses the address.
+fn verify(ctx: &Arc<Ctx>, id: usize, peer: SocketAddr) {
+    let closed = ctx.lanes.closed_inode(peer);
+    let now = ctx.front.find(peer).map(|c| c.inode);
+    let same = now.is_none() || closed.is_none() || now == closed;
+    match ctx.lanes.verified(peer, same) {
+        Next::Run(rq) => {
+            if serve_guarded(ctx, id, rq) {
+                continue_lane(ctx, id, peer);
+            }
+        }
+        Next::Idle => {}
+        Next::Discard(rest) => rest.into_iter().for_each(|rq| discard(ctx, rq)),
+    }
+}
+
+/// Shuts `peer`'s connection down: its lane drops whatever else it sends,
+/// and a long-poll parked on it is answered (on a shut socket, which frees
+/// it). `last` is a last answer (status and reason), written only while no
+/// answer of ours is being written on it, so that it cannot land inside
+/// one. False when the connection was gone.
+pub(crate) fn cut(ctx: &Arc<Ctx>, peer: SocketAddr, last: Option<(u16, &str)>) -> bool {
+    cut_conn(ctx, peer, ctx.front.find(peer), last)
+}
+
+/// [`cut`], for a connection already found (`None`: it is gone).
+pub(crate) fn cut_conn(
+    ctx: &Arc<Ctx>,
+    peer: SocketAddr,
+    found: Option<super::conns::Conn>,
+    last: Option<(u16, &str)>,
+) -> bool {
+    ctx.lanes.close(peer, found.map(|c| c.inode));
+    let closed = found.is_some_and(|c| {
+        // Held across the check and the shutdown: an answer starting to be
+        // written meanwhile finds the socket shut and fails.
+        let writing = ctx.writing.lock();
+        let bytes = match last {
+            Some((status, reason)) if !writing.contains_key(&peer) => last_answer(status, reason),
+            _ => String::new(),
+        };
+        ctx.front.close_listed(&c, bytes.as_bytes())
+    });
+    release(ctx, peer);
+    closed
+}
+
+/// A complete answer that closes its connection.
+pub(crate) fn last_answer(status: u16, reason: &str) -> String {
+    let text = match status {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let body = format!("{reason}\n");
+    format!(
+        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// Answers the watcher parked on `peer`'s connection now, if there is one.
@@ -172,9 +252,14 @@ pub(crate) fn answer_parked(ctx: &Arc<Ctx>, parked: Vec<Parked>) {
     for p in parked {
         let c = ctx.clone();
         ctx.pool.submit(Box::new(move |id| {
-            let resp = route::render(&c.registry, &p.service, p.format);
             let peer = p.peer;
-            write(&c, id, p.rq, resp, "GET", Instant::now());
+            let answered = catch_unwind(AssertUnwindSafe(|| {
+                let resp = route::render(&c.registry, &p.service, p.format);
+                write(&c, id, p.rq, resp, "GET", Instant::now());
+            }));
+            if answered.is_err() {
+                log::error!("answering a parked long-poll panicked; its connection goes on");
+            }
             if let Some(peer) = peer {
                 continue_lane(&c, id, peer);
             }
@@ -185,25 +270,35 @@ pub(crate) fn answer_parked(ctx: &Arc<Ctx>, parked: Vec<Parked>) {
 /// Serves `rq`, then whatever its connection sent behind it, in order.
 fn serve_lane(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) {
     let peer = rq.remote_addr().copied();
-    if serve(ctx, id, rq)
+    if serve_guarded(ctx, id, rq)
         && let Some(peer) = peer
     {
         continue_lane(ctx, id, peer);
     }
 }
 
+/// [`serve`], and if anything in it panics, the request counts as answered
+/// (tiny_http answers a request dropped in the unwind with an empty 500),
+/// so that its connection's lane goes on.
+fn serve_guarded(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) -> bool {
+    catch_unwind(AssertUnwindSafe(|| serve(ctx, id, rq))).unwrap_or_else(|_| {
+        log::error!("answering a request panicked; its connection goes on");
+        true
+    })
+}
+
 fn continue_lane(ctx: &Arc<Ctx>, id: usize, peer: SocketAddr) {
     loop {
         match ctx.lanes.done(peer) {
             Next::Run(rq) => {
-                if !serve(ctx, id, rq) {
+                if !serve_guarded(ctx, id, rq) {
                     return; // parked: its answer goes on with the lane
                 }
             }
             Next::Idle => return,
             Next::Discard(rest) => {
                 for rq in rest {
-                    discard(rq);
+                    discard(ctx, rq);
                 }
                 return;
             }
@@ -234,10 +329,12 @@ fn serve(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) -> bool {
                 .refused_framing
                 .fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(peer) = rq.remote_addr().copied() {
-            close(ctx, peer, status, &reason);
+        if let Some(peer) = rq.remote_addr().copied()
+            && !cut(ctx, peer, Some((status, &reason)))
+        {
+            log::debug!("the connection from {peer} was gone before it could be closed");
         }
-        discard(rq);
+        discard(ctx, rq);
         ctx.metrics.record(id, method, status, started.elapsed());
         return true;
     }
@@ -302,14 +399,15 @@ fn park(
                 .counters
                 .refused_watchers
                 .fetch_add(1, Ordering::Relaxed);
-            let resp = Response::text(
-                503,
+            let reason = if ctx.front.stopping() {
+                "the registry is shutting down; retry against it or another".to_string()
+            } else {
                 format!(
                     "too many parked long-polls (at most {}); retry later",
                     ctx.watchers.max()
-                ),
-            )
-            .with_retry_after(1);
+                )
+            };
+            let resp = Response::text(503, reason).with_retry_after(1);
             write(ctx, id, rq, resp, "GET", started);
             true
         }
@@ -361,8 +459,13 @@ fn screen(rq: &tiny_http::Request) -> Result<(), (u16, String)> {
             ));
         }
         if name.eq_ignore_ascii_case("Content-Length") {
-            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err((400, "Content-Length is not a plain number".into()));
+            // Plain digits that fit a usize: tiny_http reads a longer
+            // number as no length at all, and the body as the next request.
+            if value.is_empty()
+                || !value.bytes().all(|b| b.is_ascii_digit())
+                || value.parse::<usize>().is_err()
+            {
+                return Err((400, "Content-Length is not a plain number of bytes".into()));
             }
             lengths += 1;
         } else if name.eq_ignore_ascii_case("Transfer-Encoding") {
@@ -400,35 +503,20 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Writes a last answer on `peer`'s connection and shuts it down, without
-/// waiting on the client; its lane drops whatever else it sends.
-fn close(ctx: &Ctx, peer: SocketAddr, status: u16, reason: &str) {
-    ctx.lanes.close(peer);
-    let text = match status {
-        400 => "Bad Request",
-        413 => "Payload Too Large",
-        _ => "Service Unavailable",
-    };
-    let body = format!("{reason}\n");
-    let answer = format!(
-        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if !ctx.front.close(peer, answer.as_bytes()) {
-        log::debug!("the connection from {peer} was gone before it could be closed");
-    }
-}
-
 /// Drops a request we will not answer. tiny_http answers a dropped request
 /// with an empty 500 (on a connection shut down, that fails at once) and
 /// drains its unread body first.
-fn discard(rq: tiny_http::Request) {
+fn discard(ctx: &Ctx, rq: tiny_http::Request) {
     let declared = rq.body_length().unwrap_or(0);
     if declared > SAFE_DRAIN {
         // The drain would allocate `declared` bytes and may abort the
         // process. Leak it instead: its tiny_http thread and two
         // descriptors stay behind; the client's connection is closed.
         log::warn!("leaked a request declaring a {declared}-byte body to keep the process alive");
+        ctx.metrics
+            .counters
+            .leaked_requests
+            .fetch_add(1, Ordering::Relaxed);
         std::mem::forget(rq);
     } else if cfg!(target_os = "linux") {
         // Its connection was shut down (`close`), so draining the rest of
@@ -446,7 +534,7 @@ fn discard(rq: tiny_http::Request) {
 /// Answers `rq` on this thread; the guard cuts the connection if its client
 /// holds the write too long.
 fn write(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     id: usize,
     rq: tiny_http::Request,
     resp: Response,
@@ -458,11 +546,15 @@ fn write(
     if let Some(peer) = peer {
         ctx.writing.lock().insert(peer, Instant::now());
     }
-    if let Err(e) = rq.respond(to_tiny(resp)) {
-        log::debug!("answering a request failed: {e}");
-    }
+    let written = rq.respond(to_tiny(resp));
     if let Some(peer) = peer {
         ctx.writing.lock().remove(&peer);
+        // Part of an answer may have gone out: the next one would be read
+        // as the rest of it, so the connection ends here.
+        if let Err(e) = written {
+            log::debug!("answering {peer} failed: {e}; closing its connection");
+            cut(ctx, peer, None);
+        }
     }
     ctx.metrics.record(id, method, status, started.elapsed());
 }

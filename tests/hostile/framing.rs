@@ -70,6 +70,10 @@ fn ambiguous_framing_is_refused_and_changes_nothing() {
             head("Content-Length: 0 0\r\n") + SMUGGLED,
         ),
         (
+            "Content-Length beyond any length tiny_http can read",
+            head("Content-Length: 99999999999999999999999\r\n") + SMUGGLED,
+        ),
+        (
             "Content-Length in hex",
             head("Content-Length: 0x0\r\n") + SMUGGLED,
         ),
@@ -155,5 +159,71 @@ fn a_header_with_bytes_beyond_ascii_registers_nothing() {
         got[0].status
     );
     assert!(closed_within(&mut c, Duration::from_secs(10)));
+    assert_eq!(s.registry().len(), 0);
+}
+
+/// A client socket bound to `port` on 127.0.0.1, connected to `to`; retried
+/// while the kernel still holds the last connection from that port.
+fn connect_from(port: u16, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        let from: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        if s.bind(&from.into()).is_ok() && s.connect(&to.into()).is_ok() {
+            return s.into();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "could not connect from port {port} again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_new_connection_from_the_address_of_a_closed_one_is_served() {
+    let s = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .threads(1)
+        .start()
+        .unwrap();
+    let a = s.local_addr();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    // A connection refused for its framing, from a port of our choosing.
+    let mut first = connect_from(port, a);
+    std::io::Write::write_all(
+        &mut first,
+        (head("Content-Length: +0\r\n") + SMUGGLED).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        answers(&mut first, 1, Duration::from_secs(10))[0].status,
+        400
+    );
+    assert!(closed_within(&mut first, Duration::from_secs(10)));
+    drop(first);
+    // The same address again: a body it never sends must not hold the
+    // intake (every other client would wait), and a plain request is served.
+    let mut second = connect_from(port, a);
+    std::io::Write::write_all(&mut second, head("Content-Length: 2000\r\n").as_bytes()).unwrap();
+    let got = answers(&mut second, 1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "the new connection got no answer");
+    assert_eq!(got[0].status, 413);
+    drop(second);
+    let started = Instant::now();
+    assert_eq!(raw(a, "GET", "/healthz", &[]).status, 200);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let mut third = connect_from(port, a);
+    std::io::Write::write_all(&mut third, super::req("GET", "/healthz", &[]).as_bytes()).unwrap();
+    let got = answers(&mut third, 1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].status, 200,
+        "a new connection from a closed one's address"
+    );
     assert_eq!(s.registry().len(), 0);
 }

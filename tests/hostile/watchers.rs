@@ -175,3 +175,30 @@ fn parked_watchers_are_capped_and_the_next_is_told_to_retry() {
     assert!(got[0].text().contains("at most 5"), "{}", got[0].text());
     assert_eq!(s.parked(), 5);
 }
+
+#[test]
+fn a_parked_watcher_whose_connection_the_guard_closes_is_forgotten() {
+    let s = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .header_timeout(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let a = s.local_addr();
+    let index = s.registry().index("g");
+    // A long-poll, then the start of a head that never ends: the guard
+    // answers 408 and shuts the connection; the long-poll must go too.
+    let mut c = send(
+        a,
+        req("GET", &format!("{P}/g?index={index}&wait=600s"), &[]).as_bytes(),
+    );
+    wait_until("the long-poll to park", Duration::from_secs(10), || {
+        s.parked() == 1
+    });
+    std::io::Write::write_all(&mut c, b"GET /healthz HTTP/1.1\r\nX-Slow: ").unwrap();
+    wait_until(
+        "the long-poll to be forgotten",
+        Duration::from_secs(10),
+        || s.parked() == 0,
+    );
+    assert!(super::closed_within(&mut c, Duration::from_secs(10)));
+}
