@@ -42,7 +42,7 @@ pub(crate) struct Front {
     rebuild: Mutex<Rebuild>,
     /// Peers whose requests arrived since the guard last looked: a
     /// connection with activity is not idle, slow or starved.
-    activity: Mutex<Vec<SocketAddr>>,
+    activity: Mutex<Vec<(SocketAddr, Instant)>>,
     /// The open connections, shared by the guard and the request threads.
     scanner: Mutex<Scanner>,
 }
@@ -91,12 +91,14 @@ impl Front {
         if let Some(peer) = peer {
             let mut v = self.activity.lock();
             if v.len() < MAX_ACTIVITY {
-                v.push(*peer);
+                v.push((*peer, Instant::now()));
             }
         }
     }
 
-    pub(crate) fn take_activity(&self, into: &mut std::collections::HashSet<SocketAddr>) {
+    /// Peers whose requests arrived since the last call, each with when its
+    /// latest did.
+    pub(crate) fn take_activity(&self, into: &mut std::collections::HashMap<SocketAddr, Instant>) {
         into.extend(std::mem::take(&mut *self.activity.lock()));
     }
 

@@ -89,8 +89,8 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
     let front = &*ctx.front;
     let counters = &ctx.metrics.counters;
     let mut tracks: HashMap<u64, Track> = HashMap::new();
-    let mut active: HashSet<SocketAddr> = HashSet::new();
-    let mut active_since_full: HashSet<SocketAddr> = HashSet::new();
+    let mut active: HashMap<SocketAddr, Instant> = HashMap::new();
+    let mut active_since_full: HashMap<SocketAddr, Instant> = HashMap::new();
     let mut pass: u64 = 0;
     let mut not_accepting = 0u32;
     let kick_to = kick_addr(front.local);
@@ -109,7 +109,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
         pass += 1;
         active.clear();
         front.take_activity(&mut active);
-        active_since_full.extend(active.iter().copied());
+        active_since_full.extend(active.iter().map(|(p, at)| (*p, *at)));
         // Every descriptor's link is read again only every few seconds,
         // which corrects a descriptor number reused between two listings.
         let mut list = front.scan(pass % RELINK_EVERY == 1);
@@ -143,7 +143,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
             // Bytes behind a request in service wait for it, not for a
             // pool thread of tiny_http's (after `Connection: close`, for
             // good): only a connection with nothing in service can starve.
-            if active.contains(&c.peer) || ctx.lanes.is_busy(&c.peer) {
+            if active.contains_key(&c.peer) || ctx.lanes.is_busy(&c.peer) {
                 t.waiting_passes = 0;
             } else if conns::unread(c) > 0 {
                 t.waiting_passes += 1;
@@ -164,9 +164,12 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
                 worker::release(ctx, c.peer);
                 continue;
             }
-            if active_since_full.contains(&c.peer) {
+            if let Some(&at) = active_since_full.get(&c.peer) {
                 t.base = st.received;
-                t.partial_since = None;
+                // Bytes that came after the last request was taken are the
+                // start of the next head (to the kernel's millisecond).
+                let last_data = started.checked_sub(Duration::from_millis(st.idle_ms.into()));
+                t.partial_since = last_data.filter(|d| *d > at + Duration::from_millis(5));
                 continue;
             }
             // Fewer bytes than before: the number named another socket

@@ -194,11 +194,17 @@ fn a_parked_watcher_whose_connection_the_guard_closes_is_forgotten() {
     wait_until("the long-poll to park", Duration::from_secs(10), || {
         s.parked() == 1
     });
-    std::io::Write::write_all(&mut c, b"GET /healthz HTTP/1.1\r\nX-Slow: ").unwrap();
-    wait_until(
-        "the long-poll to be forgotten",
-        Duration::from_secs(10),
-        || s.parked() == 0,
-    );
+    // One byte every 50 ms, the attack's own pace, until the guard acts.
+    let until = Instant::now() + Duration::from_secs(10);
+    for b in b"GET /healthz HTTP/1.1\r\nX-Slow: ".iter().cycle() {
+        if s.parked() == 0 || Instant::now() > until {
+            break;
+        }
+        if std::io::Write::write_all(&mut c, &[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.parked(), 0, "the long-poll outlived its connection");
     assert!(super::closed_within(&mut c, Duration::from_secs(10)));
 }
