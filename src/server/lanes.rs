@@ -131,9 +131,9 @@ impl Lanes {
         lane.closing.get_or_insert((Instant::now(), inode));
     }
 
-    /// The socket of the connection closed on `peer`, if known.
-    pub(crate) fn closed_inode(&self, peer: SocketAddr) -> Option<u64> {
-        self.lanes.lock().get(&peer)?.closing?.1
+    /// When the connection on `peer` was closed, and its socket if known.
+    pub(crate) fn closed(&self, peer: SocketAddr) -> Option<(Instant, Option<u64>)> {
+        self.lanes.lock().get(&peer)?.closing
     }
 
     /// After [`Arrival::Verify`]: the requests waiting come from a new

@@ -30,6 +30,10 @@ const PREREAD_BODY: usize = 1024;
 const SAFE_DRAIN: usize = 1 << 20;
 /// Most bytes a request head may take (tiny_http has no limit).
 pub(crate) const MAX_HEAD_BYTES: u64 = 64 * 1024;
+/// How long after a connection was closed requests from its address are
+/// taken for what tiny_http had read of it before the close (on its way
+/// through tiny_http's queue), even once its socket is gone.
+const RESIDUE_GRACE: Duration = Duration::from_secs(1);
 /// How often an intake looks up from a quiet server (to notice a stop, or
 /// that the server it drains after a rebuild has gone quiet).
 const INTAKE_TICK: Duration = Duration::from_secs(1);
@@ -175,12 +179,17 @@ fn admit(ctx: &Arc<Ctx>, rq: tiny_http::Request) {
 }
 
 /// Requests came from the address of a connection that was closed: drops
-/// them if they are that connection's (tiny_http had read them before the
-/// close), serves them if a new connection reuses the address.
+/// them while they may be that connection's (tiny_http had read them before
+/// the close: its socket is still open, or was a moment ago), serves them
+/// once they can only come from a new connection from the same address.
 fn verify(ctx: &Arc<Ctx>, id: usize, peer: SocketAddr) {
-    let closed = ctx.lanes.closed_inode(peer);
-    let now = ctx.front.find(peer).map(|c| c.inode);
-    let same = now.is_none() || closed.is_none() || now == closed;
+    let same = match ctx.lanes.closed(peer) {
+        None => false,
+        Some((at, inode)) => {
+            at.elapsed() < RESIDUE_GRACE
+                || inode.is_none_or(|i| ctx.front.sockets_of(peer).contains(&i))
+        }
+    };
     match ctx.lanes.verified(peer, same) {
         Next::Run(rq) => {
             if serve_guarded(ctx, id, rq) {

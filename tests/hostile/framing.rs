@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use regcenter::RegistryServer;
 
 use super::{P, answers, closed_within, send};
-use crate::common::raw;
+use crate::common::{raw, wait_until};
 
 /// The request a smuggling attempt hides in what the registry would take
 /// for a body, or for the rest of a header.
@@ -206,24 +206,28 @@ fn a_new_connection_from_the_address_of_a_closed_one_is_served() {
     );
     assert!(closed_within(&mut first, Duration::from_secs(10)));
     drop(first);
-    // The same address again: a body it never sends must not hold the
-    // intake (every other client would wait), and a plain request is served.
+    // The same address again at once: what tiny_http had read of the closed
+    // connection may still be on its way, so this one's requests are
+    // dropped for now; a body it never sends must not hold the intake
+    // (every other client would wait meanwhile).
     let mut second = connect_from(port, a);
     std::io::Write::write_all(&mut second, head("Content-Length: 2000\r\n").as_bytes()).unwrap();
-    let got = answers(&mut second, 1, Duration::from_secs(10));
-    assert_eq!(got.len(), 1, "the new connection got no answer");
-    assert_eq!(got[0].status, 413);
-    drop(second);
     let started = Instant::now();
     assert_eq!(raw(a, "GET", "/healthz", &[]).status, 200);
     assert!(started.elapsed() < Duration::from_secs(5));
-    let mut third = connect_from(port, a);
-    std::io::Write::write_all(&mut third, super::req("GET", "/healthz", &[]).as_bytes()).unwrap();
-    let got = answers(&mut third, 1, Duration::from_secs(10));
-    assert_eq!(got.len(), 1);
-    assert_eq!(
-        got[0].status, 200,
-        "a new connection from a closed one's address"
+    drop(second);
+    // Once the closed connection is gone, a new one from its address is
+    // served as any other.
+    wait_until(
+        "a new connection from the address to be served",
+        Duration::from_secs(10),
+        || {
+            let mut c = connect_from(port, a);
+            std::io::Write::write_all(&mut c, super::req("GET", "/healthz", &[]).as_bytes())
+                .unwrap();
+            let got = answers(&mut c, 1, Duration::from_secs(5));
+            got.first().is_some_and(|r| r.status == 200)
+        },
     );
-    assert_eq!(s.registry().len(), 0);
+    assert_eq!(s.registry().len(), 0, "the smuggled request was applied");
 }
