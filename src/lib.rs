@@ -54,6 +54,15 @@
 //! info, heartbeat and discovery outages at warn (once per outage), each
 //! request at debug. The library installs no logger.
 //!
+//! # Features
+//!
+//! - `cli` (default): the `regcenter` binary and `regcenter::loadgen`, the load
+//!   generator behind `regcenter bench`. With `default-features = false`
+//!   the library builds without them and without the binary's
+//!   dependencies (lexopt, signal-hook).
+//! - `etcd`: the same client API over etcd (`RegistryDiscovery::etcd`,
+//!   `EtcdRegistration`).
+//!
 //! # Differences from the Go seed
 //!
 //! - GET answers carry `X-Myrpc-Index`, and `?format=text` answers the list
@@ -75,6 +84,9 @@ mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod heartbeat;
+// The engine of `regcenter bench` and the HTTP benchmarks, not of the
+// registry: built with the binary (README, "Features").
+#[cfg(feature = "cli")]
 pub mod loadgen;
 pub mod protocol;
 mod rand;

@@ -1,10 +1,13 @@
 //! A closed-loop HTTP load generator for registries: the engine of
-//! `regcenter bench` and of the HTTP benchmarks.
+//! `regcenter bench` and of the HTTP benchmarks. Built with the `cli`
+//! feature (on by default), like the binary it serves.
 //!
-//! Each client is a thread with one kept-alive connection that sends a
-//! request, reads the whole answer, and sends the next. Requests are written
-//! by hand and answers parsed minimally, so the generator costs little next
-//! to the server it measures.
+//! Each client is one kept-alive connection that sends a request, reads the
+//! whole answer, and sends the next; a few threads named `loadgen-N` drive
+//! them (with epoll on Linux, like wrk). Requests are written by hand and
+//! answers parsed minimally, so the generator costs little next to the
+//! server it measures. It prints nothing: progress goes to the callback of
+//! [`LoadOptions::run_with_progress`], the outcome into a [`LoadReport`].
 //!
 //! ```
 //! use regcenter::loadgen::{LoadOptions, Op};
@@ -28,7 +31,7 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -87,7 +90,6 @@ pub struct LoadOptions {
     duration: Duration,
     max_requests: u64,
     timeout: Duration,
-    progress: bool,
     preregister: bool,
     token: Option<String>,
 }
@@ -105,7 +107,6 @@ impl LoadOptions {
             duration: Duration::from_secs(10),
             max_requests: u64::MAX,
             timeout: Duration::from_secs(5),
-            progress: false,
             preregister: true,
             token: None,
         }
@@ -175,20 +176,30 @@ impl LoadOptions {
         self
     }
 
-    /// Print requests per second to stderr once a second. Defaults to off.
-    pub fn progress(mut self, on: bool) -> Self {
-        self.progress = on;
-        self
-    }
-
     /// Registers the servers, runs the load, removes the servers.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for a URL that is not `http://host:port/path`
     /// or zero clients; [`Error::Unreachable`] or [`Error::Status`] when
-    /// registering the servers fails.
+    /// registering the servers fails; [`Error::Io`] when a load thread
+    /// cannot be spawned (the threads already started stop after their
+    /// current request and are joined first).
     pub fn run(&self) -> Result<LoadReport> {
+        self.run_inner(None)
+    }
+
+    /// [`run`](Self::run), calling `on_tick` on the calling thread once a
+    /// second while the load runs, with the requests sent so far.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run).
+    pub fn run_with_progress(&self, mut on_tick: impl FnMut(Progress)) -> Result<LoadReport> {
+        self.run_inner(Some(&mut on_tick))
+    }
+
+    fn run_inner(&self, on_tick: Option<&mut dyn FnMut(Progress)>) -> Result<LoadReport> {
         validate_service(&self.service)?;
         if self.clients == 0 {
             return Err(Error::config("clients", "must be at least 1"));
@@ -200,50 +211,67 @@ impl LoadOptions {
         }
         let addrs: Vec<String> = (0..self.servers).map(server_addr).collect();
         if !self.preregister {
-            return Ok(self.load(&target, &addrs));
+            return self.load(&target, &addrs, on_tick);
         }
         let mut setup = Conn::open(&target, self.timeout)?;
         for a in &addrs {
             setup.register(&target, a)?;
         }
-        let report = self.load(&target, &addrs);
+        // The servers go again whether or not the load ran.
+        let report = self.load(&target, &addrs, on_tick);
         for a in &addrs {
             let _ = setup.delete(&target, a);
         }
-        Ok(report)
+        report
     }
 
-    fn load(&self, target: &Target, addrs: &[String]) -> LoadReport {
-        let done = Arc::new(AtomicU64::new(0));
+    fn load(
+        &self,
+        target: &Target,
+        addrs: &[String],
+        mut on_tick: Option<&mut dyn FnMut(Progress)>,
+    ) -> Result<LoadReport> {
         let reqs = Arc::new(Requests::new(target, addrs, self.op, self.format));
         let started = Instant::now();
-        let deadline = started + self.duration;
+        let budget = Arc::new(Budget::new(started + self.duration, self.max_requests));
         let threads = thread::available_parallelism()
             .map_or(2, |n| n.get())
             .min(self.clients);
         let per = self.clients.div_ceil(threads);
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let ids: Vec<usize> = (t * per..((t + 1) * per).min(self.clients)).collect();
-                let (target, reqs, done) = (target.clone(), reqs.clone(), done.clone());
-                let (timeout, max) = (self.timeout, self.max_requests);
-                thread::spawn(move || {
-                    event_loop(ids, &target, &reqs, timeout, deadline, max, &done)
-                })
-            })
-            .collect();
-        if self.progress {
+        let mut workers = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let ids: Vec<usize> = (t * per..((t + 1) * per).min(self.clients)).collect();
+            let (target, reqs, shared) = (target.clone(), reqs.clone(), budget.clone());
+            let timeout = self.timeout;
+            let spawned = thread::Builder::new()
+                .name(format!("loadgen-{t}"))
+                .spawn(move || event_loop(ids, &target, &reqs, timeout, &shared));
+            match spawned {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    // The threads already running stop after their current
+                    // request; join them before reporting.
+                    budget.stop();
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                    return Err(Error::io("spawn a load thread", e));
+                }
+            }
+        }
+        if let Some(on_tick) = on_tick.as_mut() {
+            // Bounded: every worker ends within the duration plus one
+            // timeout (see `event_loop`).
             let mut last = 0;
             while !workers.iter().all(|w| w.is_finished()) {
                 thread::sleep(Duration::from_millis(50));
-                let secs = started.elapsed().as_secs();
-                if secs > last {
-                    last = secs;
-                    let n = done.load(Ordering::Relaxed);
-                    eprintln!(
-                        "{secs:>4}s {n:>11} requests {:>10.0} req/s",
-                        n as f64 / started.elapsed().as_secs_f64()
-                    );
+                let elapsed = started.elapsed();
+                if elapsed.as_secs() > last {
+                    last = elapsed.as_secs();
+                    on_tick(Progress {
+                        elapsed,
+                        requests: budget.sent(),
+                    });
                 }
             }
         }
@@ -258,7 +286,60 @@ impl LoadOptions {
         }
         let elapsed = started.elapsed();
         latencies.sort_unstable();
-        LoadReport::new(latencies, errors, elapsed)
+        Ok(LoadReport::new(latencies, errors, elapsed))
+    }
+}
+
+/// How far a run has come: what [`LoadOptions::run_with_progress`] hands
+/// its callback once a second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Time since the load started.
+    pub elapsed: Duration,
+    /// Requests sent so far, failed ones included.
+    pub requests: u64,
+}
+
+impl Progress {
+    /// Requests sent per second so far.
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What the threads of a run draw on: its end, and its requests.
+struct Budget {
+    deadline: Instant,
+    max: u64,
+    sent: AtomicU64,
+    /// Set when the run is abandoned (a load thread could not be spawned).
+    stop: AtomicBool,
+}
+
+impl Budget {
+    fn new(deadline: Instant, max: u64) -> Budget {
+        Budget {
+            deadline,
+            max,
+            sent: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether one more request may be sent, counting it if so.
+    fn take(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+            && Instant::now() < self.deadline
+            && self.sent.fetch_add(1, Ordering::Relaxed) < self.max
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -522,9 +603,7 @@ fn event_loop(
     target: &Target,
     reqs: &Requests,
     timeout: Duration,
-    deadline: Instant,
-    max: u64,
-    done: &AtomicU64,
+    budget: &Budget,
 ) -> Tally {
     use std::os::fd::AsRawFd;
     let mut tally = Tally::default();
@@ -551,7 +630,7 @@ fn event_loop(
     // Connects (if needed) and sends the client's next request; false when
     // the run is over for it.
     let send = |c: &mut Client, scratch: &mut Vec<u8>, tally: &mut Tally| -> bool {
-        if Instant::now() >= deadline || done.fetch_add(1, Ordering::Relaxed) >= max {
+        if !budget.take() {
             return false;
         }
         if c.stream.is_none() {
@@ -616,12 +695,12 @@ fn event_loop(
                 }
             }
             let finished = match answer_status(&c.buf) {
-                Some(Ok(status)) => Some(status),
-                Some(Err(())) => {
+                Answer::Complete(status) => Some(status),
+                Answer::Malformed => {
                     failed = Some("bad answer");
                     None
                 }
-                None => None,
+                Answer::Incomplete => None,
             };
             if let Some(status) = finished {
                 if (200..300).contains(&status) {
@@ -651,7 +730,7 @@ fn event_loop(
                 }
             }
         }
-        if Instant::now() > deadline + timeout {
+        if Instant::now() > budget.deadline + timeout {
             break;
         }
     }
@@ -667,15 +746,13 @@ fn event_loop(
     target: &Target,
     reqs: &Requests,
     timeout: Duration,
-    deadline: Instant,
-    max: u64,
-    done: &AtomicU64,
+    budget: &Budget,
 ) -> Tally {
     let mut tally = Tally::default();
     let mut scratch = Vec::new();
     let mut conns: Vec<Option<Conn>> = ids.iter().map(|_| None).collect();
     let mut i = 0;
-    while Instant::now() < deadline && done.fetch_add(1, Ordering::Relaxed) < max {
+    while budget.take() {
         let k = i % ids.len();
         i += 1;
         let c = match conns[k].as_mut() {
@@ -722,18 +799,44 @@ fn warm_connection(target: &Target, reqs: &Requests, timeout: Duration) -> Optio
     None
 }
 
-/// The status of a complete answer in `buf`, `None` while incomplete.
-fn answer_status(buf: &[u8]) -> Option<Result<u16, ()>> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| ()).ok()?;
+/// How far the answer in a client's buffer has come.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// The head or the body is still arriving.
+    Incomplete,
+    /// A whole answer with this status.
+    Complete(u16),
+    /// A whole head that is no HTTP answer (not UTF-8, no numeric status):
+    /// waiting for more would only turn it into a timeout.
+    Malformed,
+}
+
+/// Where the answer in `buf` stands.
+fn answer_status(buf: &[u8]) -> Answer {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Answer::Incomplete;
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+        return Answer::Malformed;
+    };
     let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse::<u16>().ok()?;
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse::<u16>().ok());
+    let Some(status) = status else {
+        return Answer::Malformed;
+    };
     let length = lines
         .filter_map(|l| l.split_once(':'))
         .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
-    (buf.len() >= end + 4 + length).then_some(Ok(status))
+    if buf.len() >= end + 4 + length {
+        Answer::Complete(status)
+    } else {
+        Answer::Incomplete
+    }
 }
 
 /// The outcome of a load run.
@@ -741,7 +844,8 @@ fn answer_status(buf: &[u8]) -> Option<Result<u16, ()>> {
 pub struct LoadReport {
     /// Successful requests.
     pub requests: u64,
-    /// Failed requests by kind (`connect`, `timeout`, `read`, `status 503`, …).
+    /// Failed requests by kind (`connect`, `timeout`, `read`, `closed`,
+    /// `bad answer`, `status 503`, …).
     pub errors: BTreeMap<String, u64>,
     /// Wall time of the run.
     pub elapsed: Duration,
@@ -808,6 +912,175 @@ impl fmt::Display for LoadReport {
                 .map(|(k, v)| format!("{k}: {v}"))
                 .collect();
             write!(f, "errors       {}", list.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A registry stand-in on 127.0.0.1 that answers the first request of
+    /// each connection (the generator's warm-up GET) with a valid 200 and
+    /// every later one with `bad`, keeping the connection open. Serves one
+    /// connection at a time until dropped.
+    struct Answering {
+        url: String,
+        stop: Arc<AtomicBool>,
+        thread: Option<thread::JoinHandle<()>>,
+    }
+
+    impl Answering {
+        fn start(bad: &'static [u8]) -> Answering {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let thread = thread::Builder::new()
+                .name("loadgen-test-server".into())
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        if flag.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let Ok(mut conn) = conn else { continue };
+                        // Bounds the wait for a client that neither sends
+                        // nor closes.
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                        let (mut buf, mut chunk, mut answered) = (Vec::new(), [0u8; 4096], 0);
+                        while let Ok(n @ 1..) = conn.read(&mut chunk) {
+                            buf.extend_from_slice(&chunk[..n]);
+                            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                buf.drain(..end + 4);
+                                let answer: &[u8] = if answered == 0 {
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                                } else {
+                                    bad
+                                };
+                                answered += 1;
+                                if conn.write_all(answer).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                })
+                .unwrap();
+            Answering {
+                url: format!("http://{addr}/myRPC/registry"),
+                stop,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for Answering {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            // Wakes the accept so that the thread sees the flag.
+            let addr = self.url["http://".len()..].split('/').next().unwrap();
+            let _ = TcpStream::connect(addr);
+            if let Some(t) = self.thread.take() {
+                t.join().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn answer_status_tells_incomplete_complete_and_malformed_apart() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(answer_status(ok), Answer::Complete(200));
+        assert_eq!(answer_status(&ok[..ok.len() - 1]), Answer::Incomplete);
+        assert_eq!(answer_status(&ok[..20]), Answer::Incomplete);
+        assert_eq!(
+            answer_status(b"HTTP/1.1 503 Busy\r\n\r\n"),
+            Answer::Complete(503)
+        );
+        for bad in [
+            &b"HTTP/1.1 2xx OK\r\n\r\n"[..],
+            b"HTTP/1.1\r\n\r\n",
+            b"\r\n\r\n",
+            b"HTTP/1.1 200 \xff\r\n\r\n",
+        ] {
+            assert_eq!(
+                answer_status(bad),
+                Answer::Malformed,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn progress_reaches_the_caller_while_named_threads_load() {
+        let server = crate::RegistryServer::start_local().unwrap();
+        let mut ticks = Vec::new();
+        let mut names = Vec::new();
+        // Long enough that the first tick, at 1 s, comes while the load
+        // threads still run even on a busy machine.
+        let report = LoadOptions::new(server.url())
+            .clients(2)
+            .servers(1)
+            .duration(Duration::from_secs(4))
+            .run_with_progress(|p| {
+                if ticks.is_empty() {
+                    names = thread_names();
+                }
+                ticks.push(p);
+            })
+            .unwrap();
+        assert!(report.requests > 0, "{report}");
+        assert!(!ticks.is_empty(), "no progress in {:?}", report.elapsed);
+        for w in ticks.windows(2) {
+            assert!(w[0].elapsed < w[1].elapsed, "{ticks:?}");
+            assert!(w[0].requests <= w[1].requests, "{ticks:?}");
+        }
+        assert!(ticks[0].elapsed >= Duration::from_secs(1), "{ticks:?}");
+        assert!(ticks[0].requests > 0, "{ticks:?}");
+        if cfg!(target_os = "linux") {
+            assert!(names.iter().any(|n| n == "loadgen-0"), "{names:?}");
+        }
+    }
+
+    /// The names of this process's threads (Linux; empty elsewhere).
+    fn thread_names() -> Vec<String> {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim_end().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_malformed_answer_counts_as_a_bad_answer_at_once_not_as_a_timeout() {
+        for bad in [
+            &b"HTTP/1.1 2xx OK\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 \xff\xfe\r\nContent-Length: 0\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ] {
+            let server = Answering::start(bad);
+            let report = LoadOptions::new(&server.url)
+                .clients(1)
+                .servers(0)
+                .preregister(false)
+                .max_requests(2)
+                // Far beyond the run, so that a run that waits for the
+                // timeout (the bug) shows, and a loaded machine cannot
+                // make a prompt answer late.
+                .duration(Duration::from_secs(60))
+                .timeout(Duration::from_secs(10))
+                .run()
+                .unwrap();
+            assert_eq!(report.requests, 0, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                report.errors,
+                BTreeMap::from([("bad answer".to_string(), 2)]),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -667,9 +667,17 @@ fn bench(a: Args) -> Result<(), Failure> {
         .op(a.op.unwrap_or(Op::Get))
         .servers(a.servers.unwrap_or(100))
         .format(a.format.unwrap_or(ListFormat::Text))
-        .token(a.token()?)
-        .progress(true);
-    println!("{}", opts.run()?);
+        .token(a.token()?);
+    // Progress once a second on stderr, so that stdout holds the report only.
+    let report = opts.run_with_progress(|p| {
+        eprintln!(
+            "{:>4}s {:>11} requests {:>10.0} req/s",
+            p.elapsed.as_secs(),
+            p.requests,
+            p.rate()
+        );
+    })?;
+    println!("{report}");
     Ok(())
 }
 
