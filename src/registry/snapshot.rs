@@ -107,7 +107,7 @@ impl Registry {
     ///
     /// # Errors
     ///
-    /// [`Error::BadResponse`] naming the line when the text is not a whole
+    /// [`Error::BadSnapshot`] naming the line when the text is not a whole
     /// snapshot (corrupt or truncated); nothing is loaded then.
     pub fn restore(&self, text: &str) -> Result<usize> {
         let parsed = parse_snapshot(text)?;
@@ -260,27 +260,86 @@ pub(crate) fn load(registry: &Registry, path: &Path) -> Result<()> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return set_aside(registry, path, &[], &format!("reading it failed: {e}")),
-    };
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(t) => t,
         Err(e) => {
-            let why = format!("byte {} is not UTF-8 text", e.valid_up_to());
-            return set_aside(registry, path, &bytes, &why);
+            let bad = Error::BadSnapshot {
+                path: Some(path.to_owned()),
+                line: None,
+                reason: "reading it failed".into(),
+                source: Some(e),
+            };
+            return set_aside(registry, path, &[], &bad);
         }
     };
-    match registry.restore(text) {
+    match restore_file(registry, path, &bytes) {
         Ok(n) => {
             log::info!("restored {n} entries from {}", path.display());
             Ok(())
         }
-        Err(e) => set_aside(registry, path, &bytes, &e.to_string()),
+        Err(e) => set_aside(registry, path, &bytes, &e),
     }
+}
+
+/// Loads the bytes read from `path` into `registry`.
+///
+/// # Errors
+///
+/// [`Error::BadSnapshot`] naming `path` when they are not a whole snapshot
+/// in UTF-8 text; nothing is loaded then.
+fn restore_file(registry: &Registry, path: &Path, bytes: &[u8]) -> Result<usize> {
+    let restored = match std::str::from_utf8(bytes) {
+        Ok(text) => registry.restore(text),
+        Err(e) => {
+            let at = e.valid_up_to();
+            Err(Error::BadSnapshot {
+                path: None,
+                line: Some(1 + bytes[..at].iter().filter(|&&b| b == b'\n').count()),
+                reason: format!("byte {at} is not UTF-8 text"),
+                source: None,
+            })
+        }
+    };
+    restored.map_err(|e| match e {
+        Error::BadSnapshot {
+            line,
+            reason,
+            source,
+            ..
+        } => Error::BadSnapshot {
+            path: Some(path.to_owned()),
+            line,
+            reason,
+            source,
+        },
+        other => other,
+    })
+}
+
+/// What is wrong with an unusable snapshot, for messages that name the
+/// file already: its line and reason, and the cause.
+fn fault(bad: &Error) -> String {
+    let Error::BadSnapshot {
+        line,
+        reason,
+        source,
+        ..
+    } = bad
+    else {
+        return bad.to_string();
+    };
+    let mut why = match line {
+        Some(n) => format!("line {n}: {reason}"),
+        None => reason.clone(),
+    };
+    if let Some(cause) = source {
+        why = format!("{why}: {cause}");
+    }
+    why
 }
 
 /// Renames an unusable snapshot to `FILE.corrupt` and moves the counter
 /// past what its header names.
-fn set_aside(registry: &Registry, path: &Path, bytes: &[u8], why: &str) -> Result<()> {
+fn set_aside(registry: &Registry, path: &Path, bytes: &[u8], bad: &Error) -> Result<()> {
+    let why = fault(bad);
     let aside = with_suffix(path, ".corrupt");
     if let Err(e) = fs::rename(path, &aside) {
         return Err(Error::config(
@@ -491,9 +550,11 @@ fn header_counter(bytes: &[u8]) -> Option<u64> {
 }
 
 fn parse_snapshot(text: &str) -> Result<Snapshot> {
-    let bad = |line: usize, what: &str| Error::BadResponse {
-        url: "snapshot".into(),
-        reason: format!("line {line}: {what}"),
+    let bad = |line: usize, what: &str| Error::BadSnapshot {
+        path: None,
+        line: Some(line),
+        reason: what.to_string(),
+        source: None,
     };
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
     let version = match lines.next().map(|(_, l)| l.split_once(' ')) {

@@ -84,7 +84,7 @@ fn corrupt_or_truncated_snapshots_load_nothing() {
         &text.replace("end 2", "end 3"),
     ] {
         assert!(
-            matches!(fresh.restore(bad), Err(Error::BadResponse { .. })),
+            matches!(fresh.restore(bad), Err(Error::BadSnapshot { .. })),
             "{bad:?}"
         );
     }
@@ -133,7 +133,7 @@ fn version_1_snapshots_still_load_as_not_clean() {
         assert!(
             matches!(
                 Registry::new().restore(&bad),
-                Err(Error::BadResponse { .. })
+                Err(Error::BadSnapshot { .. })
             ),
             "{bad:?}"
         );
@@ -155,4 +155,50 @@ fn the_counter_of_a_damaged_snapshot_is_passed_when_its_header_reads() {
         UNCLEAN_GAP,
         "past what one crash could lose"
     );
+}
+
+#[test]
+fn a_bad_snapshot_is_a_permanent_error_naming_its_line() {
+    let err = Registry::new()
+        .restore("regcenter-snapshot 2\ncounter x\n")
+        .unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "snapshot line 2: expected `counter N`: restore an intact copy, or start without it"
+    );
+}
+
+#[test]
+fn a_bad_snapshot_file_is_reported_with_its_path_and_line() {
+    let reg = Registry::new();
+    let path = Path::new("/var/lib/regcenter/table");
+    let unclean = b"regcenter-snapshot 2\ncounter 9\nwritten 0\nclean maybe\nend 0\n";
+    let err = restore_file(&reg, path, unclean).unwrap_err();
+    assert!(
+        matches!(&err, Error::BadSnapshot { path: Some(p), line: Some(4), .. } if p == path),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "snapshot /var/lib/regcenter/table line 4: expected `clean yes` or `clean no`: \
+         restore an intact copy, or start without it"
+    );
+    // The log line and the refusal name the file themselves.
+    assert_eq!(fault(&err), "line 4: expected `clean yes` or `clean no`");
+    let err = restore_file(&reg, path, b"regcenter-snapshot 2\ncounter 9\n\xff").unwrap_err();
+    assert!(
+        matches!(&err, Error::BadSnapshot { path: Some(p), line: Some(3), .. } if p == path),
+        "{err:?}"
+    );
+    assert_eq!(fault(&err), "line 3: byte 31 is not UTF-8 text");
+    assert!(!err.is_transient());
+    assert!(reg.is_empty());
+    let unreadable = Error::BadSnapshot {
+        path: Some(path.into()),
+        line: None,
+        reason: "reading it failed".into(),
+        source: Some(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+    };
+    assert_eq!(fault(&unreadable), "reading it failed: permission denied");
 }
