@@ -1,6 +1,7 @@
 //! The one error type of the crate.
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// Boxed cause of a transport failure: keeps ureq and tiny_http types out of
 /// the public API while still exposing the chain through `source()`.
@@ -83,6 +84,24 @@ pub enum Error {
         /// What was wrong with the answer.
         reason: String,
     },
+    /// A snapshot of the table could not be read or is not a whole
+    /// snapshot: corrupt, truncated, edited, or of an unknown version.
+    /// Nothing of it was loaded. [`Registry::restore`](crate::Registry::restore)
+    /// returns it for its text; a [`RegistryServer`](crate::RegistryServer)
+    /// started with a snapshot file reports it in its log, sets the file
+    /// aside as `FILE.corrupt` and starts empty.
+    BadSnapshot {
+        /// The file, `None` for text given to `Registry::restore`.
+        path: Option<PathBuf>,
+        /// The line at fault, counted from 1; `None` when the fault is not
+        /// on one line (the file could not be read).
+        line: Option<usize>,
+        /// What is wrong with it.
+        reason: String,
+        /// The error that reading the file failed with, if that is what
+        /// went wrong.
+        source: Option<std::io::Error>,
+    },
     /// A discovery was asked for a server while it knows of none.
     NoServers {
         /// Where the list came from (a registry URL or `fixed list`).
@@ -111,7 +130,8 @@ impl Error {
     /// registry names the path it does not know), and
     /// [`InvalidAddr`](Error::InvalidAddr), [`InvalidService`](Error::InvalidService),
     /// [`InvalidConfig`](Error::InvalidConfig), [`Io`](Error::Io),
-    /// [`Stopped`](Error::Stopped) and the rest.
+    /// [`BadSnapshot`](Error::BadSnapshot) (the same text or file fails the
+    /// same way again), [`Stopped`](Error::Stopped) and the rest.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Unreachable { .. } | Error::Full { .. } | Error::BadResponse { .. } => true,
@@ -168,6 +188,18 @@ impl fmt::Display for Error {
                 }
             }
             Error::BadResponse { url, reason } => write!(f, "registry {url}: {reason}"),
+            Error::BadSnapshot {
+                path, line, reason, ..
+            } => {
+                f.write_str("snapshot")?;
+                if let Some(path) = path {
+                    write!(f, " {}", path.display())?;
+                }
+                if let Some(line) = line {
+                    write!(f, " line {line}")?;
+                }
+                write!(f, ": {reason}: restore an intact copy, or start without it")
+            }
             Error::NoServers { source } => write!(f, "no available servers from {source}"),
             Error::Stopped { what } => write!(f, "{what} is stopped"),
         }
@@ -179,6 +211,10 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::Unreachable { source, .. } => Some(source.as_ref()),
+            Error::BadSnapshot {
+                source: Some(source),
+                ..
+            } => Some(source),
             _ => None,
         }
     }
@@ -255,5 +291,36 @@ mod tests {
         ] {
             assert!(transient.is_transient(), "{transient}");
         }
+    }
+
+    #[test]
+    fn a_bad_snapshot_names_its_file_and_line_and_is_permanent() {
+        use std::error::Error as _;
+        let e = Error::BadSnapshot {
+            path: Some("/var/lib/regcenter/table".into()),
+            line: Some(7),
+            reason: "bad weight".into(),
+            source: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "snapshot /var/lib/regcenter/table line 7: bad weight: \
+             restore an intact copy, or start without it"
+        );
+        assert!(!e.is_transient(), "the same file fails the same way again");
+        assert!(e.source().is_none());
+        let e = Error::BadSnapshot {
+            path: Some("t".into()),
+            line: None,
+            reason: "reading it failed".into(),
+            source: Some(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+        };
+        assert_eq!(
+            e.to_string(),
+            "snapshot t: reading it failed: restore an intact copy, or start without it"
+        );
+        assert!(!e.is_transient());
+        let cause = e.source().expect("the read error");
+        assert_eq!(cause.to_string(), "permission denied");
     }
 }

@@ -7,7 +7,7 @@ mod lanes;
 mod metrics;
 mod pool;
 mod route;
-mod snapshot;
+use crate::registry::snapshot;
 mod watch;
 mod worker;
 

@@ -1,0 +1,395 @@
+//! The [`Registry`] API, over random operations too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::clock::ManualClock;
+
+pub(super) const S: Duration = Duration::from_secs(1);
+
+/// A registry with a 5 s default TTL, bounds 1 s to 60 s, on `clock`.
+pub(super) fn registry(clock: &ManualClock) -> Registry {
+    Registry::builder()
+        .default_ttl(5 * S)
+        .min_ttl(S)
+        .max_ttl(60 * S)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn entries_expire_when_their_ttl_passes_unless_renewed() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    reg.put("", "a").unwrap();
+    reg.put("", "b").unwrap();
+    clock.advance(4 * S);
+    reg.put("", "b").unwrap(); // renew b only
+    assert_eq!(reg.alive(""), ["a", "b"]);
+    clock.advance(S);
+    assert_eq!(reg.alive(""), ["b"], "a's deadline passed exactly now");
+    clock.advance(3 * S);
+    assert_eq!(reg.alive(""), ["b"]);
+    clock.advance(S);
+    assert!(reg.alive("").is_empty());
+    assert_eq!(reg.len(), 0);
+}
+
+#[test]
+fn sweep_removes_due_entries_and_counts_them() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    for a in ["a", "b", "c"] {
+        reg.put("svc", a).unwrap();
+    }
+    assert_eq!(reg.sweep(), 0);
+    clock.advance(5 * S);
+    assert_eq!(reg.sweep(), 3);
+    assert!(reg.services().is_empty());
+}
+
+#[test]
+fn alive_is_sorted_by_bytes() {
+    let reg = Registry::new();
+    for a in ["tcp@b:2", "tcp@a:10", "Z", "tcp@a:9"] {
+        reg.put("", a).unwrap();
+    }
+    assert_eq!(reg.alive(""), ["Z", "tcp@a:10", "tcp@a:9", "tcp@b:2"]);
+    assert_eq!(reg.listing("").joined(), "Z,tcp@a:10,tcp@a:9,tcp@b:2");
+    assert_eq!(reg.listing("").text(), "Z\ntcp@a:10\ntcp@a:9\ntcp@b:2\n");
+}
+
+#[test]
+fn index_moves_on_membership_changes_only() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    let i0 = reg.index("svc");
+    let put = reg.put("svc", "a").unwrap();
+    assert!(put.changed && put.index > i0);
+    let renew = reg.put("svc", "a").unwrap();
+    assert!(!renew.changed);
+    assert_eq!(renew.index, put.index, "a renewal leaves the index alone");
+    let weighted = reg
+        .put_with("svc", "a", &PutOptions::new().weight(2))
+        .unwrap();
+    assert!(weighted.changed && weighted.index > put.index);
+    let labelled = reg
+        .put_with("svc", "a", &PutOptions::new().weight(2).meta("zone", "x"))
+        .unwrap();
+    assert!(labelled.index > weighted.index);
+    let other = reg.put("other", "z").unwrap();
+    assert_eq!(
+        reg.index("svc"),
+        labelled.index,
+        "other services do not move it"
+    );
+    assert!(other.index > labelled.index, "one registry-wide counter");
+    assert!(reg.remove("svc", "a").unwrap());
+    let after_remove = reg.index("svc");
+    assert!(after_remove > other.index);
+    reg.put("svc", "b").unwrap();
+    let before_expiry = reg.index("svc");
+    clock.advance(5 * S);
+    assert!(reg.index("svc") > before_expiry, "expiry moves it");
+}
+
+#[test]
+fn index_never_goes_backwards_when_a_service_empties() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    let mut last = reg.index("svc");
+    for step in 0..20 {
+        match step % 4 {
+            0 => drop(reg.put("svc", "a").unwrap()),
+            1 => drop(reg.put("other", &format!("o{step}")).unwrap()),
+            2 => drop(reg.remove("svc", "a").unwrap()),
+            _ => clock.advance(5 * S),
+        }
+        let now = reg.index("svc");
+        assert!(now >= last, "step {step}: {now} < {last}");
+        last = now;
+    }
+}
+
+#[test]
+fn requested_ttl_is_clamped_to_the_bounds() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    let ttl = |d| {
+        reg.put_with("", "a", &PutOptions::new().ttl(d))
+            .unwrap()
+            .ttl
+    };
+    assert_eq!(ttl(Duration::from_millis(10)), S);
+    assert_eq!(ttl(Duration::ZERO), S);
+    assert_eq!(ttl(10 * S), 10 * S);
+    assert_eq!(ttl(3600 * S), 60 * S);
+    assert_eq!(reg.put("", "b").unwrap().ttl, 5 * S);
+}
+
+#[test]
+fn a_shorter_ttl_on_renewal_takes_effect() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    reg.put_with("", "a", &PutOptions::new().ttl(60 * S))
+        .unwrap();
+    reg.put_with("", "a", &PutOptions::new().ttl(2 * S))
+        .unwrap();
+    clock.advance(2 * S);
+    assert!(reg.alive("").is_empty());
+}
+
+#[test]
+fn a_longer_ttl_on_renewal_takes_effect() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    reg.put_with("", "a", &PutOptions::new().ttl(2 * S))
+        .unwrap();
+    reg.put_with("", "a", &PutOptions::new().ttl(30 * S))
+        .unwrap();
+    clock.advance(29 * S);
+    assert_eq!(reg.alive(""), ["a"]);
+    clock.advance(S);
+    assert!(reg.alive("").is_empty());
+}
+
+#[test]
+fn zero_default_ttl_means_never_expires_as_in_the_seed() {
+    let clock = ManualClock::new();
+    let reg = Registry::builder()
+        .default_ttl(Duration::ZERO)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let put = reg.put("", "a").unwrap();
+    assert_eq!(put.ttl, Duration::ZERO);
+    clock.advance(1_000_000 * S);
+    assert_eq!(reg.alive(""), ["a"]);
+    assert_eq!(reg.entries()[0].expires_in, None);
+}
+
+#[test]
+fn reregistering_after_removal_gets_a_fresh_deadline() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    reg.put("", "a").unwrap();
+    clock.advance(4 * S);
+    reg.remove("", "a").unwrap();
+    reg.put("", "a").unwrap();
+    clock.advance(2 * S); // the first registration's deadline has passed
+    assert_eq!(reg.alive(""), ["a"]);
+    clock.advance(3 * S);
+    assert!(reg.alive("").is_empty());
+}
+
+#[test]
+fn services_are_isolated() {
+    let reg = Registry::new();
+    reg.put("arith", "a").unwrap();
+    reg.put("", "b").unwrap();
+    assert_eq!(reg.alive("arith"), ["a"]);
+    assert_eq!(reg.alive(""), ["b"]);
+    assert!(reg.alive("other").is_empty());
+    assert!(!reg.remove("other", "a").unwrap());
+    assert_eq!(reg.services(), ["", "arith"]);
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let reg = Registry::new();
+    let before = reg.counter();
+    assert!(matches!(reg.put("", "a,b"), Err(Error::InvalidAddr { .. })));
+    assert!(matches!(
+        reg.put("a/b", "a"),
+        Err(Error::InvalidService { .. })
+    ));
+    let w0 = PutOptions::new().weight(0);
+    assert!(matches!(
+        reg.put_with("", "a", &w0),
+        Err(Error::InvalidConfig { .. })
+    ));
+    let big = PutOptions::new().meta("k", "v".repeat(2000));
+    assert!(matches!(
+        reg.put_with("", "a", &big),
+        Err(Error::InvalidConfig { .. })
+    ));
+    assert_eq!(reg.counter(), before);
+    assert!(reg.is_empty());
+}
+
+#[test]
+fn a_full_registry_refuses_new_addresses_but_renews() {
+    let reg = Registry::builder().max_entries(2).build().unwrap();
+    reg.put("", "a").unwrap();
+    reg.put("x", "b").unwrap();
+    assert!(matches!(reg.put("", "c"), Err(Error::Full { limit: 2 })));
+    assert!(reg.put("", "a").is_ok());
+    reg.remove("", "a").unwrap();
+    assert!(reg.put("", "c").is_ok());
+}
+
+/// The registry against a plain model, over random operations: puts
+/// with TTLs, weights and labels, removals, time passing, restores.
+#[test]
+fn random_operations_agree_with_a_plain_model() {
+    struct Model {
+        deadline: Duration,
+        ttl: Duration,
+        weight: u32,
+        meta: BTreeMap<String, String>,
+    }
+    let long = "tcp@a-rather-long-host-name.example.org:7001";
+    let addrs: Vec<String> = (0..24)
+        .map(|i| match i % 4 {
+            0 => format!("tcp@10.0.{}.{}:7001", i / 8, i),
+            1 => format!("u@{i}"),
+            2 => format!("{long}{i}"),
+            _ => format!("tcp@010.0.0.{i}:7001"), // not canonical: kept as text
+        })
+        .collect();
+    let services = ["", "a", "b"];
+    for seed in 1..=8u64 {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let clock = ManualClock::new();
+        let mut reg = registry(&clock);
+        let mut now = Duration::ZERO;
+        let mut model: HashMap<(String, String), Model> = HashMap::new();
+        for step in 0..3000 {
+            let service = services[next(services.len())];
+            let addr = &addrs[next(addrs.len())];
+            let key = (service.to_string(), addr.clone());
+            model.retain(|_, m| m.deadline > now);
+            match next(10) {
+                0..=5 => {
+                    let ttl = [None, Some(S), Some(3 * S), Some(90 * S)][next(4)];
+                    let weight = 1 + next(3) as u32;
+                    let mut opts = PutOptions::new().weight(weight);
+                    if next(4) == 0 {
+                        opts = opts.meta("zone", ["x", "y"][next(2)]);
+                    }
+                    if let Some(ttl) = ttl {
+                        opts = opts.ttl(ttl);
+                    }
+                    let ttl = ttl.map_or(5 * S, |t| t.clamp(S, 60 * S));
+                    let out = reg.put_with(service, addr, &opts).unwrap();
+                    let labels_changed = model
+                        .get(&key)
+                        .is_none_or(|m| m.weight != weight || &m.meta != opts.meta_map());
+                    assert_eq!(out.changed, labels_changed, "seed {seed} step {step}");
+                    let meta = opts.meta_map().clone();
+                    let deadline = now + ttl;
+                    model.insert(
+                        key,
+                        Model {
+                            deadline,
+                            ttl,
+                            weight,
+                            meta,
+                        },
+                    );
+                }
+                6 => {
+                    let removed = reg.remove(service, addr).unwrap();
+                    assert_eq!(
+                        removed,
+                        model.remove(&key).is_some(),
+                        "seed {seed} step {step}"
+                    );
+                }
+                7 | 8 => {
+                    let by = Duration::from_millis(50 * next(50) as u64);
+                    clock.advance(by);
+                    now += by;
+                }
+                _ => {
+                    // A restart: the table comes back from its snapshot.
+                    // The wall-clock time it takes counts against the
+                    // remaining TTLs, as the time a registry is down
+                    // does. It is measured, so how this thread is
+                    // scheduled decides nothing: each entry may lose up
+                    // to it, rounded up, and a millisecond for each of
+                    // the two times the snapshot keeps in milliseconds.
+                    let started = Instant::now();
+                    let text = reg.snapshot();
+                    reg = registry(&clock);
+                    reg.restore(&text).unwrap();
+                    let ms = started.elapsed().as_micros().div_ceil(1000) as u64;
+                    let lost = Duration::from_millis(ms + 2);
+                    // The model takes what each entry kept.
+                    let restored: HashMap<(String, String), Duration> = reg
+                        .entries()
+                        .into_iter()
+                        .map(|e| ((e.service, e.addr), e.expires_in.unwrap()))
+                        .collect();
+                    model.retain(|key, m| {
+                        let want = m.deadline - now;
+                        let Some(&left) = restored.get(key) else {
+                            assert!(
+                                want <= lost,
+                                "seed {seed} step {step}: {key:?} with {want:?} left \
+                                 did not survive a restart of {lost:?}"
+                            );
+                            return false;
+                        };
+                        assert!(
+                            left <= want && want - left <= lost,
+                            "seed {seed} step {step}: {key:?} kept {left:?} of \
+                             {want:?} over a restart of {lost:?}"
+                        );
+                        m.deadline = now + left;
+                        true
+                    });
+                }
+            }
+            model.retain(|_, m| m.deadline > now);
+            for s in services {
+                let mut want: Vec<(&String, &Model)> = model
+                    .iter()
+                    .filter(|((ms, _), _)| ms == s)
+                    .map(|((_, a), m)| (a, m))
+                    .collect();
+                want.sort_by(|a, b| a.0.cmp(b.0));
+                let (_, got) = reg.instances(s);
+                let got_addrs: Vec<&String> = got.iter().map(|e| &e.addr).collect();
+                let want_addrs: Vec<&String> = want.iter().map(|w| w.0).collect();
+                assert_eq!(
+                    got_addrs, want_addrs,
+                    "seed {seed} step {step} service {s:?}"
+                );
+                let alive = reg.alive(s);
+                assert_eq!(
+                    alive.iter().collect::<Vec<_>>(),
+                    want_addrs,
+                    "seed {seed} step {step}"
+                );
+                for (e, (_, m)) in got.iter().zip(&want) {
+                    assert_eq!((e.weight, &e.meta, e.ttl), (m.weight, &m.meta, m.ttl));
+                    // Only the manual clock moves time between restarts.
+                    assert_eq!(
+                        e.expires_in,
+                        Some(m.deadline - now),
+                        "seed {seed} step {step}: {}",
+                        e.addr
+                    );
+                }
+            }
+            assert_eq!(reg.len(), model.len());
+        }
+    }
+}
+
+#[test]
+fn registry_and_handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Registry>();
+    check::<Sweeper>();
+    check::<Listing>();
+}
