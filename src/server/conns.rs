@@ -13,7 +13,7 @@
 //! numbers, and tiny_http may close one and the process reuse its number
 //! (for a new client, or a socket of the program embedding the server)
 //! before we act on it. Every action that changes a socket (a last answer,
-//! `shutdown(2)`) therefore goes through [`with_socket`], which first takes
+//! `shutdown(2)`) therefore goes through `with_socket`, which first takes
 //! a descriptor of our own for the number (`F_DUPFD_CLOEXEC`), then checks
 //! on that duplicate that it is the socket listed (its inode, which no other
 //! live socket shares, and its peer), and acts on the duplicate only. Once
