@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::conns::{self, Scanner};
+use super::tiny::Exchange;
 
 /// Most peers remembered between two guard passes; beyond it activity is
 /// dropped (the guard then only misjudges a slow sender).
@@ -25,9 +26,20 @@ const MAX_ACTIVITY: usize = 1 << 16;
 /// Longest wait between two rebuild attempts while descriptors are short.
 const MAX_REBUILD_WAIT: Duration = Duration::from_secs(1);
 
+/// One tiny_http server; the front keeps the current one and those a
+/// rebuild replaced.
+pub(crate) type Http = tiny_http::Server;
+
+/// Takes the next request `http` queued, waiting up to `timeout`. `Ok(None)`
+/// is a timeout or an unblock (a stop); an error with an OS code is an
+/// accept error, after which `http` accepts nothing more.
+pub(crate) fn recv(http: &Http, timeout: Duration) -> std::io::Result<Option<Exchange>> {
+    Ok(http.recv_timeout(timeout)?.map(Exchange::new))
+}
+
 pub(crate) struct Front {
     pub(crate) local: SocketAddr,
-    current: Mutex<Arc<tiny_http::Server>>,
+    current: Mutex<Arc<Http>>,
     /// Servers replaced by a rebuild whose intakes still read them.
     replaced: Mutex<Vec<std::sync::Weak<tiny_http::Server>>>,
     spare: TcpListener,
@@ -70,11 +82,11 @@ impl Front {
         })
     }
 
-    pub(crate) fn current(&self) -> Arc<tiny_http::Server> {
+    pub(crate) fn current(&self) -> Arc<Http> {
         self.current.lock().clone()
     }
 
-    pub(crate) fn is_current(&self, http: &Arc<tiny_http::Server>) -> bool {
+    pub(crate) fn is_current(&self, http: &Arc<Http>) -> bool {
         Arc::ptr_eq(&self.current.lock(), http)
     }
 
@@ -178,7 +190,7 @@ impl Front {
 
     /// Asks for `failed` to be replaced, if it is still the current server
     /// (the guard makes the attempts, so that no intake waits on them).
-    pub(crate) fn want_rebuild(&self, failed: &Arc<tiny_http::Server>, why: &str) {
+    pub(crate) fn want_rebuild(&self, failed: &Arc<Http>, why: &str) {
         if !self.is_current(failed) {
             return;
         }
@@ -202,7 +214,7 @@ impl Front {
     /// One attempt at a new server on the same listening socket; the new
     /// server, for its intake, when it is built. Failures (descriptors
     /// still short) back off up to 1 s between attempts.
-    pub(crate) fn try_rebuild(&self) -> Option<Arc<tiny_http::Server>> {
+    pub(crate) fn try_rebuild(&self) -> Option<Arc<Http>> {
         if self.stopping() {
             return None;
         }

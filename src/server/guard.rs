@@ -3,7 +3,7 @@
 //! and closes or frees the ones tiny_http would leave hanging (CRATE-NOTES
 //! §0, §1.8):
 //!
-//! - starved: a request waits unread because tiny_http's thread pool lost
+//! - starved: a request waits unread: tiny_http's thread pool lost
 //!   the wake-up meant for it (a race during bursts of new connections); a
 //!   connection to ourselves that closes at once ("kick") lets a pool thread
 //!   pick it up. One kick frees one connection, so it kicks once per

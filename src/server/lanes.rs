@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::tiny::Exchange;
+
 /// Most requests one connection may have waiting behind the one in
 /// service; a client pipelining more is not reading its answers, and its
 /// connection is closed instead of holding its requests in memory.
@@ -35,7 +37,7 @@ const TOMBSTONE: Duration = Duration::from_secs(5);
 struct Lane {
     /// One of the connection's requests is in service.
     busy: bool,
-    waiting: VecDeque<tiny_http::Request>,
+    waiting: VecDeque<Exchange>,
     parked: bool,
     /// Since when the connection is being closed, and its socket's inode
     /// when known; its requests are dropped.
@@ -45,7 +47,7 @@ struct Lane {
 /// What to do with a request that just arrived.
 pub(crate) enum Arrival {
     /// Its connection was idle: run it now.
-    Run(tiny_http::Request),
+    Run(Exchange),
     /// It waits behind its connection's request in service; when that one
     /// is a parked long-poll, it should be answered now.
     Queued { release_parked: bool },
@@ -60,10 +62,10 @@ pub(crate) enum Arrival {
 
 /// What a connection does once its request in service is answered.
 pub(crate) enum Next {
-    Run(tiny_http::Request),
+    Run(Exchange),
     Idle,
     /// The connection is being closed: drop these, in order.
-    Discard(Vec<tiny_http::Request>),
+    Discard(Vec<Exchange>),
 }
 
 #[derive(Default)]
@@ -75,8 +77,8 @@ impl Lanes {
     /// Places a request that tiny_http has just handed over. Must be called
     /// in the order tiny_http hands requests over (one intake thread per
     /// tiny_http server, and a connection belongs to one server).
-    pub(crate) fn arrive(&self, rq: tiny_http::Request) -> Arrival {
-        let Some(peer) = rq.remote_addr().copied() else {
+    pub(crate) fn arrive(&self, rq: Exchange) -> Arrival {
+        let Some(peer) = rq.peer() else {
             return Arrival::Run(rq);
         };
         let mut lanes = self.lanes.lock();

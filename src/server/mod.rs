@@ -7,7 +7,7 @@ mod lanes;
 mod metrics;
 mod pool;
 mod route;
-use crate::registry::snapshot;
+mod tiny;
 mod watch;
 mod worker;
 
@@ -22,7 +22,7 @@ use socket2::{Domain, Socket, Type};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::protocol::DEFAULT_PATH;
-use crate::registry::{Registry, RegistryBuilder, Sweeper};
+use crate::registry::{Registry, RegistryBuilder, Sweeper, snapshot};
 use front::Front;
 use metrics::Metrics;
 use pool::Pool;

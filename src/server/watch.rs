@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::route::{Format, Watch};
+use super::tiny::Exchange;
 use crate::rand;
 
 /// A long-poll waiting for its answer.
 pub(crate) struct Parked {
-    pub(crate) rq: tiny_http::Request,
+    pub(crate) rq: Exchange,
     pub(crate) service: String,
     pub(crate) format: Format,
     deadline: Instant,
@@ -71,14 +72,14 @@ impl Watchers {
 
     /// Parks `rq` until `watch.service` moves past `watch.index`; gives it
     /// back when the registry is stopping or `max` requests are parked.
-    pub(crate) fn park(&self, rq: tiny_http::Request, watch: &Watch) -> Option<tiny_http::Request> {
+    pub(crate) fn park(&self, rq: Exchange, watch: &Watch) -> Option<Exchange> {
         // A small random extra wait (up to 1/16) spreads the wake-ups of
         // watchers that started together, as Consul does.
         let extra = watch
             .wait
             .mul_f64(rand::below(1 << 16) as f64 / f64::from(1 << 20));
         let deadline = Instant::now() + watch.wait + extra;
-        let peer = rq.remote_addr().copied();
+        let peer = rq.peer();
         let mut st = self.state.lock();
         if st.stopping || st.parked.len() >= self.max {
             return Some(rq);

@@ -3,7 +3,7 @@
 //! serve, and the jobs that route and answer on the server's own threads.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -13,21 +13,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::front::Front;
+use super::front::{self, Front, Http};
 use super::lanes::{Arrival, Lanes, Next};
 use super::metrics::{self, Metrics};
 use super::pool::Pool;
-use super::route::{self, Body, Method, Outcome, Request, Response, RouteConfig};
+use super::route::{self, Method, Outcome, Request, Response, RouteConfig};
+use super::tiny::Exchange;
 use super::watch::{Parked, Watchers};
 use crate::registry::Registry;
 
-/// Bodies up to this size are read by tiny_http before the request is
-/// queued (CRATE-NOTES §1.3), so dropping their requests cannot block.
-const PREREAD_BODY: usize = 1024;
-/// Largest declared body whose unread rest tiny_http may be left to drain:
-/// its drain allocates the whole declared length at once, and an absurd
-/// length aborts the process (CRATE-NOTES §1.8e).
-const SAFE_DRAIN: usize = 1 << 20;
 /// Most bytes a request head may take (tiny_http has no limit).
 pub(crate) const MAX_HEAD_BYTES: u64 = 64 * 1024;
 /// How long after a connection was closed requests from its address are
@@ -53,7 +47,7 @@ pub(crate) struct Ctx {
     pub(crate) writing: Mutex<HashMap<SocketAddr, Instant>>,
     pub(crate) intakes: Mutex<Vec<JoinHandle<()>>>,
     /// A rebuilt server whose intake could not be started yet.
-    pub(crate) orphan: Mutex<Option<Arc<tiny_http::Server>>>,
+    pub(crate) orphan: Mutex<Option<Arc<Http>>>,
     /// How long a replaced server is read after its last request.
     pub(crate) drain_quiet: Duration,
     /// The name of intake threads.
@@ -77,7 +71,7 @@ impl Ctx {
 }
 
 /// Starts the intake of `http`, the current tiny_http server.
-pub(crate) fn start_intake(ctx: &Arc<Ctx>, http: Arc<tiny_http::Server>) -> io::Result<()> {
+pub(crate) fn start_intake(ctx: &Arc<Ctx>, http: Arc<Http>) -> io::Result<()> {
     let c = ctx.clone();
     let handle = std::thread::Builder::new()
         .name(ctx.name.clone())
@@ -91,13 +85,13 @@ pub(crate) fn start_intake(ctx: &Arc<Ctx>, http: Arc<tiny_http::Server>) -> io::
 /// Takes each request off `http` in the order tiny_http queued it and
 /// gives it to its connection's lane; one thread per tiny_http server, so
 /// that order is kept.
-fn intake(ctx: &Arc<Ctx>, http: &Arc<tiny_http::Server>) {
+fn intake(ctx: &Arc<Ctx>, http: &Arc<Http>) {
     let mut quiet_since = Instant::now();
     loop {
-        match http.recv_timeout(INTAKE_TICK) {
+        match front::recv(http, INTAKE_TICK) {
             Ok(Some(rq)) => {
                 quiet_since = Instant::now();
-                ctx.front.record(rq.remote_addr());
+                ctx.front.record(rq.peer().as_ref());
                 admit(ctx, rq);
             }
             // A timeout, or an unblock (ours, on stop: indistinguishable).
@@ -139,8 +133,8 @@ pub(crate) fn rebuild(ctx: &Arc<Ctx>) {
     }
 }
 
-fn admit(ctx: &Arc<Ctx>, rq: tiny_http::Request) {
-    let peer = rq.remote_addr().copied();
+fn admit(ctx: &Arc<Ctx>, rq: Exchange) {
+    let peer = rq.peer();
     match ctx.lanes.arrive(rq) {
         Arrival::Run(rq) => {
             let c = ctx.clone();
@@ -277,8 +271,8 @@ pub(crate) fn answer_parked(ctx: &Arc<Ctx>, parked: Vec<Parked>) {
 }
 
 /// Serves `rq`, then whatever its connection sent behind it, in order.
-fn serve_lane(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) {
-    let peer = rq.remote_addr().copied();
+fn serve_lane(ctx: &Arc<Ctx>, id: usize, rq: Exchange) {
+    let peer = rq.peer();
     if serve_guarded(ctx, id, rq)
         && let Some(peer) = peer
     {
@@ -289,7 +283,7 @@ fn serve_lane(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) {
 /// [`serve`], and if anything in it panics, the request counts as answered
 /// (tiny_http answers a request dropped in the unwind with an empty 500),
 /// so that its connection's lane goes on.
-fn serve_guarded(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) -> bool {
+fn serve_guarded(ctx: &Arc<Ctx>, id: usize, rq: Exchange) -> bool {
     catch_unwind(AssertUnwindSafe(|| serve(ctx, id, rq))).unwrap_or_else(|_| {
         log::error!("answering a request panicked; its connection goes on");
         true
@@ -316,17 +310,11 @@ fn continue_lane(ctx: &Arc<Ctx>, id: usize, peer: SocketAddr) {
 }
 
 /// Answers one request, or parks it; false when parked.
-fn serve(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) -> bool {
+fn serve(ctx: &Arc<Ctx>, id: usize, rq: Exchange) -> bool {
     let started = Instant::now();
-    let method = match rq.method() {
-        tiny_http::Method::Get => "GET",
-        tiny_http::Method::Head => "HEAD",
-        tiny_http::Method::Post => "POST",
-        tiny_http::Method::Delete => "DELETE",
-        _ => "OTHER",
-    };
-    if let Err((status, reason)) = screen(&rq) {
-        log::debug!("refused a request from {:?}: {reason}", rq.remote_addr());
+    let method = rq.method_name();
+    if let Err((status, reason)) = rq.screen() {
+        log::debug!("refused a request from {:?}: {reason}", rq.peer());
         if status == 413 {
             ctx.metrics
                 .counters
@@ -338,7 +326,7 @@ fn serve(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) -> bool {
                 .refused_framing
                 .fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(peer) = rq.remote_addr().copied()
+        if let Some(peer) = rq.peer()
             && !cut(ctx, peer, Some((status, &reason)))
         {
             log::debug!("the connection from {peer} was gone before it could be closed");
@@ -347,32 +335,12 @@ fn serve(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) -> bool {
         ctx.metrics.record(id, method, status, started.elapsed());
         return true;
     }
-    let head_bytes: usize = rq
-        .headers()
-        .iter()
-        .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
-        .sum::<usize>()
-        + rq.url().len();
-    if head_bytes as u64 > MAX_HEAD_BYTES {
+    if rq.head_bytes() as u64 > MAX_HEAD_BYTES {
         let resp = Response::text(431, "request head larger than 64 KiB");
         write(ctx, id, rq, resp, method, started);
         return true;
     }
-    let req = Request {
-        method: match rq.method() {
-            tiny_http::Method::Get => Method::Get,
-            tiny_http::Method::Head => Method::Head,
-            tiny_http::Method::Post => Method::Post,
-            tiny_http::Method::Delete => Method::Delete,
-            other => Method::Other(other.to_string()),
-        },
-        url: rq.url().to_string(),
-        headers: rq
-            .headers()
-            .iter()
-            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-            .collect(),
-    };
+    let req = rq.request();
     let outcome = match operations(ctx, &req) {
         Some(resp) => Outcome::Answer(resp),
         None => route::dispatch(&ctx.registry, &ctx.cfg, &req),
@@ -389,14 +357,8 @@ fn serve(ctx: &Arc<Ctx>, id: usize, rq: tiny_http::Request) -> bool {
 
 /// Parks a long-poll unless its connection has sent more behind it, the
 /// registry is stopping, or too many are parked.
-fn park(
-    ctx: &Arc<Ctx>,
-    id: usize,
-    rq: tiny_http::Request,
-    watch: &route::Watch,
-    started: Instant,
-) -> bool {
-    let peer = rq.remote_addr().copied();
+fn park(ctx: &Arc<Ctx>, id: usize, rq: Exchange, watch: &route::Watch, started: Instant) -> bool {
+    let peer = rq.peer();
     if peer.is_some_and(|p| !ctx.lanes.park(p)) {
         let resp = route::render(&ctx.registry, &watch.service, watch.format);
         write(ctx, id, rq, resp, "GET", started);
@@ -441,102 +403,14 @@ fn park(
     }
 }
 
-/// Why a request is refused before routing: framing that two HTTP parsers
-/// could read differently (request smuggling), bytes no header may hold,
-/// or a body we would have to read. Such a connection is closed, since
-/// where its next request starts is not known.
-fn screen(rq: &tiny_http::Request) -> Result<(), (u16, String)> {
-    let mut lengths = 0;
-    let mut chunked = false;
-    let mut expect = false;
-    for h in rq.headers() {
-        let name = h.field.as_str().as_str();
-        let value = h.value.as_str();
-        if name.is_empty() || !name.bytes().all(is_tchar) {
-            return Err((
-                400,
-                "a header name is not a token (letters, digits and !#$%&'*+-.^_`|~ only)".into(),
-            ));
-        }
-        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err((
-                400,
-                format!(
-                    "header {} holds a control character: header values take only visible ASCII, spaces and tabs",
-                    clip(name)
-                ),
-            ));
-        }
-        if name.eq_ignore_ascii_case("Content-Length") {
-            // Plain digits that fit a usize: tiny_http reads a longer
-            // number as no length at all, and the body as the next request.
-            if value.is_empty()
-                || !value.bytes().all(|b| b.is_ascii_digit())
-                || value.parse::<usize>().is_err()
-            {
-                return Err((400, "Content-Length is not a plain number of bytes".into()));
-            }
-            lengths += 1;
-        } else if name.eq_ignore_ascii_case("Transfer-Encoding") {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("Expect") {
-            expect = true;
-        }
-    }
-    if lengths > 1 {
-        return Err((400, "more than one Content-Length".into()));
-    }
-    if lengths == 1 && chunked {
-        return Err((400, "both Content-Length and Transfer-Encoding".into()));
-    }
-    let declared = rq.body_length().unwrap_or(0);
-    // tiny_http reads a body of up to 1 KiB before queueing the request,
-    // except when the client waits for `100 Continue`: then nothing is
-    // read, and dropping the request would wait for the body.
-    if chunked || declared > PREREAD_BODY || (expect && declared > 0) {
-        return Err((
-            413,
-            "regcenter reads no request bodies; send registrations as headers".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// At most 64 bytes of a name, for an error message.
-fn clip(s: &str) -> &str {
-    &s[..s.len().min(64)]
-}
-
-/// RFC 9110 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Drops a request we will not answer. tiny_http answers a dropped request
-/// with an empty 500 (on a connection shut down, that fails at once) and
-/// drains its unread body first.
-fn discard(ctx: &Ctx, rq: tiny_http::Request) {
-    let declared = rq.body_length().unwrap_or(0);
-    if declared > SAFE_DRAIN {
-        // The drain would allocate `declared` bytes and may abort the
-        // process. Leak it instead: its tiny_http thread and two
-        // descriptors stay behind; the client's connection is closed.
-        log::warn!("leaked a request declaring a {declared}-byte body to keep the process alive");
+/// Lets a request we will not answer go, counting it when it must be
+/// leaked.
+fn discard(ctx: &Ctx, rq: Exchange) {
+    if rq.let_go() {
         ctx.metrics
             .counters
             .leaked_requests
             .fetch_add(1, Ordering::Relaxed);
-        std::mem::forget(rq);
-    } else if cfg!(target_os = "linux") {
-        // Its connection was shut down (`close`), so draining the rest of
-        // a body reads the end of the stream at once.
-        drop(rq);
-    } else {
-        // Elsewhere nothing could shut the connection down, and the drain
-        // may wait for a client that never sends the body.
-        let _ = std::thread::Builder::new()
-            .name("regcenter-drain".into())
-            .spawn(move || drop(rq));
     }
 }
 
@@ -545,17 +419,17 @@ fn discard(ctx: &Ctx, rq: tiny_http::Request) {
 fn write(
     ctx: &Arc<Ctx>,
     id: usize,
-    rq: tiny_http::Request,
+    rq: Exchange,
     resp: Response,
     method: &'static str,
     started: Instant,
 ) {
     let status = resp.status;
-    let peer = rq.remote_addr().copied();
+    let peer = rq.peer();
     if let Some(peer) = peer {
         ctx.writing.lock().insert(peer, Instant::now());
     }
-    let written = rq.respond(to_tiny(resp));
+    let written = rq.respond(resp);
     if let Some(peer) = peer {
         ctx.writing.lock().remove(&peer);
         // Part of an answer may have gone out: the next one would be read
@@ -590,41 +464,4 @@ fn operations(ctx: &Ctx, req: &Request) -> Option<Response> {
         let body = metrics::status_page(&ctx.registry, &ctx.url);
         Response::with_body(200, "text/html; charset=utf-8", body)
     })
-}
-
-pub(crate) fn to_tiny(resp: Response) -> tiny_http::Response<BodyReader> {
-    let headers = resp
-        .headers
-        .iter()
-        .filter_map(|(n, v)| tiny_http::Header::from_bytes(n.as_bytes(), v.as_bytes()).ok())
-        .collect();
-    let len = resp.body.as_bytes().len();
-    tiny_http::Response::new(
-        tiny_http::StatusCode(resp.status),
-        headers,
-        BodyReader {
-            body: resp.body,
-            pos: 0,
-        },
-        Some(len),
-        None,
-    )
-    // Keep Content-Length on large listings instead of switching to chunked.
-    .with_chunked_threshold(usize::MAX)
-}
-
-/// Streams a body without copying a shared listing.
-pub(crate) struct BodyReader {
-    body: Body,
-    pos: usize,
-}
-
-impl Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let rest = &self.body.as_bytes()[self.pos..];
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
