@@ -44,7 +44,7 @@ pub(crate) fn bearer(token: Option<&str>) -> Option<(&'static str, String)> {
 
 /// Checks a token before it is sent in a header.
 pub(crate) fn validate_token(token: &str) -> Result<()> {
-    if token.is_empty() || !token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+    if !crate::protocol::is_valid_token(token) {
         return Err(Error::config(
             "token",
             "must be non-empty visible ASCII (no spaces or line breaks)",

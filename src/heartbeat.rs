@@ -9,8 +9,8 @@ use parking_lot::{Condvar, Mutex};
 use crate::client::{self, DEFAULT_CALL_TIMEOUT, Verb};
 use crate::error::{Error, Result};
 use crate::protocol::{
-    HEADER_SERVER, HEADER_TTL, encode_meta, format_duration, parse_duration, service_url,
-    validate_addr,
+    HEADER_META, HEADER_SERVER, HEADER_TTL, HEADER_WEIGHT, encode_meta, format_duration,
+    parse_duration, service_url, validate_addr,
 };
 use crate::rand::jitter;
 use crate::registry::{DEFAULT_TTL, MAX_WEIGHT};
@@ -247,10 +247,10 @@ impl Heartbeat {
             headers.push((HEADER_TTL, format_duration(ttl)));
         }
         if let Some(w) = options.weight {
-            headers.push(("X-Myrpc-Weight", w.to_string()));
+            headers.push((HEADER_WEIGHT, w.to_string()));
         }
         if !options.meta.is_empty() {
-            headers.push(("X-Myrpc-Meta", encode_meta(&options.meta)));
+            headers.push((HEADER_META, encode_meta(&options.meta)));
         }
         let mut beats = Vec::new();
         for registry in std::iter::once(registry_url).chain(options.also.iter().map(String::as_str))

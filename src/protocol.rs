@@ -18,6 +18,12 @@ pub const HEADER_SERVERS: &str = "X-Myrpc-Servers";
 pub const HEADER_INDEX: &str = "X-Myrpc-Index";
 /// The TTL asked for on POST, and the TTL in force in its answer.
 pub const HEADER_TTL: &str = "X-Myrpc-Ttl";
+/// A server's weight on POST (1 to 10 000).
+pub const HEADER_WEIGHT: &str = "X-Myrpc-Weight";
+/// A server's metadata on POST (`k=v&k2=v2`, URL-encoded).
+pub const HEADER_META: &str = "X-Myrpc-Meta";
+/// Longest accepted value of any `X-Myrpc-*` request header, in bytes.
+pub const MAX_HEADER_VALUE: usize = 1024;
 
 /// Longest accepted server address in bytes.
 pub const MAX_ADDR_LEN: usize = 255;
@@ -324,6 +330,12 @@ pub(crate) fn encode_meta(meta: &[(String, String)]) -> String {
         enc(v, &mut out);
     }
     out
+}
+
+/// Whether `token` may be a bearer token: non-empty visible ASCII, so that
+/// it fits a header unchanged. Client and server check the same rule.
+pub(crate) fn is_valid_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 #[cfg(test)]

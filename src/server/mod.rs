@@ -233,13 +233,8 @@ impl RegistryServerBuilder {
                 return Err(Error::config(setting, "must be above zero"));
             }
         }
-        if let Some(t) = &self.token
-            && (t.is_empty() || !t.bytes().all(|b| (0x21..=0x7e).contains(&b)))
-        {
-            return Err(Error::config(
-                "token",
-                "must be non-empty visible ASCII (no spaces or line breaks)",
-            ));
+        if let Some(t) = &self.token {
+            crate::client::validate_token(t)?;
         }
         if self.protect_reads && self.token.is_none() {
             return Err(Error::config("protect_reads", "needs a token"));

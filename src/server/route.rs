@@ -8,17 +8,10 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::protocol::{
-    HEADER_INDEX, HEADER_SERVER, HEADER_SERVERS, HEADER_TTL, format_duration, parse_duration,
-    parse_meta, validate_service,
+    HEADER_INDEX, HEADER_META, HEADER_SERVER, HEADER_SERVERS, HEADER_TTL, HEADER_WEIGHT,
+    MAX_HEADER_VALUE, format_duration, parse_duration, parse_meta, validate_service,
 };
 use crate::registry::{Listing, PutOptions, Registry};
-
-/// Header carrying a server's weight on POST.
-pub(crate) const HEADER_WEIGHT: &str = "X-Myrpc-Weight";
-/// Header carrying a server's metadata on POST (`k=v&k2=v2`, URL-encoded).
-pub(crate) const HEADER_META: &str = "X-Myrpc-Meta";
-/// Longest accepted value of any `X-Myrpc-*` request header.
-const MAX_HEADER_VALUE: usize = 1024;
 
 /// The request methods the routes tell apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
