@@ -117,6 +117,7 @@ impl PutOptions {
 
 /// What a [`Registry::put`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PutOutcome {
     /// The TTL in force for the entry (zero: it never expires).
     pub ttl: Duration,
@@ -268,6 +269,7 @@ impl RegistryBuilder {
 
 /// Counts of what the registry did since it was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RegistryStats {
     /// New addresses registered.
     pub registrations: u64,

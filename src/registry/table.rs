@@ -65,6 +65,7 @@ impl Listing {
 /// One registered server as [`Registry::entries`](crate::Registry::entries)
 /// reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EntryInfo {
     /// The service name (empty for the default service).
     pub service: String,
