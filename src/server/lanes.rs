@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::tiny::Exchange;
+use super::http::Exchange;
 
 /// Most requests one connection may have waiting behind the one in
 /// service; a client pipelining more is not reading its answers, and its

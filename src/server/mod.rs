@@ -1,13 +1,10 @@
 //! `RegistryServer`: the listener, the worker threads, the wiring of routes.
 
-mod conns;
-mod front;
-mod guard;
+mod http;
 mod lanes;
 mod metrics;
 mod pool;
 mod route;
-mod tiny;
 mod watch;
 mod worker;
 
@@ -23,7 +20,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::protocol::DEFAULT_PATH;
 use crate::registry::{Registry, RegistryBuilder, Sweeper, snapshot};
-use front::Front;
+use http::Front;
 use metrics::Metrics;
 use pool::Pool;
 use route::RouteConfig;
@@ -343,13 +340,13 @@ impl RegistryServerBuilder {
         );
         worker::start_intake(&ctx, front.current())
             .map_err(|e| Error::io("spawn the intake thread", e))?;
-        let guard_cfg = guard::GuardConfig {
+        let guard_cfg = http::GuardConfig {
             idle_timeout: self.limits.idle_timeout,
             header_timeout: self.limits.header_timeout,
             max_connections,
         };
         server.guard = Some(
-            guard::start(ctx, guard_cfg, format!("rc{port}-guard"))
+            http::start_guard(ctx, guard_cfg, format!("rc{port}-guard"))
                 .map_err(|e| Error::io("spawn the connection guard thread", e))?,
         );
         log::info!(
@@ -543,7 +540,7 @@ impl RegistryServer {
         }
         ctx.pool.wait_quiet(std::time::Instant::now() + STOP_GRACE);
         front.close_listener();
-        let closed = conns::shutdown_accepted(self.local_addr);
+        let closed = http::shutdown_accepted(self.local_addr);
         log::debug!("closed {closed} kept-alive connections");
         panicked |= ctx.pool.stop();
         if let Some(s) = self.sweeper.take() {
@@ -556,7 +553,7 @@ impl RegistryServer {
         drop(ctx);
         drop(front);
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while conns::listening(self.local_addr) && std::time::Instant::now() < deadline {
+        while http::listening(self.local_addr) && std::time::Instant::now() < deadline {
             thread::sleep(Duration::from_millis(1));
         }
         log::info!("regcenter at {} shut down", self.url);

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::http::Exchange;
 use super::route::{Format, Watch};
-use super::tiny::Exchange;
 use crate::rand;
 
 /// A long-poll waiting for its answer.

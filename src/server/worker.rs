@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::front::{self, Front, Http};
+use super::http::{self, Conn, Exchange, Front, Http};
 use super::lanes::{Arrival, Lanes, Next};
 use super::metrics::{self, Metrics};
 use super::pool::Pool;
 use super::route::{self, Method, Outcome, Request, Response, RouteConfig};
-use super::tiny::Exchange;
 use super::watch::{Parked, Watchers};
 use crate::registry::Registry;
 
@@ -88,7 +87,7 @@ pub(crate) fn start_intake(ctx: &Arc<Ctx>, http: Arc<Http>) -> io::Result<()> {
 fn intake(ctx: &Arc<Ctx>, http: &Arc<Http>) {
     let mut quiet_since = Instant::now();
     loop {
-        match front::recv(http, INTAKE_TICK) {
+        match http::recv(http, INTAKE_TICK) {
             Ok(Some(rq)) => {
                 quiet_since = Instant::now();
                 ctx.front.record(rq.peer().as_ref());
@@ -208,7 +207,7 @@ pub(crate) fn cut(ctx: &Arc<Ctx>, peer: SocketAddr, last: Option<(u16, &str)>) -
 pub(crate) fn cut_conn(
     ctx: &Arc<Ctx>,
     peer: SocketAddr,
-    found: Option<super::conns::Conn>,
+    found: Option<Conn>,
     last: Option<(u16, &str)>,
 ) -> bool {
     ctx.lanes.close(peer, found.map(|c| c.inode));

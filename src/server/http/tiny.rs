@@ -13,7 +13,7 @@
 use std::io::{self, Read};
 use std::net::SocketAddr;
 
-use super::route::{Body, Method, Request, Response};
+use crate::server::route::{Body, Method, Request, Response};
 
 /// Bodies up to this size are read by tiny_http before the request is
 /// queued (CRATE-NOTES §1.3), so dropping their requests cannot block.

@@ -37,7 +37,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::conns::{self, Conn};
-use super::worker::{self, Ctx, MAX_HEAD_BYTES};
+use crate::server::worker::{self, Ctx, MAX_HEAD_BYTES};
 /// Shortest time between two passes; longer when a pass itself is slow.
 const TICK: Duration = Duration::from_millis(40);
 /// Every how many passes the guard reads TCP statistics (about 4 a second).
@@ -253,7 +253,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
 
 /// Cuts the connections whose answer has been in writing too long: the
 /// write fails at once, and the thread that was blocked in it is free.
-fn cut_unread_answers(ctx: &Arc<Ctx>, counters: &super::metrics::Counters) {
+fn cut_unread_answers(ctx: &Arc<Ctx>, counters: &crate::server::metrics::Counters) {
     let stuck: Vec<SocketAddr> = ctx
         .writing
         .lock()
