@@ -1,4 +1,4 @@
-//! Wire names, validation and codecs of protocol v1 (see DESIGN.md).
+//! Wire names, validation and codecs of protocol v1 (see docs/PROTOCOL.md).
 
 use std::fmt::Write as _;
 use std::time::Duration;

@@ -186,7 +186,7 @@ pub(super) struct Table {
     pub(super) retired: Vec<Box<dyn Send>>,
     /// Entries expired since the lock was taken, logged on release.
     pub(super) expired: Vec<(Arc<str>, Key<'static>)>,
-    /// Registry-wide modify counter (DESIGN.md, "Modify index").
+    /// Registry-wide modify counter (docs/PROTOCOL.md, "Modify index").
     pub(super) counter: u64,
     pub(super) entries: usize,
     /// Cloned into each service: one seed per registry.

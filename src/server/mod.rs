@@ -420,7 +420,8 @@ fn default_max_connections() -> usize {
 
 /// A listener with `TCP_NODELAY`, which Linux copies to every accepted
 /// socket: tiny_http sets none, and without it keep-alive clients wait on
-/// delayed ACKs (DESIGN.md, "Measured facts").
+/// delayed ACKs (about 1 400 requests/s at 64 kept-alive connections,
+/// measured, against 36 000 with it).
 fn nodelay_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;

@@ -249,7 +249,7 @@ pub(crate) enum Format {
     Json,
 }
 
-/// Default and largest wait of a long-poll (DESIGN.md, "Long-poll").
+/// Default and largest wait of a long-poll (docs/PROTOCOL.md, "Long-poll").
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(600);
 
@@ -382,7 +382,7 @@ pub(crate) fn render(reg: &Registry, service: &str, format: Format) -> Response 
     let index = listing.index().to_string();
     match format {
         // The seed's answer: the list in a header and an empty body, because
-        // the seed's Go clients never close response bodies (DESIGN.md).
+        // the seed's Go clients never close response bodies (docs/PROTOCOL.md).
         Format::Seed => Response::empty(200)
             .with_header(HEADER_SERVERS, listing.joined())
             .with_header(HEADER_INDEX, index),
