@@ -1,0 +1,77 @@
+//! `regcenter bench`: load a registry and report its throughput.
+
+use std::time::Duration;
+
+use regcenter::loadgen::{ListFormat, LoadOptions, Op};
+
+use super::{Args, Command, Failure, Flag, Kind, REGISTRY, TOKEN_FILE};
+
+pub(super) const COMMAND: Command = Command {
+    name: "bench",
+    synopsis: "[options]",
+    flags: &[
+        REGISTRY, SERVICE, CLIENTS, DURATION, OP, SERVERS, FORMAT, TOKEN_FILE,
+    ],
+    notes: "",
+    run,
+};
+
+/// bench's `--service`, which defaults to a service of its own.
+const SERVICE: Flag = Flag::new(
+    "service",
+    Kind::Text,
+    "NAME",
+    "service to load (default bench)",
+);
+const CLIENTS: Flag = Flag::new(
+    "clients",
+    Kind::Count,
+    "N",
+    "concurrent kept-alive connections (default 8)",
+);
+const DURATION: Flag = Flag::new(
+    "duration",
+    Kind::Duration,
+    "D",
+    "how long to load (default 10s)",
+);
+const OP: Flag = Flag::new(
+    "op",
+    Kind::Op,
+    "OP",
+    "get | renew | register | mixed (default get)",
+);
+const SERVERS: Flag = Flag::new(
+    "servers",
+    Kind::Count,
+    "K",
+    "servers registered first and removed afterwards (default 100)",
+);
+const FORMAT: Flag = Flag::new(
+    "format",
+    Kind::Format,
+    "F",
+    "text | seed: how GETs ask for the list (default text)",
+);
+
+fn run(a: Args) -> Result<(), Failure> {
+    let opts = LoadOptions::new(a.registry())
+        .service(a.text(&SERVICE).unwrap_or("bench"))
+        .clients(a.count(&CLIENTS).unwrap_or(8))
+        .duration(a.duration(&DURATION).unwrap_or(Duration::from_secs(10)))
+        .op(a.op(&OP).unwrap_or(Op::Get))
+        .servers(a.count(&SERVERS).unwrap_or(100))
+        .format(a.format(&FORMAT).unwrap_or(ListFormat::Text))
+        .token(a.token()?);
+    // Progress once a second on stderr, so that stdout holds the report only.
+    let report = opts.run_with_progress(|p| {
+        eprintln!(
+            "{:>4}s {:>11} requests {:>10.0} req/s",
+            p.elapsed.as_secs(),
+            p.requests,
+            p.rate()
+        );
+    })?;
+    println!("{report}");
+    Ok(())
+}

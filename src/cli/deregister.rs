@@ -1,0 +1,22 @@
+//! `regcenter deregister`: remove one address from a service.
+
+use super::{Args, Command, Failure, Flag, Kind, REGISTRY, SERVICE, TOKEN_FILE};
+
+pub(super) const COMMAND: Command = Command {
+    name: "deregister",
+    synopsis: "--addr ADDR [options]",
+    flags: &[ADDR, REGISTRY, SERVICE, TOKEN_FILE],
+    notes: "",
+    run,
+};
+
+const ADDR: Flag = Flag::new("addr", Kind::Text, "ADDR", "the address to remove");
+
+fn run(a: Args) -> Result<(), Failure> {
+    let addr = a.required(&ADDR, "deregister")?;
+    let token = a.token()?;
+    if !regcenter::deregister(a.registry(), a.service(), addr, token.as_deref())? {
+        eprintln!("regcenter: {addr} was not registered");
+    }
+    Ok(())
+}

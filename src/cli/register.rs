@@ -1,0 +1,149 @@
+//! `regcenter register`: keep one address registered until a stop signal.
+
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
+
+use regcenter::{Heartbeat, HeartbeatOptions};
+
+use super::signals::{Asked, Signals, log_ignored, signal_name};
+use super::{Args, Command, ETCD, Failure, Flag, Kind, REGISTRY, SERVICE, TOKEN_FILE};
+
+pub(super) const COMMAND: Command = Command {
+    name: "register",
+    synopsis: "--addr ADDR [options]",
+    flags: &[
+        ADDR, REGISTRY, SERVICE, PERIOD, TTL, WEIGHT, META, TOKEN_FILE, ETCD,
+    ],
+    notes: "",
+    run,
+};
+
+const ADDR: Flag = Flag::new(
+    "addr",
+    Kind::Text,
+    "ADDR",
+    "the address to keep registered, e.g. tcp@127.0.0.1:7001",
+);
+const PERIOD: Flag = Flag::new(
+    "period",
+    Kind::Duration,
+    "D",
+    "time between beats (default: a third of the registry's TTL)",
+);
+const TTL: Flag = Flag::new(
+    "ttl",
+    Kind::Duration,
+    "D",
+    "TTL to ask for (default: the registry's)",
+);
+const WEIGHT: Flag = Flag::new(
+    "weight",
+    Kind::Weight,
+    "N",
+    "weight for weighted selection, 1-10000 (default 1)",
+);
+const META: Flag = Flag::new(
+    "meta",
+    Kind::Meta,
+    "K=V",
+    "a metadata label; repeat for more",
+);
+
+fn run(a: Args) -> Result<(), Failure> {
+    let addr = a.required(&ADDR, "register")?;
+    let mut opts = HeartbeatOptions::new().service(a.service());
+    if let Some(t) = a.token()? {
+        opts = opts.token(t);
+    }
+    if let Some(p) = a.duration(&PERIOD) {
+        opts = opts.period(p);
+    }
+    if let Some(t) = a.duration(&TTL) {
+        opts = opts.ttl(t);
+    }
+    if let Some(w) = a.weight(&WEIGHT) {
+        opts = opts.weight(w);
+    }
+    for (k, v) in a.pairs(&META) {
+        opts = opts.meta(k, v);
+    }
+    let signals = Signals::install()?;
+    if let Some(list) = a.text(&ETCD) {
+        return register_etcd(list, addr, opts, signals);
+    }
+    let hb = Heartbeat::start(a.registry(), addr, opts)?;
+    eprintln!("regcenter: keeping {addr} registered at {}", hb.url());
+    // The heartbeat ends on its own when the registry refuses it for good
+    // (a rotated token answered 401): then exit 1 with the reason, rather
+    // than run on as if the server were still registered.
+    loop {
+        match signals.next(Some(HEARTBEAT_CHECK)) {
+            Ok(Asked::Stop(sig)) => {
+                log::info!("{} received, deregistering {addr}", signal_name(sig));
+                break;
+            }
+            Ok(Asked::Snapshot) => log_ignored(libc::SIGUSR1),
+            Ok(Asked::Ignore(sig)) => log_ignored(sig),
+            Err(RecvTimeoutError::Timeout) if hb.is_running() => {}
+            Err(RecvTimeoutError::Timeout) => {
+                let source = hb.stop().err();
+                return Err(Failure::Run(Box::new(HeartbeatEnded {
+                    addr: addr.to_string(),
+                    source,
+                })));
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    hb.stop()?;
+    Ok(())
+}
+
+/// How often `register` looks whether its heartbeat still runs.
+const HEARTBEAT_CHECK: Duration = Duration::from_millis(200);
+
+/// `register`'s heartbeat ended on its own; the source says why.
+#[derive(Debug)]
+struct HeartbeatEnded {
+    addr: String,
+    source: Option<regcenter::Error>,
+}
+
+impl std::fmt::Display for HeartbeatEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the heartbeat of {} ended, so it is no longer renewed",
+            self.addr
+        )
+    }
+}
+
+impl std::error::Error for HeartbeatEnded {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn register_etcd(
+    list: &str,
+    addr: &str,
+    opts: HeartbeatOptions,
+    signals: Signals,
+) -> Result<(), Failure> {
+    let reg = regcenter::EtcdRegistration::start(&super::etcd_endpoints(list), addr, opts)?;
+    eprintln!(
+        "regcenter: keeping {addr} registered in etcd as {}",
+        reg.key()
+    );
+    let sig = signals.wait_for_stop(|| log_ignored(libc::SIGUSR1));
+    log::info!("{sig} received, revoking {addr}");
+    reg.stop()?;
+    Ok(())
+}
+
+#[cfg(not(feature = "etcd"))]
+fn register_etcd(_: &str, _: &str, _: HeartbeatOptions, _: Signals) -> Result<(), Failure> {
+    super::etcd_builder("").map(drop)
+}

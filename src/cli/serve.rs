@@ -1,0 +1,212 @@
+//! `regcenter serve`: run the registry until a stop signal.
+
+use regcenter::RegistryServer;
+use regcenter::protocol::DEFAULT_PATH;
+
+use super::signals::Signals;
+use super::{Args, Command, Failure, Flag, Kind, chain};
+
+pub(super) const COMMAND: Command = Command {
+    name: "serve",
+    synopsis: "[options]",
+    flags: &[
+        ADDR,
+        PATH,
+        TTL,
+        MIN_TTL,
+        MAX_TTL,
+        THREADS,
+        MAX_ENTRIES,
+        IDLE_TIMEOUT,
+        HEADER_TIMEOUT,
+        MAX_CONNECTIONS,
+        MAX_WATCHERS,
+        TOKEN_FILE,
+        PROTECT_READS,
+        SNAPSHOT,
+        SNAPSHOT_INTERVAL,
+        INSECURE,
+    ],
+    notes: "\
+durations are Go-style: 500ms, 5s, 1m30s
+
+signals:
+  TERM INT HUP QUIT   shut down gracefully: answer requests in flight, write
+                      the final snapshot, exit 0
+  USR1                write the snapshot at once (logged) and carry on
+  USR2, ALRM, VTALRM, PROF, IO, PWR, XCPU, XFSZ, STKFLT and the real-time
+                      signals are logged and ignored
+",
+    run,
+};
+
+const ADDR: Flag = Flag::new(
+    "addr",
+    Kind::Text,
+    "IP:PORT",
+    "listen address (default 127.0.0.1:9999)",
+);
+const PATH: Flag = Flag::new(
+    "path",
+    Kind::Text,
+    "PATH",
+    "base path (default /myRPC/registry)",
+);
+const TTL: Flag = Flag::new(
+    "ttl",
+    Kind::Duration,
+    "D",
+    "TTL of entries that ask for none; 0 = never expire (default 5s)",
+);
+const MIN_TTL: Flag = Flag::new(
+    "min-ttl",
+    Kind::Duration,
+    "D",
+    "smallest TTL a server may ask for (default 1s)",
+);
+const MAX_TTL: Flag = Flag::new(
+    "max-ttl",
+    Kind::Duration,
+    "D",
+    "largest TTL a server may ask for (default 1h, at most 72h)",
+);
+const THREADS: Flag = Flag::new(
+    "threads",
+    Kind::Count,
+    "N",
+    "request threads (default: number of cores)",
+);
+const MAX_ENTRIES: Flag = Flag::new(
+    "max-entries",
+    Kind::Count,
+    "N",
+    "most entries held (default 100000)",
+);
+const IDLE_TIMEOUT: Flag = Flag::new(
+    "idle-timeout",
+    Kind::Duration,
+    "D",
+    "close kept-alive connections idle this long (default 60s)",
+);
+const HEADER_TIMEOUT: Flag = Flag::new(
+    "header-timeout",
+    Kind::Duration,
+    "D",
+    "close connections whose request head is not complete\n\
+     this long after it started (default 10s)",
+);
+const MAX_CONNECTIONS: Flag = Flag::new(
+    "max-connections",
+    Kind::Count,
+    "N",
+    "most open connections (default: from the descriptor limit)",
+);
+const MAX_WATCHERS: Flag = Flag::new(
+    "max-watchers",
+    Kind::Count,
+    "N",
+    "most long-polls parked at once; beyond it they are\n\
+     answered 503 (default: 3/4 of --max-connections)",
+);
+/// serve's `--token-file`: the token it requires, read like the clients'.
+const TOKEN_FILE: Flag = Flag::new(
+    "token-file",
+    Kind::Text,
+    "FILE",
+    "require this bearer token for POST and DELETE\n\
+     (or set REGCENTER_TOKEN); needed to bind beyond loopback",
+);
+const PROTECT_READS: Flag = Flag::switch("protect-reads", "require the token for listings too");
+const SNAPSHOT: Flag = Flag::new(
+    "snapshot",
+    Kind::Text,
+    "FILE",
+    "keep the table in FILE: loaded at start, written every\n\
+     --snapshot-interval and at shutdown",
+);
+const SNAPSHOT_INTERVAL: Flag = Flag::new(
+    "snapshot-interval",
+    Kind::Duration,
+    "D",
+    "how often the snapshot is written; a crash loses at most\n\
+     the changes of one interval (default 5s)",
+);
+const INSECURE: Flag = Flag::switch("insecure", "allow a non-loopback address without a token");
+
+fn run(a: Args) -> Result<(), Failure> {
+    let addr = a.text(&ADDR).unwrap_or("127.0.0.1:9999").to_string();
+    let ip: std::net::SocketAddr = addr.parse().map_err(|_| {
+        Failure::Usage(format!(
+            "--addr {addr:?}: expected IP:PORT such as 127.0.0.1:9999"
+        ))
+    })?;
+    let token = a.token()?;
+    let protect_reads = a.switch(&PROTECT_READS);
+    if !ip.ip().is_loopback() && !a.switch(&INSECURE) && token.is_none() {
+        return Err(Failure::Usage(format!(
+            "refusing to serve on {addr}, which is not a loopback address, without a write token; \
+             give --token-file (or REGCENTER_TOKEN), or pass --insecure to do it anyway"
+        )));
+    }
+    if protect_reads && token.is_none() {
+        return Err(Failure::Usage(
+            "--protect-reads needs a token: give --token-file or set REGCENTER_TOKEN".into(),
+        ));
+    }
+    let mut b = RegistryServer::builder()
+        .addr(addr)
+        .path(a.text(&PATH).unwrap_or(DEFAULT_PATH));
+    if let Some(t) = a.duration(&TTL) {
+        b = b.ttl(t);
+    }
+    if let Some(t) = a.duration(&MIN_TTL) {
+        b = b.min_ttl(t);
+    }
+    if let Some(t) = a.duration(&MAX_TTL) {
+        b = b.max_ttl(t);
+    }
+    if let Some(n) = a.count(&THREADS) {
+        b = b.threads(n);
+    }
+    if let Some(n) = a.count(&MAX_ENTRIES) {
+        b = b.max_entries(n);
+    }
+    if let Some(t) = a.duration(&IDLE_TIMEOUT) {
+        b = b.idle_timeout(t);
+    }
+    if let Some(t) = a.duration(&HEADER_TIMEOUT) {
+        b = b.header_timeout(t);
+    }
+    if let Some(n) = a.count(&MAX_WATCHERS) {
+        b = b.max_watchers(n);
+    }
+    if let Some(n) = a.count(&MAX_CONNECTIONS) {
+        b = b.max_connections(n);
+    }
+    if let Some(t) = token {
+        b = b.token(t).protect_reads(protect_reads);
+    }
+    let snapshot = a.text(&SNAPSHOT);
+    if let Some(path) = snapshot {
+        b = b.snapshot(path);
+    }
+    match a.duration(&SNAPSHOT_INTERVAL) {
+        Some(_) if snapshot.is_none() => {
+            return Err(Failure::Usage(
+                "--snapshot-interval needs --snapshot FILE".into(),
+            ));
+        }
+        Some(every) => b = b.snapshot_interval(every),
+        None => {}
+    }
+    let signals = Signals::install()?;
+    let server = b.start()?;
+    let sig = signals.wait_for_stop(|| match server.write_snapshot() {
+        Ok(Some(path)) => log::info!("signal SIGUSR1: snapshot written to {}", path.display()),
+        Ok(None) => log::warn!("signal SIGUSR1: ignored, no --snapshot FILE was given"),
+        Err(e) => log::error!("signal SIGUSR1: {}", chain(&e)),
+    });
+    log::info!("{sig} received, shutting down");
+    server.shutdown()?;
+    Ok(())
+}
