@@ -100,8 +100,8 @@ pub use discovery::{
 };
 pub use error::{Error, Result};
 #[cfg(feature = "etcd")]
-pub use etcd::EtcdRegistration;
-pub use heartbeat::{Heartbeat, HeartbeatOptions, deregister};
+pub use etcd::{EtcdRegistration, EtcdRegistrationBuilder};
+pub use heartbeat::{Heartbeat, HeartbeatBuilder, deregister};
 pub use registry::{
     EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, RegistryStats, Sweeper,
     TTL_LIMIT,

@@ -5,7 +5,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use regcenter::protocol::{DEFAULT_PATH, DEFAULT_REGISTRY_URL, parse_duration};
-use regcenter::{Discovery, Heartbeat, HeartbeatOptions, RegistryDiscovery, RegistryServer};
+use regcenter::{Discovery, Heartbeat, RegistryDiscovery, RegistryServer};
 
 const USAGE: &str = "\
 regcenter: a service registry speaking the GeeRPC registry protocol
@@ -582,29 +582,40 @@ fn watch(a: Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Sets `register`'s options on a heartbeat's or an etcd registration's
+/// builder: the two have these setters, but no type in common.
+macro_rules! announce_options {
+    ($builder:expr, $a:expr) => {{
+        let mut b = $builder.service($a.service());
+        if let Some(p) = $a.period {
+            b = b.period(p);
+        }
+        if let Some(t) = $a.ttl {
+            b = b.ttl(t);
+        }
+        if let Some(w) = $a.weight {
+            b = b.weight(w);
+        }
+        for (k, v) in &$a.meta {
+            b = b.meta(k, v);
+        }
+        b
+    }};
+}
+
 fn register(a: Args) -> Result<(), Failure> {
     let addr = a.required_addr("register")?;
-    let mut opts = HeartbeatOptions::new().service(a.service());
-    if let Some(t) = a.token()? {
-        opts = opts.token(t);
-    }
-    if let Some(p) = a.period {
-        opts = opts.period(p);
-    }
-    if let Some(t) = a.ttl {
-        opts = opts.ttl(t);
-    }
-    if let Some(w) = a.weight {
-        opts = opts.weight(w);
-    }
-    for (k, v) in &a.meta {
-        opts = opts.meta(k, v);
-    }
+    let token = a.token()?;
     let signals = Signals::install()?;
     if let Some(list) = &a.etcd {
-        return register_etcd(list, addr, opts, signals);
+        // An etcd registration sends no bearer token: `--token` does not apply.
+        return register_etcd(list, addr, &a, signals);
     }
-    let hb = Heartbeat::start(a.registry(), addr, opts)?;
+    let mut builder = announce_options!(Heartbeat::builder(a.registry(), addr), a);
+    if let Some(t) = token {
+        builder = builder.token(t);
+    }
+    let hb = builder.start()?;
     eprintln!("regcenter: keeping {addr} registered at {}", hb.url());
     // The heartbeat ends on its own when the registry refuses it for good
     // (a rotated token answered 401): then exit 1 with the reason, rather
@@ -698,11 +709,11 @@ fn etcd_builder(_: &str) -> Result<regcenter::RegistryDiscoveryBuilder, Failure>
 fn register_etcd(
     list: &str,
     addr: &str,
-    opts: HeartbeatOptions,
+    a: &Args,
     signals: Signals,
 ) -> Result<(), Failure> {
     let endpoints: Vec<&str> = list.split(',').filter(|e| !e.is_empty()).collect();
-    let reg = regcenter::EtcdRegistration::start(&endpoints, addr, opts)?;
+    let reg = announce_options!(regcenter::EtcdRegistration::builder(&endpoints, addr), a).start()?;
     eprintln!(
         "regcenter: keeping {addr} registered in etcd as {}",
         reg.key()
@@ -714,7 +725,7 @@ fn register_etcd(
 }
 
 #[cfg(not(feature = "etcd"))]
-fn register_etcd(_: &str, _: &str, _: HeartbeatOptions, _: Signals) -> Result<(), Failure> {
+fn register_etcd(_: &str, _: &str, _: &Args, _: Signals) -> Result<(), Failure> {
     etcd_builder("").map(drop)
 }
 
