@@ -18,9 +18,9 @@ use base64::Engine as _;
 use parking_lot::{Condvar, Mutex};
 use serde_json::{Value, json};
 
+use crate::client::DEFAULT_CALL_TIMEOUT;
 use crate::discovery::Fetched;
 use crate::error::{Error, Result};
-use crate::client::DEFAULT_CALL_TIMEOUT;
 use crate::protocol::{validate_addr, validate_service};
 use crate::rand::jitter;
 

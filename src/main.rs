@@ -706,14 +706,10 @@ fn etcd_builder(_: &str) -> Result<regcenter::RegistryDiscoveryBuilder, Failure>
 }
 
 #[cfg(feature = "etcd")]
-fn register_etcd(
-    list: &str,
-    addr: &str,
-    a: &Args,
-    signals: Signals,
-) -> Result<(), Failure> {
+fn register_etcd(list: &str, addr: &str, a: &Args, signals: Signals) -> Result<(), Failure> {
     let endpoints: Vec<&str> = list.split(',').filter(|e| !e.is_empty()).collect();
-    let reg = announce_options!(regcenter::EtcdRegistration::builder(&endpoints, addr), a).start()?;
+    let reg =
+        announce_options!(regcenter::EtcdRegistration::builder(&endpoints, addr), a).start()?;
     eprintln!(
         "regcenter: keeping {addr} registered in etcd as {}",
         reg.key()
