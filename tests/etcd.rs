@@ -321,3 +321,25 @@ fn discovery_keeps_its_list_while_etcd_is_down() {
     e.restart(false);
     drop(reg);
 }
+
+#[test]
+fn a_prefix_puts_the_key_under_it_and_only_discovery_with_it_sees_it() {
+    let Some(e) = Etcd::start() else { return };
+    let reg = registration(&e, "tcp@elsewhere:1", "p")
+        .prefix("/other/")
+        .start()
+        .unwrap();
+    assert_eq!(reg.key(), "/other/p/tcp@elsewhere:1");
+    let under = RegistryDiscovery::etcd(&[&e.url()])
+        .etcd_prefix("/other")
+        .service("p")
+        .build()
+        .unwrap();
+    assert_eq!(under.get_all().unwrap(), ["tcp@elsewhere:1"]);
+    let default = discovery(&e, "p", false);
+    assert!(
+        default.get_all().unwrap().is_empty(),
+        "not under /regcenter"
+    );
+    reg.stop().unwrap();
+}
