@@ -21,9 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use regcenter::{
-    Discovery, Heartbeat, HeartbeatOptions, RegistryDiscovery, RegistryServer, SelectMode,
-};
+use regcenter::{Discovery, Heartbeat, RegistryDiscovery, RegistryServer, SelectMode};
 
 /// Bound of every connect, read and write, on both sides.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -57,7 +55,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     for server in &servers {
         // The first beat lands before `start` returns, so the client below
         // finds both servers without waiting.
-        let hb = Heartbeat::start(registry.url(), &server.announce(), HeartbeatOptions::new())?;
+        let hb = Heartbeat::builder(registry.url(), &server.announce()).start()?;
         println!("{} announced as {}", server.name, server.announce());
         heartbeats.push(hb);
     }

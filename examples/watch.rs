@@ -18,7 +18,7 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use regcenter::{Discovery, Heartbeat, HeartbeatOptions, RegistryDiscovery, RegistryServer};
+use regcenter::{Discovery, Heartbeat, RegistryDiscovery, RegistryServer};
 
 const SERVICE: &str = "arith";
 /// A registered address: nothing needs to listen there, the registry does
@@ -64,15 +64,13 @@ fn run() -> Result<(), Box<dyn Error>> {
     println!("index {start}: {:?}", discovery.get_all()?);
 
     let t = Instant::now();
-    let heartbeat = Heartbeat::start(
-        registry.url(),
-        SERVER,
-        HeartbeatOptions::new().service(SERVICE),
-    )?;
+    let heartbeat = Heartbeat::builder(registry.url(), SERVER)
+        .service(SERVICE)
+        .start()?;
     let registered = next_change(&discovery, start, "the registration")?;
     let list = discovery.get_all()?;
     println!(
-        "index {registered}, seen {:?} after the call to Heartbeat::start: {list:?}",
+        "index {registered}, seen {:?} after the call to start: {list:?}",
         t.elapsed()
     );
     if list != [SERVER] {

@@ -18,9 +18,9 @@ use base64::Engine as _;
 use parking_lot::{Condvar, Mutex};
 use serde_json::{Value, json};
 
+use crate::client::DEFAULT_CALL_TIMEOUT;
 use crate::discovery::Fetched;
 use crate::error::{Error, Result};
-use crate::heartbeat::HeartbeatOptions;
 use crate::protocol::{validate_addr, validate_service};
 use crate::rand::jitter;
 
@@ -221,25 +221,72 @@ impl RegShared {
     }
 }
 
-impl EtcdRegistration {
-    /// Registers `addr` in etcd under the default prefix `/regcenter`.
-    ///
-    /// `options` are those of a [`Heartbeat`](crate::Heartbeat): service,
-    /// TTL (whole seconds, at least 2; default 5 s), period (default a third
-    /// of the TTL), weight, metadata and the timeout of each call.
-    ///
-    /// # Errors
-    ///
-    /// As [`start_with_prefix`](EtcdRegistration::start_with_prefix).
-    pub fn start(
-        endpoints: &[&str],
-        addr: &str,
-        options: HeartbeatOptions,
-    ) -> Result<EtcdRegistration> {
-        Self::start_with_prefix(DEFAULT_PREFIX, endpoints, addr, options)
+/// Builds an [`EtcdRegistration`]: [`EtcdRegistration::builder`], the
+/// setters, then [`start`](EtcdRegistrationBuilder::start). The setters are
+/// those of a [`HeartbeatBuilder`](crate::HeartbeatBuilder) that etcd has a
+/// use for, plus [`prefix`](EtcdRegistrationBuilder::prefix).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct EtcdRegistrationBuilder {
+    endpoints: Vec<String>,
+    addr: String,
+    prefix: String,
+    service: String,
+    period: Option<Duration>,
+    ttl: Option<Duration>,
+    weight: Option<u32>,
+    meta: Vec<(String, String)>,
+    timeout: Duration,
+}
+
+impl EtcdRegistrationBuilder {
+    /// The key prefix. Defaults to [`DEFAULT_PREFIX`], `/regcenter`.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
     }
 
-    /// Registers `addr` in etcd under `prefix`.
+    /// The service to register in. Defaults to the default service.
+    pub fn service(mut self, service: impl Into<String>) -> Self {
+        self.service = service.into();
+        self
+    }
+
+    /// Time between keep-alives (at least 100 ms). Defaults to a third of
+    /// the TTL.
+    pub fn period(mut self, period: Duration) -> Self {
+        self.period = Some(period);
+        self
+    }
+
+    /// The lease's TTL, rounded up to whole seconds, at least 2. Defaults
+    /// to 5 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The weight for weighted selection, stored in the key's value.
+    /// Defaults to 1.
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = Some(weight);
+        self
+    }
+
+    /// Adds a metadata label, stored in the key's value. Defaults to none.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.meta.push((key.into(), value.into()));
+        self
+    }
+
+    /// Bound of each phase of each call to etcd. Defaults to 2 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Registers the server (a lease, and the key bound to it) and keeps
+    /// the lease alive from a thread.
     ///
     /// # Errors
     ///
@@ -247,16 +294,40 @@ impl EtcdRegistration {
     /// [`Error::InvalidConfig`] for bad input; [`Error::Unreachable`] or
     /// [`Error::Status`] (with etcd's message) when the first registration
     /// fails; [`Error::Io`] when the thread cannot be spawned.
-    pub fn start_with_prefix(
-        prefix: &str,
-        endpoints: &[&str],
-        addr: &str,
-        options: HeartbeatOptions,
-    ) -> Result<EtcdRegistration> {
+    pub fn start(self) -> Result<EtcdRegistration> {
+        EtcdRegistration::launch(self)
+    }
+}
+
+impl EtcdRegistration {
+    /// Starts building a registration of `addr` in etcd, through the JSON
+    /// gateway of `endpoints` (e.g. `http://127.0.0.1:2379`), tried in
+    /// turn. Nothing is checked or sent until
+    /// [`start`](EtcdRegistrationBuilder::start).
+    ///
+    /// Unlike a [`Heartbeat`](crate::Heartbeat), it has no `also` (the
+    /// endpoints are one etcd cluster, which holds the key once) and no
+    /// `token`.
+    pub fn builder(endpoints: &[&str], addr: &str) -> EtcdRegistrationBuilder {
+        EtcdRegistrationBuilder {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            addr: addr.to_string(),
+            prefix: DEFAULT_PREFIX.to_string(),
+            service: String::new(),
+            period: None,
+            ttl: None,
+            weight: None,
+            meta: Vec::new(),
+            timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+
+    fn launch(options: EtcdRegistrationBuilder) -> Result<EtcdRegistration> {
+        let addr = options.addr.as_str();
+        let prefix = options.prefix.as_str();
         validate_addr(addr)?;
         validate_service(&options.service)?;
-        let endpoints: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
-        let etcd = Etcd::new(&endpoints, options.timeout)?;
+        let etcd = Etcd::new(&options.endpoints, options.timeout)?;
         let ttl = options.ttl.unwrap_or(DEFAULT_TTL);
         let ttl_secs = ttl.as_secs_f64().ceil().max(2.0) as u64;
         let period = options

@@ -23,49 +23,34 @@ const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// the server after a registry restart.
 const PERMANENT_PERIOD: Duration = Duration::from_secs(30);
 
-/// How a [`Heartbeat`] announces its server.
+/// Builds a [`Heartbeat`]: [`Heartbeat::builder`], the setters, then
+/// [`start`](HeartbeatBuilder::start).
 ///
 /// ```
-/// use regcenter::HeartbeatOptions;
+/// use regcenter::Heartbeat;
 /// use std::time::Duration;
 ///
-/// let opts = HeartbeatOptions::new().service("arith").ttl(Duration::from_secs(15));
-/// # let _ = opts;
+/// let builder = Heartbeat::builder("http://127.0.0.1:9999/myRPC/registry", "tcp@127.0.0.1:7001")
+///     .service("arith")
+///     .ttl(Duration::from_secs(15));
+/// # let _ = builder;
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct HeartbeatOptions {
-    pub(crate) service: String,
-    pub(crate) period: Option<Duration>,
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) weight: Option<u32>,
-    pub(crate) meta: Vec<(String, String)>,
-    pub(crate) timeout: Duration,
-    pub(crate) also: Vec<String>,
-    pub(crate) token: Option<String>,
+pub struct HeartbeatBuilder {
+    /// The first registry, then those of [`also`](HeartbeatBuilder::also).
+    registries: Vec<String>,
+    addr: String,
+    service: String,
+    period: Option<Duration>,
+    ttl: Option<Duration>,
+    weight: Option<u32>,
+    meta: Vec<(String, String)>,
+    timeout: Duration,
+    token: Option<String>,
 }
 
-impl Default for HeartbeatOptions {
-    fn default() -> Self {
-        HeartbeatOptions {
-            service: String::new(),
-            period: None,
-            ttl: None,
-            weight: None,
-            meta: Vec::new(),
-            timeout: DEFAULT_CALL_TIMEOUT,
-            also: Vec::new(),
-            token: None,
-        }
-    }
-}
-
-impl HeartbeatOptions {
-    /// The defaults described on each setter.
-    pub fn new() -> HeartbeatOptions {
-        HeartbeatOptions::default()
-    }
-
+impl HeartbeatBuilder {
     /// The service to register in. Defaults to the default service (the
     /// registry's base path).
     pub fn service(mut self, service: impl Into<String>) -> Self {
@@ -101,11 +86,17 @@ impl HeartbeatOptions {
         self
     }
 
-    /// Another registry to keep the server registered at, beaten
-    /// independently (one thread each), so that discoveries using it as a
-    /// fallback find the server. Defaults to none.
+    /// Another registry to keep the server registered at, beaten at the
+    /// same time as the first, independently (one thread each), so that
+    /// discoveries using it as a fallback find the server. Defaults to none.
+    ///
+    /// Not called `fallback` as on
+    /// [`RegistryDiscoveryBuilder::fallback`](crate::RegistryDiscoveryBuilder::fallback)
+    /// because it is not one: a discovery reads from one registry at a time
+    /// and moves to the next only when it cannot be reached, while a
+    /// heartbeat registers at every registry, always.
     pub fn also(mut self, registry_url: &str) -> Self {
-        self.also.push(registry_url.to_string());
+        self.registries.push(registry_url.to_string());
         self
     }
 
@@ -121,10 +112,28 @@ impl HeartbeatOptions {
         self.timeout = timeout;
         self
     }
+
+    /// Registers the server and keeps it registered: beats once at every
+    /// registry, then from a thread per registry.
+    ///
+    /// When a registry cannot be reached, `start` still returns a running
+    /// heartbeat, which registers the server there as soon as it answers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAddr`], [`Error::InvalidService`] or
+    /// [`Error::InvalidConfig`] for bad input; [`Error::Status`] when the
+    /// first beat is refused for good (400, 401, 403, or 404 with a reason;
+    /// see [What ends a heartbeat](Heartbeat#what-ends-a-heartbeat)); any
+    /// other failure of the first beat is retried in the background.
+    /// [`Error::Io`] when a thread cannot be spawned.
+    pub fn start(self) -> Result<Heartbeat> {
+        Heartbeat::launch(self)
+    }
 }
 
-/// Keeps a server registered: beats once before [`start`](Heartbeat::start)
-/// returns, then from a thread every period, retrying failures with capped,
+/// Keeps a server registered: beats once before
+/// [`start`](HeartbeatBuilder::start) returns, then from a thread every period, retrying failures with capped,
 /// jittered exponential backoff, never giving up on a registry that is down.
 ///
 /// [`stop`](Heartbeat::stop), or dropping the handle, wakes the thread at
@@ -145,9 +154,9 @@ impl HeartbeatOptions {
 /// that is not HTTP, is cut short, has an oversized head or a malformed
 /// header, a redirect (never followed: a registry does not redirect), 5xx,
 /// 429 and any other status. Such a registry costs each beat at most the
-/// [`timeout`](HeartbeatOptions::timeout) of each phase of a call.
+/// [`timeout`](HeartbeatBuilder::timeout) of each phase of a call.
 ///
-/// With [`also`](HeartbeatOptions::also), each registry is beaten by its own
+/// With [`also`](HeartbeatBuilder::also), each registry is beaten by its own
 /// thread: a refusal at one ends that one only, and `stop` still
 /// deregisters from the others.
 #[must_use = "dropping the Heartbeat stops it and deregisters the server"]
@@ -209,21 +218,27 @@ impl Beat {
 }
 
 impl Heartbeat {
-    /// Registers `addr` with the registry at `registry_url` (e.g.
-    /// `http://127.0.0.1:9999/myRPC/registry`) and keeps it registered.
-    ///
-    /// When the registry cannot be reached, `start` still returns a running
-    /// heartbeat, which registers the server as soon as the registry answers.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidAddr`], [`Error::InvalidService`] or
-    /// [`Error::InvalidConfig`] for bad input; [`Error::Status`] when the
-    /// first beat is refused for good (400, 401, 403, or 404 with a reason;
-    /// see [What ends a heartbeat](Heartbeat#what-ends-a-heartbeat)); any
-    /// other failure of the first beat is retried in the background.
-    /// [`Error::Io`] when a thread cannot be spawned.
-    pub fn start(registry_url: &str, addr: &str, options: HeartbeatOptions) -> Result<Heartbeat> {
+    /// Starts building a heartbeat that registers `addr` (e.g.
+    /// `tcp@127.0.0.1:7001`) with the registry at `registry_url` (e.g.
+    /// `http://127.0.0.1:9999/myRPC/registry`); nothing is checked or sent
+    /// until [`start`](HeartbeatBuilder::start).
+    pub fn builder(registry_url: &str, addr: &str) -> HeartbeatBuilder {
+        HeartbeatBuilder {
+            registries: vec![registry_url.to_string()],
+            addr: addr.to_string(),
+            service: String::new(),
+            period: None,
+            ttl: None,
+            weight: None,
+            meta: Vec::new(),
+            timeout: DEFAULT_CALL_TIMEOUT,
+            token: None,
+        }
+    }
+
+    fn launch(options: HeartbeatBuilder) -> Result<Heartbeat> {
+        let addr = options.addr.as_str();
+        let registry_url = options.registries[0].as_str();
         validate_addr(addr)?;
         service_url(registry_url, &options.service)?;
         if options.period.is_some_and(|p| p < MIN_PERIOD) {
@@ -253,8 +268,7 @@ impl Heartbeat {
             headers.push((HEADER_META, encode_meta(&options.meta)));
         }
         let mut beats = Vec::new();
-        for registry in std::iter::once(registry_url).chain(options.also.iter().map(String::as_str))
-        {
+        for registry in &options.registries {
             beats.push(Arc::new(Beat {
                 agent: client::agent(options.timeout),
                 url: service_url(registry, &options.service)?,
@@ -597,19 +611,19 @@ mod tests {
     fn bad_options_are_refused_before_any_call() {
         let url = "http://127.0.0.1:9/myRPC/registry";
         assert!(matches!(
-            Heartbeat::start(url, "a b", HeartbeatOptions::new()),
+            Heartbeat::builder(url, "a b").start(),
             Err(Error::InvalidAddr { .. })
         ));
         assert!(matches!(
-            Heartbeat::start(url, "a", HeartbeatOptions::new().service("a/b")),
+            Heartbeat::builder(url, "a").service("a/b").start(),
             Err(Error::InvalidService { .. })
         ));
         assert!(matches!(
-            Heartbeat::start(url, "a", HeartbeatOptions::new().weight(0)),
+            Heartbeat::builder(url, "a").weight(0).start(),
             Err(Error::InvalidConfig { .. })
         ));
         assert!(matches!(
-            Heartbeat::start(url, "a", HeartbeatOptions::new().period(Duration::ZERO)),
+            Heartbeat::builder(url, "a").period(Duration::ZERO).start(),
             Err(Error::InvalidConfig { .. })
         ));
     }

@@ -9,14 +9,15 @@
 //! are alive through a [`Discovery`] and pick one.
 //!
 //! ```
-//! use regcenter::{Discovery, Heartbeat, HeartbeatOptions, RegistryDiscovery, RegistryServer, SelectMode};
+//! use regcenter::{Discovery, Heartbeat, RegistryDiscovery, RegistryServer, SelectMode};
 //!
 //! // A registry on 127.0.0.1 with a free port and a short TTL.
 //! let server = RegistryServer::start_local()?;
 //!
 //! // A server announces itself; the first beat lands before start returns.
-//! let opts = HeartbeatOptions::new().service("arith");
-//! let heartbeat = Heartbeat::start(server.url(), "tcp@127.0.0.1:7001", opts)?;
+//! let heartbeat = Heartbeat::builder(server.url(), "tcp@127.0.0.1:7001")
+//!     .service("arith")
+//!     .start()?;
 //!
 //! // A client discovers it.
 //! let discovery = RegistryDiscovery::builder(server.url()).service("arith").build()?;
@@ -100,8 +101,8 @@ pub use discovery::{
 };
 pub use error::{Error, Result};
 #[cfg(feature = "etcd")]
-pub use etcd::EtcdRegistration;
-pub use heartbeat::{Heartbeat, HeartbeatOptions, deregister};
+pub use etcd::{EtcdRegistration, EtcdRegistrationBuilder};
+pub use heartbeat::{Heartbeat, HeartbeatBuilder, deregister};
 pub use registry::{
     EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, RegistryStats, Sweeper,
     TTL_LIMIT,

@@ -1,6 +1,6 @@
 //! The bearer token: writes need it, reads only when protected.
 
-use regcenter::{Discovery, Error, Heartbeat, HeartbeatOptions, RegistryDiscovery, RegistryServer};
+use regcenter::{Discovery, Error, Heartbeat, RegistryDiscovery, RegistryServer};
 
 use crate::common::raw;
 
@@ -62,16 +62,14 @@ fn protected_reads_need_the_token_too() {
 #[test]
 fn heartbeats_carry_the_token_and_stop_on_401() {
     let s = server(false);
-    let hb = Heartbeat::start(
-        s.url(),
-        "tcp@a:1",
-        HeartbeatOptions::new().token("s3cret-token"),
-    )
-    .unwrap();
+    let hb = Heartbeat::builder(s.url(), "tcp@a:1")
+        .token("s3cret-token")
+        .start()
+        .unwrap();
     assert_eq!(s.registry().alive(""), ["tcp@a:1"]);
     hb.stop().unwrap();
     assert!(s.registry().is_empty(), "the DELETE carried the token");
-    let e = Heartbeat::start(s.url(), "tcp@a:1", HeartbeatOptions::new()).unwrap_err();
+    let e = Heartbeat::builder(s.url(), "tcp@a:1").start().unwrap_err();
     assert!(matches!(e, Error::Status { status: 401, .. }), "{e}");
     assert!(e.to_string().contains("401"), "{e}");
 }

@@ -138,7 +138,7 @@ fn picks_up_the_new_list_when_the_registry_is_back() {
 
 #[test]
 fn an_empty_restarted_registry_does_not_wipe_the_list_before_a_ttl() {
-    use regcenter::{Heartbeat, HeartbeatOptions};
+    use regcenter::Heartbeat;
     let s = registry_on("127.0.0.1:0");
     let addr = s.local_addr().to_string();
     // Move the index well past what a fresh registry will report.
@@ -172,7 +172,9 @@ fn an_empty_restarted_registry_does_not_wipe_the_list_before_a_ttl() {
         t.elapsed()
     );
     // A heartbeat refills the registry meanwhile: its list replaces the old.
-    let hb = Heartbeat::start(restarted.url(), "tcp@fresh:1", HeartbeatOptions::new()).unwrap();
+    let hb = Heartbeat::builder(restarted.url(), "tcp@fresh:1")
+        .start()
+        .unwrap();
     crate::common::wait_until("the refilled list", Duration::from_secs(2), || {
         d.get_all().unwrap() == ["tcp@fresh:1"]
     });

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use regcenter::{Discovery, EtcdRegistration, HeartbeatOptions, RegistryDiscovery, SelectMode};
+use regcenter::{
+    Discovery, EtcdRegistration, EtcdRegistrationBuilder, RegistryDiscovery, SelectMode,
+};
 
 use crate::common::wait_until;
 
@@ -130,8 +132,8 @@ impl Drop for Etcd {
     }
 }
 
-fn opts(service: &str) -> HeartbeatOptions {
-    HeartbeatOptions::new()
+fn registration(e: &Etcd, addr: &str, service: &str) -> EtcdRegistrationBuilder {
+    EtcdRegistration::builder(&[&e.url()], addr)
         .service(service)
         .ttl(Duration::from_secs(2))
 }
@@ -153,13 +155,12 @@ fn discovery(e: &Etcd, service: &str, watch: bool) -> RegistryDiscovery {
 #[test]
 fn register_list_weights_and_metadata() {
     let Some(e) = Etcd::start() else { return };
-    let heavy = EtcdRegistration::start(
-        &[&e.url()],
-        "tcp@heavy:1",
-        opts("arith").weight(3).meta("zone", "eu"),
-    )
-    .unwrap();
-    let light = EtcdRegistration::start(&[&e.url()], "tcp@light:1", opts("arith")).unwrap();
+    let heavy = registration(&e, "tcp@heavy:1", "arith")
+        .weight(3)
+        .meta("zone", "eu")
+        .start()
+        .unwrap();
+    let light = registration(&e, "tcp@light:1", "arith").start().unwrap();
     let d = discovery(&e, "arith", false);
     assert_eq!(d.get_all().unwrap(), ["tcp@heavy:1", "tcp@light:1"]);
     let picks: Vec<String> = (0..8)
@@ -211,7 +212,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[test]
 fn keep_alive_holds_past_several_ttls_and_stop_revokes_at_once() {
     let Some(e) = Etcd::start() else { return };
-    let reg = EtcdRegistration::start(&[&e.url()], "tcp@kept:1", opts("svc")).unwrap();
+    let reg = registration(&e, "tcp@kept:1", "svc").start().unwrap();
     let d = discovery(&e, "svc", false);
     // TTL 2 s, kept alive every ~0.67 s: 7 keep-alives span more than 2 TTLs.
     wait_until("7 keep-alives", Duration::from_secs(15), || {
@@ -263,7 +264,7 @@ fn watch_mode_sees_a_registration_and_a_removal_quickly() {
     let d = discovery(&e, "w", true);
     assert!(d.get_all().unwrap().is_empty());
     let t = Instant::now();
-    let reg = EtcdRegistration::start(&[&e.url()], "tcp@w:1", opts("w")).unwrap();
+    let reg = registration(&e, "tcp@w:1", "w").start().unwrap();
     wait_until("the registration to arrive", Duration::from_secs(5), || {
         d.get_all().unwrap() == ["tcp@w:1"]
     });
@@ -286,7 +287,7 @@ fn watch_mode_sees_a_registration_and_a_removal_quickly() {
 #[test]
 fn after_etcd_loses_its_data_the_registration_comes_back_and_discovery_recovers() {
     let Some(mut e) = Etcd::start() else { return };
-    let reg = EtcdRegistration::start(&[&e.url()], "tcp@back:1", opts("r")).unwrap();
+    let reg = registration(&e, "tcp@back:1", "r").start().unwrap();
     let d = discovery(&e, "r", true);
     assert_eq!(d.get_all().unwrap(), ["tcp@back:1"]);
     e.restart(true);
@@ -303,12 +304,10 @@ fn after_etcd_loses_its_data_the_registration_comes_back_and_discovery_recovers(
 #[test]
 fn discovery_keeps_its_list_while_etcd_is_down() {
     let Some(mut e) = Etcd::start() else { return };
-    let reg = EtcdRegistration::start(
-        &[&e.url()],
-        "tcp@stay:1",
-        opts("k").ttl(Duration::from_secs(30)),
-    )
-    .unwrap();
+    let reg = registration(&e, "tcp@stay:1", "k")
+        .ttl(Duration::from_secs(30))
+        .start()
+        .unwrap();
     let d = discovery(&e, "k", false);
     assert_eq!(d.get_all().unwrap(), ["tcp@stay:1"]);
     e.stop();
@@ -321,4 +320,26 @@ fn discovery_keeps_its_list_while_etcd_is_down() {
     );
     e.restart(false);
     drop(reg);
+}
+
+#[test]
+fn a_prefix_puts_the_key_under_it_and_only_discovery_with_it_sees_it() {
+    let Some(e) = Etcd::start() else { return };
+    let reg = registration(&e, "tcp@elsewhere:1", "p")
+        .prefix("/other/")
+        .start()
+        .unwrap();
+    assert_eq!(reg.key(), "/other/p/tcp@elsewhere:1");
+    let under = RegistryDiscovery::etcd(&[&e.url()])
+        .etcd_prefix("/other")
+        .service("p")
+        .build()
+        .unwrap();
+    assert_eq!(under.get_all().unwrap(), ["tcp@elsewhere:1"]);
+    let default = discovery(&e, "p", false);
+    assert!(
+        default.get_all().unwrap().is_empty(),
+        "not under /regcenter"
+    );
+    reg.stop().unwrap();
 }

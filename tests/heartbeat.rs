@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use regcenter::{Error, Heartbeat, HeartbeatOptions, RegistryServer};
+use regcenter::{Error, Heartbeat, RegistryServer};
 
 use crate::common::{SeedRegistry, wait_until};
 
@@ -22,7 +22,9 @@ fn registry_on(addr: &str) -> RegistryServer {
 #[test]
 fn registers_before_start_returns_renews_and_deregisters_on_stop() {
     let s = registry_on("127.0.0.1:0");
-    let hb = Heartbeat::start(s.url(), "tcp@127.0.0.1:7001", HeartbeatOptions::new()).unwrap();
+    let hb = Heartbeat::builder(s.url(), "tcp@127.0.0.1:7001")
+        .start()
+        .unwrap();
     assert_eq!(
         s.registry().alive(""),
         ["tcp@127.0.0.1:7001"],
@@ -41,10 +43,11 @@ fn registers_before_start_returns_renews_and_deregisters_on_stop() {
 #[test]
 fn stop_is_immediate_even_with_a_long_period() {
     let s = registry_on("127.0.0.1:0");
-    let opts = HeartbeatOptions::new()
+    let hb = Heartbeat::builder(s.url(), "tcp@x:1")
         .period(Duration::from_secs(3600))
-        .service("arith");
-    let hb = Heartbeat::start(s.url(), "tcp@x:1", opts).unwrap();
+        .service("arith")
+        .start()
+        .unwrap();
     assert_eq!(s.registry().alive("arith"), ["tcp@x:1"]);
     let t = std::time::Instant::now();
     drop(hb);
@@ -56,7 +59,9 @@ fn stop_is_immediate_even_with_a_long_period() {
 fn a_permanent_error_is_returned_by_start() {
     let s = registry_on("127.0.0.1:0");
     let bad_path = format!("http://{}/elsewhere", s.local_addr());
-    let e = Heartbeat::start(&bad_path, "tcp@x:1", HeartbeatOptions::new()).unwrap_err();
+    let e = Heartbeat::builder(&bad_path, "tcp@x:1")
+        .start()
+        .unwrap_err();
     assert!(matches!(e, Error::Status { status: 404, .. }), "{e}");
 }
 
@@ -67,7 +72,7 @@ fn starting_while_the_registry_is_down_registers_once_it_is_up() {
     let url = probe.url().to_string();
     probe.shutdown().unwrap();
 
-    let hb = Heartbeat::start(&url, "tcp@late:1", HeartbeatOptions::new()).unwrap();
+    let hb = Heartbeat::builder(&url, "tcp@late:1").start().unwrap();
     assert_eq!(hb.beats(), 0);
     let s = registry_on(&addr);
     // Backoff is capped at the period (100 ms): listed well within a second.
@@ -81,7 +86,7 @@ fn starting_while_the_registry_is_down_registers_once_it_is_up() {
 fn a_restarted_registry_gets_the_server_back_within_a_period() {
     let s = registry_on("127.0.0.1:0");
     let addr = s.local_addr().to_string();
-    let hb = Heartbeat::start(s.url(), "tcp@again:1", HeartbeatOptions::new()).unwrap();
+    let hb = Heartbeat::builder(s.url(), "tcp@again:1").start().unwrap();
     s.shutdown().unwrap();
     let restarted = registry_on(&addr);
     assert!(restarted.registry().is_empty());
@@ -103,7 +108,9 @@ fn a_restarted_registry_gets_the_server_back_within_a_period() {
 #[test]
 fn works_against_the_go_seed_which_has_no_delete() {
     let seed = SeedRegistry::start();
-    let hb = Heartbeat::start(&seed.url(), "tcp@127.0.0.1:7001", HeartbeatOptions::new()).unwrap();
+    let hb = Heartbeat::builder(&seed.url(), "tcp@127.0.0.1:7001")
+        .start()
+        .unwrap();
     assert!(seed.servers.lock().contains_key("tcp@127.0.0.1:7001"));
     hb.stop().expect("a 405 on DELETE still counts as stopped");
     assert!(seed.requests.lock().iter().any(|r| r.starts_with("DELETE")));
@@ -112,8 +119,10 @@ fn works_against_the_go_seed_which_has_no_delete() {
 #[test]
 fn stop_reports_an_unreachable_registry_but_still_returns() {
     let s = registry_on("127.0.0.1:0");
-    let opts = HeartbeatOptions::new().timeout(Duration::from_millis(500));
-    let hb = Heartbeat::start(s.url(), "tcp@x:1", opts).unwrap();
+    let hb = Heartbeat::builder(s.url(), "tcp@x:1")
+        .timeout(Duration::from_millis(500))
+        .start()
+        .unwrap();
     s.shutdown().unwrap();
     let e = hb.stop().unwrap_err();
     assert!(matches!(e, Error::Unreachable { .. }), "{e}");
@@ -123,8 +132,10 @@ fn stop_reports_an_unreachable_registry_but_still_returns() {
 fn beats_every_registry_given_and_deregisters_from_all() {
     let a = registry_on("127.0.0.1:0");
     let b = registry_on("127.0.0.1:0");
-    let opts = HeartbeatOptions::new().also(b.url());
-    let hb = Heartbeat::start(a.url(), "tcp@both:1", opts).unwrap();
+    let hb = Heartbeat::builder(a.url(), "tcp@both:1")
+        .also(b.url())
+        .start()
+        .unwrap();
     assert_eq!(a.registry().alive(""), ["tcp@both:1"]);
     assert_eq!(b.registry().alive(""), ["tcp@both:1"]);
     wait_until("renewals at both", SECS, || hb.beats() >= 6);

@@ -3,7 +3,7 @@
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-use regcenter::{Heartbeat, HeartbeatOptions};
+use regcenter::Heartbeat;
 
 use super::signals::{Asked, Signals, log_ignored, signal_name};
 use super::{Args, Command, ETCD, Failure, Flag, Kind, REGISTRY, SERVICE, TOKEN_FILE};
@@ -49,29 +49,41 @@ const META: Flag = Flag::new(
     "a metadata label; repeat for more",
 );
 
+/// Sets `register`'s options on a heartbeat's or an etcd registration's
+/// builder: the two have these setters, but no type in common.
+macro_rules! announce_options {
+    ($builder:expr, $a:expr) => {{
+        let mut b = $builder.service($a.service());
+        if let Some(p) = $a.duration(&PERIOD) {
+            b = b.period(p);
+        }
+        if let Some(t) = $a.duration(&TTL) {
+            b = b.ttl(t);
+        }
+        if let Some(w) = $a.weight(&WEIGHT) {
+            b = b.weight(w);
+        }
+        for (k, v) in $a.pairs(&META) {
+            b = b.meta(k, v);
+        }
+        b
+    }};
+}
+
 fn run(a: Args) -> Result<(), Failure> {
     let addr = a.required(&ADDR, "register")?;
-    let mut opts = HeartbeatOptions::new().service(a.service());
-    if let Some(t) = a.token()? {
-        opts = opts.token(t);
-    }
-    if let Some(p) = a.duration(&PERIOD) {
-        opts = opts.period(p);
-    }
-    if let Some(t) = a.duration(&TTL) {
-        opts = opts.ttl(t);
-    }
-    if let Some(w) = a.weight(&WEIGHT) {
-        opts = opts.weight(w);
-    }
-    for (k, v) in a.pairs(&META) {
-        opts = opts.meta(k, v);
-    }
+    let token = a.token()?;
     let signals = Signals::install()?;
     if let Some(list) = a.text(&ETCD) {
-        return register_etcd(list, addr, opts, signals);
+        // An etcd registration sends no bearer token: `--token-file` does
+        // not apply to it.
+        return register_etcd(list, addr, &a, signals);
     }
-    let hb = Heartbeat::start(a.registry(), addr, opts)?;
+    let mut builder = announce_options!(Heartbeat::builder(a.registry(), addr), a);
+    if let Some(t) = token {
+        builder = builder.token(t);
+    }
+    let hb = builder.start()?;
     eprintln!("regcenter: keeping {addr} registered at {}", hb.url());
     // The heartbeat ends on its own when the registry refuses it for good
     // (a rotated token answered 401): then exit 1 with the reason, rather
@@ -126,13 +138,10 @@ impl std::error::Error for HeartbeatEnded {
 }
 
 #[cfg(feature = "etcd")]
-fn register_etcd(
-    list: &str,
-    addr: &str,
-    opts: HeartbeatOptions,
-    signals: Signals,
-) -> Result<(), Failure> {
-    let reg = regcenter::EtcdRegistration::start(&super::etcd_endpoints(list), addr, opts)?;
+fn register_etcd(list: &str, addr: &str, a: &Args, signals: Signals) -> Result<(), Failure> {
+    let endpoints = super::etcd_endpoints(list);
+    let reg =
+        announce_options!(regcenter::EtcdRegistration::builder(&endpoints, addr), a).start()?;
     eprintln!(
         "regcenter: keeping {addr} registered in etcd as {}",
         reg.key()
@@ -144,6 +153,6 @@ fn register_etcd(
 }
 
 #[cfg(not(feature = "etcd"))]
-fn register_etcd(_: &str, _: &str, _: HeartbeatOptions, _: Signals) -> Result<(), Failure> {
+fn register_etcd(_: &str, _: &str, _: &Args, _: Signals) -> Result<(), Failure> {
     super::etcd_builder("").map(drop)
 }

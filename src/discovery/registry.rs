@@ -55,6 +55,11 @@ impl RegistryDiscoveryBuilder {
 
     /// Another registry holding the same servers, tried in turn when the
     /// ones before it cannot be reached. Defaults to none.
+    ///
+    /// Servers get into every such registry with
+    /// [`HeartbeatBuilder::also`](crate::HeartbeatBuilder::also), which has
+    /// its own word because it does the opposite: a heartbeat registers at
+    /// every registry at once, a discovery reads from one at a time.
     pub fn fallback(mut self, registry_url: &str) -> Self {
         self.registries.push(registry_url.to_string());
         self

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use regcenter::{
-    Discovery, Error, Heartbeat, HeartbeatOptions, RegistryDiscovery, RegistryServer, SelectMode,
+    Discovery, Error, Heartbeat, HeartbeatBuilder, RegistryDiscovery, RegistryServer, SelectMode,
 };
 
 use crate::common::proxy::{Fault, Proxy};
@@ -54,8 +54,8 @@ fn registry() -> RegistryServer {
         .unwrap()
 }
 
-fn options() -> HeartbeatOptions {
-    HeartbeatOptions::new()
+fn heartbeat(registry_url: &str) -> HeartbeatBuilder {
+    Heartbeat::builder(registry_url, ADDR)
         .period(Duration::from_millis(100))
         .timeout(TIMEOUT)
 }
@@ -65,7 +65,7 @@ fn options() -> HeartbeatOptions {
 fn heartbeat_survives(fault: Fault) {
     let s = registry();
     let proxy = Proxy::start(s.local_addr());
-    let hb = Heartbeat::start(&proxy.url(), ADDR, options()).unwrap();
+    let hb = heartbeat(&proxy.url()).start().unwrap();
     assert_eq!(s.registry().alive(""), [ADDR]);
     proxy.set(fault.clone());
     wait_until(
@@ -152,7 +152,7 @@ fn a_heartbeat_refused_for_good_stops_and_says_why() {
     ] {
         let s = registry();
         let proxy = Proxy::start(s.local_addr());
-        let hb = Heartbeat::start(&proxy.url(), ADDR, options()).unwrap();
+        let hb = heartbeat(&proxy.url()).start().unwrap();
         assert_eq!(hb.wait_stopped(Duration::from_millis(1)), None);
         proxy.set(Fault::Reply(status, reason));
         let why = hb
@@ -177,7 +177,7 @@ fn a_refusal_at_one_registry_still_deregisters_from_the_others_on_stop() {
     let a = registry();
     let b = registry();
     let proxy = Proxy::start(a.local_addr());
-    let hb = Heartbeat::start(&proxy.url(), ADDR, options().also(b.url())).unwrap();
+    let hb = heartbeat(&proxy.url()).also(b.url()).start().unwrap();
     assert_eq!(a.registry().alive(""), [ADDR]);
     assert_eq!(b.registry().alive(""), [ADDR]);
     proxy.set(Fault::Reply(401, "missing or wrong bearer token"));
@@ -221,11 +221,9 @@ fn no_client_call_outlives_its_timeouts_whatever_the_registry_answers() {
         let what = |call: &str| format!("{call} through {fault:?}");
 
         // A heartbeat started against it runs and retries in the background.
-        let hb = bounded(&what("Heartbeat::start"), || {
-            Heartbeat::start(&url, ADDR, options())
-        });
-        let hb = hb.unwrap_or_else(|e| panic!("{}: {e}", what("Heartbeat::start")));
-        assert!(hb.is_running(), "{}", what("Heartbeat::start"));
+        let hb = bounded(&what("HeartbeatBuilder::start"), || heartbeat(&url).start());
+        let hb = hb.unwrap_or_else(|e| panic!("{}: {e}", what("HeartbeatBuilder::start")));
+        assert!(hb.is_running(), "{}", what("HeartbeatBuilder::start"));
         if let Err(e) = bounded(&what("Heartbeat::stop"), || hb.stop()) {
             assert!(!matches!(e, Error::Stopped { .. }), "{e}");
         }
