@@ -86,15 +86,13 @@ impl HeartbeatBuilder {
         self
     }
 
-    /// Another registry to keep the server registered at, beaten at the
-    /// same time as the first, independently (one thread each), so that
-    /// discoveries using it as a fallback find the server. Defaults to none.
-    ///
-    /// Not called `fallback` as on
-    /// [`RegistryDiscoveryBuilder::fallback`](crate::RegistryDiscoveryBuilder::fallback)
-    /// because it is not one: a discovery reads from one registry at a time
-    /// and moves to the next only when it cannot be reached, while a
-    /// heartbeat registers at every registry, always.
+    /// Another registry, as on
+    /// [`RegistryDiscoveryBuilder::also`](crate::RegistryDiscoveryBuilder::also):
+    /// a heartbeat keeps the server registered at every one, beaten at the
+    /// same time as the first and independently (one thread each), so that
+    /// a discovery, which reads from one registry at a time and moves on
+    /// only when it cannot be reached, finds the server whichever answers.
+    /// Defaults to none.
     pub fn also(mut self, registry_url: &str) -> Self {
         self.registries.push(registry_url.to_string());
         self

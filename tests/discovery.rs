@@ -304,7 +304,7 @@ fn falls_back_to_the_next_registry() {
     let up = registry_on("127.0.0.1:0");
     up.registry().put("", "tcp@x:1").unwrap();
     let d = RegistryDiscovery::builder(&down_url)
-        .fallback(up.url())
+        .also(up.url())
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();

@@ -53,14 +53,12 @@ impl RegistryDiscoveryBuilder {
         self
     }
 
-    /// Another registry holding the same servers, tried in turn when the
-    /// ones before it cannot be reached. Defaults to none.
-    ///
-    /// Servers get into every such registry with
-    /// [`HeartbeatBuilder::also`](crate::HeartbeatBuilder::also), which has
-    /// its own word because it does the opposite: a heartbeat registers at
-    /// every registry at once, a discovery reads from one at a time.
-    pub fn fallback(mut self, registry_url: &str) -> Self {
+    /// Another registry holding the same servers, as on
+    /// [`HeartbeatBuilder::also`](crate::HeartbeatBuilder::also): a
+    /// discovery reads from one registry at a time and tries the others in
+    /// turn when it cannot be reached (a heartbeat registers at every one).
+    /// Defaults to none.
+    pub fn also(mut self, registry_url: &str) -> Self {
         self.registries.push(registry_url.to_string());
         self
     }
@@ -194,7 +192,7 @@ impl RegistryDiscoveryBuilder {
 ///   backoff; [`age`](RegistryDiscovery::age) says how stale it is. `get`
 ///   fails only while no list was ever fetched, or the list is empty.
 /// - Fallbacks: registries added with
-///   [`fallback`](RegistryDiscoveryBuilder::fallback) are tried in turn.
+///   [`also`](RegistryDiscoveryBuilder::also) are tried in turn.
 /// - Empty-list guard: an empty answer from a registry whose index went
 ///   backwards (it restarted and lost its table) does not wipe a non-empty
 ///   list at once; the old list is served until one TTL has passed or the
