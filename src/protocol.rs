@@ -244,15 +244,6 @@ pub fn split_servers(header: &str) -> Vec<String> {
         .collect()
 }
 
-/// Splits a text listing: one address per line, blank lines ignored.
-pub fn split_lines(body: &str) -> Vec<String> {
-    body.lines()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 /// Builds the registry URL of a service: the base URL for the default
 /// service, `base/service` otherwise.
 ///
@@ -456,7 +447,6 @@ mod tests {
     fn splits_seed_lists_like_the_go_client() {
         assert_eq!(split_servers("a, b,,c "), ["a", "b", "c"]);
         assert!(split_servers("").is_empty());
-        assert_eq!(split_lines("a\n\nb\n"), ["a", "b"]);
     }
 
     #[test]

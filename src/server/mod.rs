@@ -5,6 +5,7 @@ mod lanes;
 mod metrics;
 mod pool;
 mod route;
+mod status;
 mod watch;
 mod worker;
 

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use super::http::{self, Conn, Exchange, Front, Http};
 use super::lanes::{Arrival, Lanes, Next};
-use super::metrics::{self, Metrics};
+use super::metrics::Metrics;
 use super::pool::Pool;
 use super::route::{self, Method, Outcome, Request, Response, RouteConfig};
 use super::watch::{Parked, Watchers};
@@ -460,7 +460,7 @@ fn operations(ctx: &Ctx, req: &Request) -> Option<Response> {
             .render(&ctx.registry, ctx.watchers.len(), ctx.front.rebuilds());
         Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", body)
     } else {
-        let body = metrics::status_page(&ctx.registry, &ctx.url);
+        let body = super::status::status_page(&ctx.registry, &ctx.url);
         Response::with_body(200, "text/html; charset=utf-8", body)
     })
 }
