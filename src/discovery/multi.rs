@@ -1,3 +1,6 @@
+//! `MultiServersDiscovery`: a fixed list of servers, picked from as the
+//! seed's discovery of the same name picks.
+
 use parking_lot::Mutex;
 
 use super::{Discovery, Picker, SelectMode, validate_all};

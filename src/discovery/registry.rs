@@ -1,3 +1,7 @@
+//! `RegistryDiscovery`: the list of servers fetched from a registry (or
+//! from etcd, feature `etcd`), kept fresh by a period or a long-poll, and
+//! served stale while the source cannot be reached.
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};

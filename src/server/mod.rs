@@ -1,4 +1,5 @@
-//! `RegistryServer`: the listener, the worker threads, the wiring of routes.
+//! `RegistryServer`: the listener, the intake, the pool and the guard, the
+//! wiring of routes, and a stop that no client can hold up.
 
 mod http;
 mod lanes;

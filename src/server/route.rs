@@ -1,6 +1,6 @@
 //! Routes: a pure function from our request type to our response type, so
-//! every status code is testable without a socket. tiny_http stays in the
-//! worker loop (`server/mod.rs`).
+//! every status code is testable without a socket. tiny_http stays behind
+//! `server/http/`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
