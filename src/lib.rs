@@ -33,12 +33,16 @@
 //!
 //! # Threads and shutdown
 //!
-//! Every background thread belongs to a handle: [`RegistryServer`] (its
-//! request threads, its connection guard, its watch timer and the
-//! [`Sweeper`] that expires entries), [`Heartbeat`] (one thread per
-//! registry), a [`RegistryDiscovery`] in watch mode, and [`Sweeper`]. `shutdown()`/`stop()` ends and joins them, and so does
-//! dropping the handle. Every HTTP call a client makes has per-phase
-//! timeouts (2 s by default), so no call hangs.
+//! Every background thread belongs to a handle: [`RegistryServer`] (an
+//! intake per HTTP server that takes requests in order, its pool of
+//! request threads, which grows while slow clients hold them, its
+//! connection guard, its watch timer and the [`Sweeper`] that expires
+//! entries), [`Heartbeat`] (one thread per registry), a
+//! [`RegistryDiscovery`] in watch mode, and [`Sweeper`].
+//! `shutdown()`/`stop()` ends and joins them, and so does dropping the
+//! handle; a server's stop answers parked long-polls, then shuts every
+//! connection down, so no client can hold it up. Every HTTP call a client
+//! makes has per-phase timeouts (2 s by default), so no call hangs.
 //!
 //! # Untrusted input
 //!

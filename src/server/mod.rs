@@ -72,7 +72,10 @@ impl RegistryServerBuilder {
         self
     }
 
-    /// How many threads answer requests. Defaults to the number of cores.
+    /// How many threads answer requests at least; more are started while
+    /// requests wait with every thread held by clients that do not read
+    /// (up to one per connection), and end after 5 s without work.
+    /// Defaults to the number of cores.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
         self
