@@ -137,15 +137,6 @@ fn the_bearer_scheme_is_case_insensitive() {
     s.shutdown().unwrap();
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -177,7 +168,7 @@ fn a_refused_start_leaves_no_thread_no_port_and_no_write() {
         }),
     ];
     for (what, bad) in cases {
-        let port = free_port();
+        let port = super::free_port();
         let b = RegistryServer::builder()
             .addr(format!("127.0.0.1:{port}"))
             .threads(2)
@@ -202,7 +193,7 @@ fn a_refused_start_leaves_no_thread_no_port_and_no_write() {
         dir.clone(),
         file.join("x"),
     ] {
-        let port = free_port();
+        let port = super::free_port();
         let r = RegistryServer::builder()
             .addr(format!("127.0.0.1:{port}"))
             .threads(2)

@@ -189,10 +189,7 @@ fn a_new_connection_from_the_address_of_a_closed_one_is_served() {
         .start()
         .unwrap();
     let a = s.local_addr();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = super::free_port();
     // A connection refused for its framing, from a port of our choosing.
     let mut first = connect_from(port, a);
     std::io::Write::write_all(

@@ -41,6 +41,15 @@ pub fn send_unread(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     s
 }
 
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A request head with no body, kept alive.
 pub fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> String {
     let mut r = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");

@@ -325,11 +325,7 @@ fn a_snapshot_that_cannot_be_set_aside_stops_the_start() {
     let aside = corrupt_path(&file);
     std::fs::create_dir(&aside).unwrap();
     std::fs::write(aside.join("keep"), "x").unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = super::free_port();
     let r = RegistryServer::builder()
         .addr(format!("127.0.0.1:{port}"))
         .threads(2)

@@ -148,16 +148,13 @@ impl Front {
     /// The sockets of connections from `peer`, read afresh: a closed one
     /// and a new one from the same address can be open side by side.
     pub(crate) fn sockets_of(&self, peer: SocketAddr) -> Vec<u64> {
-        let mut inodes: Vec<u64> = self
-            .scanner
+        self.scanner
             .lock()
             .scan(true)
             .into_iter()
             .filter(|c| c.peer == peer)
             .map(|c| c.inode)
-            .collect();
-        inodes.dedup();
-        inodes
+            .collect()
     }
 
     /// Waits up to `d` unless the front is stopping; true when stopping.
