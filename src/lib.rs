@@ -107,6 +107,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdRegistration, EtcdRegistrationBuilder};
 pub use heartbeat::{Heartbeat, HeartbeatBuilder, deregister};
+pub use protocol::Status;
 pub use registry::{
     EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, RegistryStats, Sweeper,
     TTL_LIMIT,

@@ -22,6 +22,12 @@ pub const HEADER_TTL: &str = "X-Myrpc-Ttl";
 pub const HEADER_WEIGHT: &str = "X-Myrpc-Weight";
 /// A server's metadata on POST (`k=v&k2=v2`, URL-encoded).
 pub const HEADER_META: &str = "X-Myrpc-Meta";
+/// A server's status on POST (`up` or `draining`; sticky: a POST without it
+/// keeps the status in force), and in JSON listings as `"status"`.
+pub const HEADER_STATUS: &str = "X-Myrpc-Status";
+/// `true` on listings of a registry that started without a snapshot and has
+/// not yet waited its maximum TTL: servers may still be re-registering.
+pub const HEADER_RECOVERING: &str = "X-Myrpc-Recovering";
 /// Longest accepted value of any `X-Myrpc-*` request header, in bytes.
 pub const MAX_HEADER_VALUE: usize = 1024;
 
@@ -457,5 +463,61 @@ mod tests {
             "http://h/p/arith"
         );
         assert!(service_url("http://h/p", "a/b").is_err());
+    }
+}
+
+/// Whether a registered server takes new work.
+///
+/// A draining server stays registered and keeps renewing, but listings for
+/// the seed's clients leave it out and no [`SelectMode`](crate::SelectMode)
+/// picks it; JSON listings show it with `"status": "draining"`.
+///
+/// ```
+/// use regcenter::Status;
+///
+/// assert_eq!("draining".parse::<Status>()?, Status::Draining);
+/// assert_eq!(Status::Up.as_str(), "up");
+/// assert!("sleeping".parse::<Status>().is_err());
+/// # Ok::<(), regcenter::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Status {
+    /// Takes new work.
+    #[default]
+    Up,
+    /// Registered, but takes no new work.
+    Draining,
+}
+
+impl Status {
+    /// The wire name: `up` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Up => "up",
+            Status::Draining => "draining",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = Error;
+
+    /// Parses the wire name, exactly (`up`, `draining`).
+    fn from_str(s: &str) -> Result<Status> {
+        match s {
+            "up" => Ok(Status::Up),
+            "draining" => Ok(Status::Draining),
+            other => Err(Error::config(
+                "status",
+                format!("unknown status {other:?}: use up or draining"),
+            )),
+        }
     }
 }
