@@ -9,8 +9,8 @@ use parking_lot::{Condvar, Mutex};
 use crate::client::{self, DEFAULT_CALL_TIMEOUT, Verb};
 use crate::error::{Error, Result};
 use crate::protocol::{
-    HEADER_META, HEADER_SERVER, HEADER_TTL, HEADER_WEIGHT, encode_meta, format_duration,
-    parse_duration, service_url, validate_addr,
+    HEADER_META, HEADER_SERVER, HEADER_STATUS, HEADER_TTL, HEADER_WEIGHT, Status, encode_meta,
+    format_duration, parse_duration, service_url, validate_addr,
 };
 use crate::rand::jitter;
 use crate::registry::{DEFAULT_TTL, MAX_WEIGHT};
@@ -48,6 +48,7 @@ pub struct HeartbeatBuilder {
     meta: Vec<(String, String)>,
     timeout: Duration,
     token: Option<String>,
+    status: Option<Status>,
 }
 
 impl HeartbeatBuilder {
@@ -111,6 +112,18 @@ impl HeartbeatBuilder {
         self
     }
 
+    /// The status to register with (sent as `X-Myrpc-Status` from the
+    /// first beat on), as if [`Heartbeat::drain`] or
+    /// [`undrain`](Heartbeat::undrain) had been called before it: with
+    /// [`Status::Draining`], a server that warms up registers without
+    /// taking work, and calls `undrain` when it is ready. Defaults to
+    /// sending no status, which leaves the one in force at the registry
+    /// (`up` for a new entry) as it is.
+    pub fn status(mut self, status: Status) -> Self {
+        self.status = Some(status);
+        self
+    }
+
     /// Registers the server and keeps it registered: beats once at every
     /// registry, then from a thread per registry.
     ///
@@ -157,6 +170,24 @@ impl HeartbeatBuilder {
 /// With [`also`](HeartbeatBuilder::also), each registry is beaten by its own
 /// thread: a refusal at one ends that one only, and `stop` still
 /// deregisters from the others.
+///
+/// # Draining
+///
+/// [`drain`](Heartbeat::drain) keeps the server registered and renewed but
+/// asks the registries to stop handing it out, so that it can finish the
+/// work it has and then [`stop`](Heartbeat::stop) without a client picking
+/// it in between; [`undrain`](Heartbeat::undrain) takes it back. Once either
+/// is called (or [`HeartbeatBuilder::status`] set), every beat carries the
+/// status, so a registry that restarted, or was unreachable at the time,
+/// learns it from the next beat. A heartbeat whose status was never set
+/// sends none, which leaves a status set by someone else (`regcenter
+/// drain`) in force; one that sends its own overrides it at its next beat.
+///
+/// # State
+///
+/// [`state`](Heartbeat::state) says whether the server is registered now,
+/// which [`is_running`](Heartbeat::is_running) does not: a heartbeat runs
+/// on through an outage of its registry, retrying.
 #[must_use = "dropping the Heartbeat stops it and deregisters the server"]
 pub struct Heartbeat {
     shared: Arc<Shared>,
@@ -166,6 +197,7 @@ pub struct Heartbeat {
 }
 
 struct Shared {
+    /// Held only to read or update the bookkeeping, never across a call.
     state: Mutex<State>,
     /// Wakes the beat threads when `stop` is set.
     wake: Condvar,
@@ -173,17 +205,106 @@ struct Shared {
     ended: Condvar,
 }
 
-#[derive(Default)]
 struct State {
     stop: bool,
     beats: u64,
     /// Why beat threads ended on their own, with the index of their
     /// registry in `Heartbeat::beats`, in the order they ended.
     failures: Vec<(usize, Error)>,
+    /// The status every beat carries; `None` until the program sets one.
+    status: Option<Status>,
+    /// Whether each registry acknowledged its last beat (false once its
+    /// thread ended).
+    acked: Vec<bool>,
+    /// What [`Heartbeat::state`] reports while a registry is beaten; `None`
+    /// until the outcome of a first beat is recorded.
+    phase: Option<Phase>,
+}
+
+/// The state of a heartbeat that still beats some registry.
+enum Phase {
+    /// Since the first acknowledgement after a time none was.
+    Registered(Instant),
+    /// Since the first failure of the outage, and the last failure.
+    Retrying(Instant, String),
+}
+
+impl State {
+    /// Records the outcome of a beat at the registry `index`.
+    fn record(&mut self, index: usize, outcome: std::result::Result<(), &Error>) {
+        self.acked[index] = outcome.is_ok();
+        if outcome.is_ok() {
+            self.beats += 1;
+        }
+        let now = Instant::now();
+        let any = self.acked.contains(&true);
+        self.phase = match (self.phase.take(), any, outcome) {
+            (Some(Phase::Registered(since)), true, _) => Some(Phase::Registered(since)),
+            (_, true, _) => Some(Phase::Registered(now)),
+            (Some(Phase::Retrying(since, _)), false, Err(e)) => {
+                Some(Phase::Retrying(since, e.to_string()))
+            }
+            (_, false, Err(e)) => Some(Phase::Retrying(now, e.to_string())),
+            // Unreachable: an acknowledgement makes `any` true. Kept total
+            // so that no outcome can panic under the lock.
+            (phase, false, Ok(())) => phase,
+        };
+    }
+
+    /// Records that the thread of the registry `index` ended on its own.
+    fn end(&mut self, index: usize, error: Error) {
+        self.record(index, Err(&error));
+        self.failures.push((index, error));
+    }
+
+    /// The registries whose threads still beat.
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.acked.len()).filter(|i| self.failures.iter().all(|(f, _)| f != i))
+    }
+}
+
+/// Whether a heartbeat's server is registered now: [`Heartbeat::state`].
+///
+/// With several registries ([`also`](HeartbeatBuilder::also)) the heartbeat
+/// counts as registered while any registry still beaten acknowledged its
+/// last beat, since a discovery given the same registries finds the server
+/// at that one: `Registered` since the first acknowledgement after a time
+/// when none was (or since the first beat), `Retrying` from the failure
+/// that left none acknowledging. A registry that refused the server for
+/// good no longer counts; `Stopped` once every registry has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeartbeatState {
+    /// The last beat was acknowledged (at one registry at least).
+    Registered {
+        /// The first acknowledged beat of the current good run: renewals
+        /// do not move it, an outage ends the run.
+        since: Instant,
+    },
+    /// The last beat failed (at every registry) and is being retried; the
+    /// entry expires at its TTL if the outage lasts.
+    Retrying {
+        /// The first failed beat of the current outage (or the first beat,
+        /// when none has been acknowledged yet).
+        since: Instant,
+        /// The message of the last failure, naming the registry, e.g.
+        /// `registry http://127.0.0.1:9999/myRPC/registry: unreachable`.
+        last_error: String,
+    },
+    /// Every registry refused the server for good; nothing is sent any
+    /// more (see [What ends a heartbeat](Heartbeat#what-ends-a-heartbeat)).
+    Stopped {
+        /// As [`Heartbeat::stopped_reason`]: the first refusal.
+        reason: String,
+    },
 }
 
 /// What one beat sends, prepared once.
 struct Beat {
+    /// This registry's place in `Heartbeat::beats` and `State::acked`.
+    index: usize,
+    /// Held across each POST: see [`Beat::beat`].
+    turn: Mutex<()>,
     agent: ureq::Agent,
     url: String,
     addr: String,
@@ -193,10 +314,26 @@ struct Beat {
 }
 
 impl Beat {
-    /// One POST; on success the period to wait until the next.
-    fn send(&self) -> Result<Duration> {
+    /// One POST with the status in force, its outcome recorded; on success
+    /// the period to wait until the next.
+    fn beat(&self, shared: &Shared) -> Result<Duration> {
+        // One POST at a time per registry, the status read once the turn is
+        // ours: else a beat that read `up` could land just after a drain and
+        // undo it at that registry for a period.
+        let _turn = self.turn.lock();
+        let status = shared.state.lock().status;
+        let result = self.send(status);
+        shared
+            .state
+            .lock()
+            .record(self.index, result.as_ref().map(drop));
+        result
+    }
+
+    fn send(&self, status: Option<Status>) -> Result<Duration> {
         let headers: Vec<(&str, &str)> = std::iter::once((HEADER_SERVER, self.addr.as_str()))
             .chain(self.headers.iter().map(|(n, v)| (*n, v.as_str())))
+            .chain(status.map(|s| (HEADER_STATUS, s.as_str())))
             .collect();
         let reply = client::call(&self.agent, Verb::Post, &self.url, &headers)?.ok(&self.url)?;
         if let Some(p) = self.period {
@@ -231,6 +368,7 @@ impl Heartbeat {
             meta: Vec::new(),
             timeout: DEFAULT_CALL_TIMEOUT,
             token: None,
+            status: None,
         }
     }
 
@@ -266,8 +404,10 @@ impl Heartbeat {
             headers.push((HEADER_META, encode_meta(&options.meta)));
         }
         let mut beats = Vec::new();
-        for registry in &options.registries {
+        for (index, registry) in options.registries.iter().enumerate() {
             beats.push(Arc::new(Beat {
+                index,
+                turn: Mutex::new(()),
                 agent: client::agent(options.timeout),
                 url: service_url(registry, &options.service)?,
                 addr: addr.to_string(),
@@ -276,9 +416,21 @@ impl Heartbeat {
                 timeout: options.timeout,
             }));
         }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                stop: false,
+                beats: 0,
+                failures: Vec::new(),
+                status: options.status,
+                acked: vec![false; beats.len()],
+                phase: None,
+            }),
+            wake: Condvar::new(),
+            ended: Condvar::new(),
+        });
         let mut firsts = Vec::new();
         for (i, beat) in beats.iter().enumerate() {
-            match beat.send() {
+            match beat.beat(&shared) {
                 Ok(period) => firsts.push(Ok(period)),
                 Err(e) if e.is_transient() => {
                     log::warn!(
@@ -297,14 +449,6 @@ impl Heartbeat {
                 }
             }
         }
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                beats: firsts.iter().filter(|f| f.is_ok()).count() as u64,
-                ..State::default()
-            }),
-            wake: Condvar::new(),
-            ended: Condvar::new(),
-        });
         let mut hb = Heartbeat {
             shared,
             beats,
@@ -331,6 +475,175 @@ impl Heartbeat {
     /// How many beats the registry has accepted so far.
     pub fn beats(&self) -> u64 {
         self.shared.state.lock().beats
+    }
+
+    /// Whether the server is registered now, and since when; see
+    /// [`HeartbeatState`] for what counts with several registries.
+    ///
+    /// ```
+    /// use regcenter::{Heartbeat, HeartbeatState, RegistryServer};
+    ///
+    /// let server = RegistryServer::start_local()?;
+    /// let heartbeat = Heartbeat::builder(server.url(), "tcp@127.0.0.1:7001").start()?;
+    /// // The first beat was acknowledged before start returned.
+    /// assert!(matches!(heartbeat.state(), HeartbeatState::Registered { .. }));
+    /// # heartbeat.stop()?;
+    /// # server.shutdown()?;
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
+    pub fn state(&self) -> HeartbeatState {
+        let st = self.shared.state.lock();
+        if st.live().next().is_none() {
+            return HeartbeatState::Stopped {
+                reason: reason(&st).unwrap_or_default(),
+            };
+        }
+        match &st.phase {
+            Some(Phase::Registered(since)) => HeartbeatState::Registered { since: *since },
+            Some(Phase::Retrying(since, e)) => HeartbeatState::Retrying {
+                since: *since,
+                last_error: e.clone(),
+            },
+            // Not reached: `start` records every first beat before it
+            // returns the handle.
+            None => HeartbeatState::Retrying {
+                since: Instant::now(),
+                last_error: String::new(),
+            },
+        }
+    }
+
+    /// The status the beats carry: `None` until
+    /// [`drain`](Heartbeat::drain), [`undrain`](Heartbeat::undrain) or
+    /// [`HeartbeatBuilder::status`] set one.
+    pub fn status(&self) -> Option<Status> {
+        self.shared.state.lock().status
+    }
+
+    /// Asks every registry to stop handing the server out while it stays
+    /// registered (see [Draining](Heartbeat#draining)): a POST to each at
+    /// once, with the beats' token, TTL, weight and metadata, and
+    /// `X-Myrpc-Status: draining`; every later beat carries it too.
+    ///
+    /// Returns when every registry still beaten has answered, or its call
+    /// failed: within the [`timeout`](HeartbeatBuilder::timeout) bound of
+    /// a call, twice over at a registry where a beat was in flight. Clients
+    /// see the change when they next read the registry: a watching
+    /// discovery within milliseconds, a polling one at its next refresh.
+    ///
+    /// A registry that predates statuses (the Go seed) acknowledges the
+    /// POST and keeps listing the server.
+    ///
+    /// ```
+    /// use regcenter::{Heartbeat, RegistryServer, Status};
+    ///
+    /// let server = RegistryServer::start_local()?;
+    /// let heartbeat = Heartbeat::builder(server.url(), "tcp@127.0.0.1:7001").start()?;
+    /// heartbeat.drain()?;
+    /// assert_eq!(heartbeat.status(), Some(Status::Draining));
+    /// // ... wait until clients have seen it, finish the calls in flight ...
+    /// heartbeat.stop()?;
+    /// # server.shutdown()?;
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When no registry acknowledged: the error of the first registry's
+    /// POST ([`Error::Unreachable`], [`Error::Status`], …), or
+    /// [`Error::Stopped`] when every registry had refused the server for
+    /// good. The status is in force all the same: the beats carry it to
+    /// each registry as soon as it answers.
+    pub fn drain(&self) -> Result<()> {
+        self.tell(Status::Draining)
+    }
+
+    /// Takes a drain back: as [`drain`](Heartbeat::drain), with
+    /// `X-Myrpc-Status: up`, and every later beat carries `up`.
+    ///
+    /// ```
+    /// use regcenter::{Heartbeat, RegistryServer, Status};
+    ///
+    /// let server = RegistryServer::start_local()?;
+    /// // Registered drained while it warms up, then ready for work.
+    /// let heartbeat = Heartbeat::builder(server.url(), "tcp@127.0.0.1:7001")
+    ///     .status(Status::Draining)
+    ///     .start()?;
+    /// heartbeat.undrain()?;
+    /// assert_eq!(heartbeat.status(), Some(Status::Up));
+    /// # heartbeat.stop()?;
+    /// # server.shutdown()?;
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`drain`](Heartbeat::drain).
+    pub fn undrain(&self) -> Result<()> {
+        self.tell(Status::Up)
+    }
+
+    /// Sets the status the beats carry and beats every registry still
+    /// beaten at once with it.
+    fn tell(&self, status: Status) -> Result<()> {
+        let live: Vec<&Beat> = {
+            let mut st = self.shared.state.lock();
+            st.status = Some(status);
+            st.live().map(|i| &*self.beats[i]).collect()
+        };
+        let shared = &*self.shared;
+        let results: Vec<Result<Duration>> = match live.as_slice() {
+            [] => {
+                return Err(Error::Stopped {
+                    what: format!(
+                        "heartbeat for {} (every registry refused it: {})",
+                        self.beats[0].addr,
+                        self.stopped_reason().unwrap_or_default()
+                    ),
+                });
+            }
+            [one] => vec![one.beat(shared)],
+            many => thread::scope(|scope| {
+                let calls: Vec<_> = many
+                    .iter()
+                    .map(|b| {
+                        let spawned = thread::Builder::new()
+                            .name("regcenter-drain".into())
+                            .spawn_scoped(scope, || b.beat(shared));
+                        // Without a thread, this registry is told in turn.
+                        spawned.map_err(|_| b.beat(shared))
+                    })
+                    .collect();
+                calls
+                    .into_iter()
+                    .zip(many)
+                    .map(|(call, b)| match call {
+                        Ok(handle) => handle.join().unwrap_or_else(|_| {
+                            Err(Error::Stopped {
+                                what: format!(
+                                    "telling {} at {} {status} (its thread panicked)",
+                                    b.addr, b.url
+                                ),
+                            })
+                        }),
+                        Err(done) => done,
+                    })
+                    .collect()
+            }),
+        };
+        if results.iter().any(Result::is_ok) {
+            for e in results.iter().filter_map(|r| r.as_ref().err()) {
+                log::warn!(
+                    "heartbeat for {}: telling a registry {status}: {e}",
+                    self.beats[0].addr
+                );
+            }
+            return Ok(());
+        }
+        let mut errors = results.into_iter().filter_map(Result::err);
+        Err(errors
+            .next()
+            .expect("no result was Ok, and there was one at least"))
     }
 
     /// Whether every registry is still beaten: false once one refused the
@@ -455,7 +768,7 @@ impl Drop for Ended<'_> {
         // cannot deadlock on a lock the panicking thread holds.
         let mut st = self.shared.state.lock();
         if thread::panicking() {
-            st.failures.push((
+            st.end(
                 self.index,
                 Error::Stopped {
                     what: format!(
@@ -463,7 +776,7 @@ impl Drop for Ended<'_> {
                         self.beat.addr, self.beat.url
                     ),
                 },
-            ));
+            );
         }
         self.shared.ended.notify_all();
     }
@@ -530,7 +843,7 @@ fn beat_loop(shared: &Shared, index: usize, beat: &Beat, first: Result<Duration>
                 return;
             }
         }
-        match beat.send() {
+        match beat.beat(shared) {
             Ok(p) => {
                 if failing {
                     log::info!(
@@ -542,7 +855,6 @@ fn beat_loop(shared: &Shared, index: usize, beat: &Beat, first: Result<Duration>
                 }
                 period = p;
                 backoff = FIRST_BACKOFF;
-                shared.state.lock().beats += 1;
                 next = Instant::now() + period;
             }
             Err(e) if e.is_transient() => {
@@ -562,7 +874,7 @@ fn beat_loop(shared: &Shared, index: usize, beat: &Beat, first: Result<Duration>
             }
             Err(e) => {
                 log::error!("heartbeat for {} stopped: {e}", beat.addr);
-                shared.state.lock().failures.push((index, e));
+                shared.state.lock().end(index, e);
                 return;
             }
         }
@@ -599,6 +911,76 @@ pub fn deregister(
         return Ok(false);
     }
     reply.ok(&url).map(|_| true)
+}
+
+/// Sets the status of `addr`, registered in `service` at the registry, once,
+/// without a [`Heartbeat`] (what `regcenter drain` and `undrain` do):
+/// `Ok(true)` when the registry acknowledged it, `Ok(false)` when `addr` is
+/// not registered there, and then nothing is sent.
+///
+/// The status travels on a POST, which is also a renewal that sets the
+/// entry's weight, metadata and TTL: so the entry is read first (its JSON
+/// listing) and the POST repeats its weight and metadata, and asks for the
+/// time it had left as its TTL, so that its deadline stays where its own
+/// heartbeat put it. A heartbeat that sends its own status (see
+/// [Draining](Heartbeat#draining)) overrides this one at its next beat.
+///
+/// # Errors
+///
+/// [`Error::InvalidAddr`], [`Error::InvalidService`] or
+/// [`Error::InvalidConfig`] for bad input; [`Error::Unreachable`] or
+/// [`Error::Status`] when a call fails; [`Error::BadResponse`] for a
+/// registry that only speaks the seed's protocol, which has no statuses,
+/// or a listing that cannot be read.
+pub fn set_status(
+    registry_url: &str,
+    service: &str,
+    addr: &str,
+    status: Status,
+    token: Option<&str>,
+) -> Result<bool> {
+    validate_addr(addr)?;
+    let url = service_url(registry_url, service)?;
+    let listing = crate::discovery::list_json(registry_url, service, token)?;
+    let bad = |reason: String| Error::BadResponse {
+        url: url.clone(),
+        reason,
+    };
+    let json: serde_json::Value = serde_json::from_str(&listing)
+        .map_err(|e| bad(format!("its JSON listing does not parse: {e}")))?;
+    let servers = json["servers"]
+        .as_array()
+        .ok_or_else(|| bad("its JSON listing has no \"servers\" list".into()))?;
+    let Some(entry) = servers.iter().find(|e| e["addr"] == addr) else {
+        return Ok(false);
+    };
+    let mut headers: Vec<(&str, String)> = vec![(HEADER_SERVER, addr.to_string())];
+    headers.extend(client::bearer(token));
+    if let Some(w) = entry["weight"].as_u64() {
+        headers.push((HEADER_WEIGHT, w.to_string()));
+    }
+    let meta: Vec<(String, String)> = entry["meta"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    if !meta.is_empty() {
+        headers.push((HEADER_META, encode_meta(&meta)));
+    }
+    // `null` is an entry that never expires: the registry's default TTL
+    // gave it that, and asking for none keeps it.
+    if let Some(ms) = entry["expires_in_ms"].as_u64() {
+        headers.push((
+            HEADER_TTL,
+            format_duration(Duration::from_millis(ms.max(1))),
+        ));
+    }
+    headers.push((HEADER_STATUS, status.as_str().to_string()));
+    let agent = client::agent(DEFAULT_CALL_TIMEOUT);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    client::call(&agent, Verb::Post, &url, &headers)?.ok(&url)?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -106,7 +106,7 @@ pub use discovery::{
 pub use error::{Error, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdRegistration, EtcdRegistrationBuilder};
-pub use heartbeat::{Heartbeat, HeartbeatBuilder, deregister};
+pub use heartbeat::{Heartbeat, HeartbeatBuilder, HeartbeatState, deregister, set_status};
 pub use protocol::Status;
 pub use registry::{
     EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, RegistryStats, Sweeper,

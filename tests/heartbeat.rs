@@ -1,9 +1,10 @@
 //! Heartbeats against a real registry over loopback.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use regcenter::{Error, Heartbeat, RegistryServer};
+use regcenter::{Error, Heartbeat, HeartbeatState, RegistryServer};
 
+use crate::common::proxy::{Fault, Proxy};
 use crate::common::{SeedRegistry, wait_until};
 
 const SECS: Duration = Duration::from_secs(5);
@@ -146,4 +147,147 @@ fn beats_every_registry_given_and_deregisters_from_all() {
     );
     hb.stop().unwrap();
     assert!(a.registry().is_empty() && b.registry().is_empty());
+}
+
+/// When the heartbeat's current good run started; panics in any other state.
+fn registered_since(hb: &Heartbeat) -> Instant {
+    match hb.state() {
+        HeartbeatState::Registered { since } => since,
+        other => panic!("expected Registered, got {other:?}"),
+    }
+}
+
+/// When the heartbeat's current outage started, and its last error.
+fn retrying(hb: &Heartbeat) -> Option<(Instant, String)> {
+    match hb.state() {
+        HeartbeatState::Retrying { since, last_error } => Some((since, last_error)),
+        _ => None,
+    }
+}
+
+#[test]
+fn state_follows_a_registry_that_goes_away_and_comes_back() {
+    let s = registry_on("127.0.0.1:0");
+    let proxy = Proxy::start(s.local_addr());
+    let before = Instant::now();
+    let hb = Heartbeat::builder(&proxy.url(), "tcp@state:1")
+        .timeout(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    let up = registered_since(&hb);
+    assert!(up >= before && up <= Instant::now(), "since the first beat");
+    wait_until("renewals", SECS, || hb.beats() >= 4);
+    assert_eq!(registered_since(&hb), up, "renewals do not restart the run");
+
+    proxy.set(Fault::Stall);
+    wait_until("the outage to show", SECS, || retrying(&hb).is_some());
+    let (down, error) = retrying(&hb).unwrap();
+    assert!(down > up, "the outage starts after the good run");
+    assert!(error.contains(&proxy.url()), "names the registry: {error}");
+    // More failed beats keep the start of the outage.
+    wait_until("more failed beats", SECS, || proxy.hits() >= 3);
+    assert_eq!(retrying(&hb).unwrap().0, down);
+    assert!(hb.is_running(), "an outage does not stop the heartbeat");
+
+    proxy.set(Fault::Pass);
+    wait_until(
+        "the heartbeat to register again",
+        SECS,
+        || matches!(hb.state(), HeartbeatState::Registered { since } if since > down),
+    );
+    hb.stop().unwrap();
+}
+
+#[test]
+fn state_is_retrying_from_start_when_the_registry_is_down() {
+    let s = registry_on("127.0.0.1:0");
+    let proxy = Proxy::start(s.local_addr());
+    proxy.set(Fault::Reply(503, "restarting\n"));
+    let before = Instant::now();
+    let hb = Heartbeat::builder(&proxy.url(), "tcp@late:2")
+        .start()
+        .unwrap();
+    let (since, error) = retrying(&hb).expect("no beat acknowledged yet");
+    assert!(since >= before, "since the first failed beat");
+    assert!(error.contains("503"), "{error}");
+    proxy.set(Fault::Pass);
+    wait_until(
+        "the first acknowledged beat",
+        SECS,
+        || matches!(hb.state(), HeartbeatState::Registered { since: up } if up > since),
+    );
+    hb.stop().unwrap();
+}
+
+#[test]
+fn state_stays_registered_while_any_registry_acknowledges() {
+    let a = registry_on("127.0.0.1:0");
+    let b = registry_on("127.0.0.1:0");
+    let (pa, pb) = (Proxy::start(a.local_addr()), Proxy::start(b.local_addr()));
+    let hb = Heartbeat::builder(&pa.url(), "tcp@two:1")
+        .also(&pb.url())
+        .timeout(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    let up = registered_since(&hb);
+
+    pb.set(Fault::Stall);
+    // A second connection through b means a beat there has failed.
+    wait_until("failed beats at b", SECS, || pb.hits() >= 2);
+    let renewed = hb.beats();
+    wait_until("renewals at a", SECS, || hb.beats() >= renewed + 2);
+    assert_eq!(registered_since(&hb), up, "a still acknowledges");
+
+    pa.set(Fault::Stall);
+    wait_until("the outage at both", SECS, || retrying(&hb).is_some());
+    let (down, _) = retrying(&hb).unwrap();
+    assert!(down > up);
+
+    pb.set(Fault::Pass);
+    wait_until(
+        "b to acknowledge again",
+        SECS,
+        || matches!(hb.state(), HeartbeatState::Registered { since } if since > down),
+    );
+    pa.set(Fault::Pass);
+    hb.stop().unwrap();
+}
+
+#[test]
+fn state_is_stopped_with_the_reason_once_every_registry_refuses() {
+    let a = registry_on("127.0.0.1:0");
+    let b = registry_on("127.0.0.1:0");
+    let (pa, pb) = (Proxy::start(a.local_addr()), Proxy::start(b.local_addr()));
+    let hb = Heartbeat::builder(&pa.url(), "tcp@refused:1")
+        .also(&pb.url())
+        .start()
+        .unwrap();
+    let up = registered_since(&hb);
+
+    pa.set(Fault::Reply(401, "missing or wrong bearer token\n"));
+    wait_until("a to refuse", SECS, || !hb.is_running());
+    // b still beats: the state says so, while is_running says one ended.
+    let renewed = hb.beats();
+    wait_until("renewals at b", SECS, || hb.beats() >= renewed + 2);
+    assert_eq!(registered_since(&hb), up);
+
+    pb.set(Fault::Reply(403, "forbidden\n"));
+    wait_until("every registry to refuse", SECS, || {
+        matches!(hb.state(), HeartbeatState::Stopped { .. })
+    });
+    let HeartbeatState::Stopped { reason } = hb.state() else {
+        unreachable!("matched above")
+    };
+    assert!(
+        reason.contains("401") && reason.contains(&pa.url()),
+        "the first refusal: {reason}"
+    );
+    assert_eq!(Some(reason), hb.stopped_reason());
+    assert!(hb.stop().is_err());
+}
+
+#[test]
+fn heartbeat_state_is_send_sync_and_cloneable() {
+    fn check<T: Send + Sync + Clone + std::fmt::Debug>() {}
+    check::<HeartbeatState>();
 }
