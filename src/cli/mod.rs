@@ -8,6 +8,7 @@
 
 mod bench;
 mod deregister;
+mod drain;
 mod list;
 mod register;
 mod serve;
@@ -30,6 +31,8 @@ usage:
   regcenter watch [options]       print the list each time it changes
   regcenter register --addr ADDR  keep ADDR registered until SIGTERM (or INT, HUP, QUIT)
   regcenter deregister --addr ADDR
+  regcenter drain --addr ADDR     keep ADDR registered but stop handing it out
+  regcenter undrain --addr ADDR   hand ADDR out again
   regcenter bench [options]       load a registry and report its throughput
   regcenter COMMAND --help        options of a command
 
@@ -49,6 +52,8 @@ const COMMANDS: &[Command] = &[
     watch::COMMAND,
     register::COMMAND,
     deregister::COMMAND,
+    drain::DRAIN,
+    drain::UNDRAIN,
     bench::COMMAND,
 ];
 
