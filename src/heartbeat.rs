@@ -648,7 +648,9 @@ impl Heartbeat {
 
     /// Whether every registry is still beaten: false once one refused the
     /// server for good (see [What ends a heartbeat](Heartbeat#what-ends-a-heartbeat)),
-    /// and then [`stopped_reason`](Heartbeat::stopped_reason) says why.
+    /// and then [`stopped_reason`](Heartbeat::stopped_reason) says why. It
+    /// stays true through an outage of a registry, which is retried;
+    /// [`state`](Heartbeat::state) says whether the server is registered.
     pub fn is_running(&self) -> bool {
         self.shared.state.lock().failures.is_empty()
     }
