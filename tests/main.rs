@@ -10,6 +10,7 @@ mod etcd;
 mod hardening;
 mod heartbeat;
 mod hostile;
+mod logs;
 mod operations;
 mod server;
 mod watch;

@@ -9,6 +9,7 @@
 mod bench;
 mod deregister;
 mod list;
+pub mod logging;
 mod register;
 mod serve;
 mod signals;
