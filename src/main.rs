@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     // Summaries of lines held back by the rate limit.
     cli::logging::finish();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(Failure::ClosedPipe) => ExitCode::SUCCESS,
         Err(Failure::Usage(msg)) => {
             eprintln!("regcenter: {msg} (see regcenter --help)");
             ExitCode::from(2)
