@@ -390,3 +390,36 @@ fn bench_says_what_it_runs_before_it_starts() {
         "{err}"
     );
 }
+
+#[test]
+fn a_port_in_use_or_a_snapshot_that_cannot_be_written_is_refused_at_start_with_exit_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let missing = format!("/nonexistent-regcenter-{}/table.snap", std::process::id());
+    for (args, names) in [
+        (&["serve", "--addr", &port][..], ["--addr", "in use"]),
+        (
+            &["serve", "--addr", "127.0.0.1:0", "--snapshot", &missing],
+            ["--snapshot", "does not exist"],
+        ),
+        // A directory no one may create files in, root included.
+        (
+            &[
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--snapshot",
+                "/proc/table.snap",
+            ],
+            ["--snapshot", "cannot be written"],
+        ),
+    ] {
+        let (code, err) = code_and_stderr(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        for name in names {
+            assert!(err.contains(name), "{args:?}: no {name:?} in {err}");
+        }
+    }
+    drop(taken);
+}
