@@ -1,6 +1,6 @@
-//! The `regcenter` binary: the entry point, logging, and how a failure is
-//! printed and which exit code it gives. The commands and their flags are
-//! in [`cli`].
+//! The `regcenter` binary: the entry point, and how a failure is printed
+//! and which exit code it gives. The commands and their flags are in
+//! [`cli`], the log in [`cli::logging`].
 
 mod cli;
 
@@ -9,9 +9,12 @@ use std::process::ExitCode;
 use cli::{Failure, chain};
 
 fn main() -> ExitCode {
-    init_log();
-    match cli::run(std::env::args_os().skip(1).collect()) {
-        Ok(()) => ExitCode::SUCCESS,
+    cli::logging::init();
+    let result = cli::run(std::env::args_os().skip(1).collect());
+    // Summaries of lines held back by the rate limit.
+    cli::logging::finish();
+    match result {
+        Ok(()) | Err(Failure::ClosedPipe) => ExitCode::SUCCESS,
         Err(Failure::Usage(msg)) => {
             eprintln!("regcenter: {msg} (see regcenter --help)");
             ExitCode::from(2)
@@ -24,34 +27,5 @@ fn main() -> ExitCode {
             eprintln!("regcenter: {}", chain(&*e));
             ExitCode::from(1)
         }
-    }
-}
-
-/// A stderr logger; the library only uses the `log` macros.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level() && m.target().starts_with("regcenter")
-    }
-
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            eprintln!("{:<5} {}", r.level(), r.args());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: StderrLogger = StderrLogger;
-
-fn init_log() {
-    let level = std::env::var("REGCENTER_LOG")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(log::LevelFilter::Info);
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
     }
 }

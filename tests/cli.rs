@@ -169,3 +169,257 @@ fn watch_prints_the_list_on_every_change() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+/// `regcenter ARGS` with `REGCENTER_LOG=warn`: its exit code and stderr.
+fn code_and_stderr(args: &[&str]) -> (Option<i32>, String) {
+    let out = regcenter(args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn input_the_cli_or_the_registry_refuses_exits_2_naming_the_flag() {
+    let s = RegistryServer::start_local().unwrap();
+    let long_meta = format!("k={}", "v".repeat(1100));
+    for (args, flag) in [
+        (
+            &["serve", "--addr", "127.0.0.1:0", "--max-ttl", "100h"][..],
+            "--max-ttl",
+        ),
+        (
+            &["serve", "--addr", "127.0.0.1:0", "--threads", "0"],
+            "--threads",
+        ),
+        (
+            &[
+                "register",
+                "--registry",
+                s.url(),
+                "--addr",
+                "tcp@x:1",
+                "--weight",
+                "0",
+            ],
+            "--weight",
+        ),
+        (
+            &["list", "--registry", s.url(), "--service", "a/b"],
+            "--service",
+        ),
+        (
+            &["deregister", "--registry", s.url(), "--addr", "bad,addr"],
+            "--addr",
+        ),
+        (
+            &["bench", "--registry", s.url(), "--duration", "0s"],
+            "--duration",
+        ),
+        // Refused by the registry itself, with a 400.
+        (
+            &[
+                "register",
+                "--registry",
+                s.url(),
+                "--addr",
+                "tcp@x:1",
+                "--meta",
+                &long_meta,
+            ],
+            "400",
+        ),
+    ] {
+        let (code, err) = code_and_stderr(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("regcenter: "), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?} does not name {flag}: {err}");
+        assert!(!err.contains("max_ttl"), "{err}");
+    }
+    assert!(s.registry().is_empty());
+}
+
+#[test]
+fn version_is_printed_with_either_flag() {
+    for flag in ["--version", "-V"] {
+        let out = regcenter(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("regcenter {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let s = RegistryServer::start_local().unwrap();
+    // More than a pipe holds, so that the writes meet the closed end.
+    for i in 0..4000 {
+        let addr = format!("tcp@a-rather-long-host-name-for-the-pipe-{i}:7001");
+        crate::common::put_for_a_minute(s.registry(), "", &addr);
+    }
+    for args in [&["list", "--registry", s.url()][..], &["--help"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_regcenter"))
+            .args(args)
+            .env("REGCENTER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert_eq!(err, "", "{args:?}");
+    }
+}
+
+#[test]
+fn deregistering_an_address_that_is_not_registered_exits_1() {
+    let s = RegistryServer::start_local().unwrap();
+    let (code, err) = code_and_stderr(&["deregister", "--registry", s.url(), "--addr", "tcp@x:1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("tcp@x:1 was not registered"), "{err}");
+}
+
+#[test]
+fn register_says_it_keeps_an_address_registered_only_once_the_registry_took_it() {
+    let port = crate::hostile::free_port();
+    let url = format!("http://127.0.0.1:{port}/myRPC/registry");
+    let mut p = crate::logs::Process::spawn(
+        &[
+            "register",
+            "--registry",
+            &url,
+            "--addr",
+            "tcp@late:1",
+            "--period",
+            "100ms",
+        ],
+        "warn",
+    );
+    let line = p.line_containing("not registered yet", Duration::from_secs(10));
+    assert!(!line.contains("keeping"), "{line}");
+    let s = RegistryServer::builder()
+        .addr(format!("127.0.0.1:{port}"))
+        .start()
+        .unwrap();
+    p.line_containing("keeping tcp@late:1 registered", Duration::from_secs(30));
+    assert_eq!(s.registry().alive(""), ["tcp@late:1"]);
+    p.signal(libc::SIGTERM);
+    let (code, lines) = p.finish(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let keeping = lines.iter().position(|l| l.contains("keeping"));
+    let not_yet = lines.iter().position(|l| l.contains("not registered yet"));
+    assert!(keeping > not_yet, "{lines:#?}");
+}
+
+#[test]
+fn watch_says_when_the_registry_is_down_and_when_it_is_back() {
+    let port = crate::hostile::free_port();
+    let url = format!("http://127.0.0.1:{port}/myRPC/registry");
+    let mut p = crate::logs::Process::spawn(&["watch", "--registry", &url], "warn");
+    p.line_containing("unreachable", Duration::from_secs(10));
+    let s = RegistryServer::builder()
+        .addr(format!("127.0.0.1:{port}"))
+        .start()
+        .unwrap();
+    p.line_containing("answers", Duration::from_secs(30));
+    drop(s);
+    p.signal(libc::SIGTERM);
+    let (code, lines) = p.finish(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{lines:#?}");
+}
+
+#[test]
+fn list_of_something_that_is_not_a_registry_exits_1_saying_so() {
+    let s = RegistryServer::start_local().unwrap();
+    let root = s.url().replace("/myRPC/registry", "/");
+    let nope = s.url().replace("/myRPC/registry", "/nope");
+    // A server answering 200 with neither X-Myrpc-Index nor X-Myrpc-Servers.
+    let other = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let other_url = format!(
+        "http://{}/myRPC/registry",
+        other.server_addr().to_ip().unwrap()
+    );
+    let answerer = std::thread::spawn(move || {
+        while let Ok(Some(rq)) = other.recv_timeout(Duration::from_secs(10)) {
+            let _ = rq.respond(tiny_http::Response::from_string("hello"));
+        }
+    });
+    for url in [&root, &nope, &other_url] {
+        let (code, err) = code_and_stderr(&["list", "--registry", url]);
+        assert_eq!(code, Some(1), "{url}: {err}");
+        assert!(err.starts_with("regcenter: "), "{url}: {err}");
+        assert!(
+            err.contains("not a registry") || err.contains("404"),
+            "{url}: {err}"
+        );
+    }
+    // The seed's registry with no server is still a registry.
+    let seed = crate::common::SeedRegistry::start();
+    let (code, err) = code_and_stderr(&["list", "--registry", &seed.url()]);
+    assert_eq!(code, Some(0), "{err}");
+    answerer.join().unwrap();
+}
+
+#[test]
+fn bench_says_what_it_runs_before_it_starts() {
+    let s = RegistryServer::start_local().unwrap();
+    let (code, err) = code_and_stderr(&[
+        "bench",
+        "--registry",
+        s.url(),
+        "--duration",
+        "1200ms",
+        "--clients",
+        "2",
+        "--servers",
+        "3",
+        "--op",
+        "renew",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    for what in [s.url(), "renew", "2 clients", "3 servers", "1.2s"] {
+        assert!(first.contains(what), "no {what:?} in {first:?}");
+    }
+    assert!(
+        err.lines().nth(1).is_some_and(|l| l.contains(" req/s")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_port_in_use_or_a_snapshot_that_cannot_be_written_is_refused_at_start_with_exit_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let missing = format!("/nonexistent-regcenter-{}/table.snap", std::process::id());
+    for (args, names) in [
+        (&["serve", "--addr", &port][..], ["--addr", "in use"]),
+        (
+            &["serve", "--addr", "127.0.0.1:0", "--snapshot", &missing],
+            ["--snapshot", "does not exist"],
+        ),
+        // A directory no one may create files in, root included.
+        (
+            &[
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--snapshot",
+                "/proc/table.snap",
+            ],
+            ["--snapshot", "cannot be written"],
+        ),
+    ] {
+        let (code, err) = code_and_stderr(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        for name in names {
+            assert!(err.contains(name), "{args:?}: no {name:?} in {err}");
+        }
+    }
+    drop(taken);
+}

@@ -55,14 +55,35 @@ const FORMAT: Flag = Flag::new(
 );
 
 fn run(a: Args) -> Result<(), Failure> {
+    let service = a.text(&SERVICE).unwrap_or("bench");
+    let clients = a.count(&CLIENTS).unwrap_or(8);
+    let duration = a.duration(&DURATION).unwrap_or(Duration::from_secs(10));
+    let op = a.op(&OP).unwrap_or(Op::Get);
+    let servers = a.count(&SERVERS).unwrap_or(100);
+    let format = a.format(&FORMAT).unwrap_or(ListFormat::Text);
+    if duration.is_zero() {
+        return Err(Failure::Usage(
+            "--duration must be above zero, such as 10s".into(),
+        ));
+    }
     let opts = LoadOptions::new(a.registry())
-        .service(a.text(&SERVICE).unwrap_or("bench"))
-        .clients(a.count(&CLIENTS).unwrap_or(8))
-        .duration(a.duration(&DURATION).unwrap_or(Duration::from_secs(10)))
-        .op(a.op(&OP).unwrap_or(Op::Get))
-        .servers(a.count(&SERVERS).unwrap_or(100))
-        .format(a.format(&FORMAT).unwrap_or(ListFormat::Text))
+        .service(service)
+        .clients(clients)
+        .duration(duration)
+        .op(op)
+        .servers(servers)
+        .format(format)
         .token(a.token()?);
+    let op_name = match op {
+        Op::Get => "get",
+        Op::Renew => "renew",
+        Op::Register => "register",
+        Op::Mixed => "mixed",
+    };
+    let target = format!("{}/{service}", a.registry().trim_end_matches('/'));
+    eprintln!(
+        "regcenter: bench {op_name} against {target}: {clients} clients, {servers} servers, for {duration:?}"
+    );
     // Progress once a second on stderr, so that stdout holds the report only.
     let report = opts.run_with_progress(|p| {
         eprintln!(
@@ -72,6 +93,5 @@ fn run(a: Args) -> Result<(), Failure> {
             p.rate()
         );
     })?;
-    println!("{report}");
-    Ok(())
+    super::out(&format!("{report}\n"))
 }

@@ -15,8 +15,14 @@ const ADDR: Flag = Flag::new("addr", Kind::Text, "ADDR", "the address to remove"
 fn run(a: Args) -> Result<(), Failure> {
     let addr = a.required(&ADDR, "deregister")?;
     let token = a.token()?;
-    if !regcenter::deregister(a.registry(), a.service(), addr, token.as_deref())? {
-        eprintln!("regcenter: {addr} was not registered");
+    if regcenter::deregister(a.registry(), a.service(), addr, token.as_deref())? {
+        return Ok(());
     }
-    Ok(())
+    let service = match a.service() {
+        "" => "the default service".to_string(),
+        s => format!("service {s:?}"),
+    };
+    Err(Failure::Run(
+        format!("{addr} was not registered in {service} at {}", a.registry()).into(),
+    ))
 }

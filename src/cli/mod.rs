@@ -10,6 +10,7 @@ mod bench;
 mod deregister;
 mod drain;
 mod list;
+pub mod logging;
 mod register;
 mod serve;
 mod signals;
@@ -35,6 +36,10 @@ usage:
   regcenter undrain --addr ADDR   hand ADDR out again
   regcenter bench [options]       load a registry and report its throughput
   regcenter COMMAND --help        options of a command
+  regcenter --version             the version
+
+exit codes: 0 done; 2 a usage or configuration error, or input the registry
+refused (400), nothing done; 1 any other failure.
 
 every command takes --token-file FILE: the registry's bearer token (serve:
 the token that POST and DELETE must carry); without it REGCENTER_TOKEN is used.
@@ -91,11 +96,14 @@ const ETCD: Flag = Flag::new(
 );
 
 /// A failure and the exit code it maps to: 2 for usage and configuration
-/// errors (nothing was started), 1 for the rest.
+/// errors and input the registry refused (nothing was started or
+/// changed), 1 for the rest; and stdout closed by its reader (`regcenter
+/// list | head -1`), which ends a command quietly with 0.
 pub enum Failure {
     Usage(String),
     Config(Box<dyn std::error::Error>),
     Run(Box<dyn std::error::Error>),
+    ClosedPipe,
 }
 
 impl From<lexopt::Error> for Failure {
@@ -105,12 +113,44 @@ impl From<lexopt::Error> for Failure {
 }
 
 impl From<regcenter::Error> for Failure {
+    /// Input errors exit 2, in the CLI's words: the library names a
+    /// setting (`max_ttl`), the message names its flag (`--max-ttl`).
     fn from(e: regcenter::Error) -> Self {
-        match e {
-            regcenter::Error::InvalidConfig { .. } => Failure::Config(Box::new(e)),
-            e => Failure::Run(Box::new(e)),
-        }
+        use regcenter::Error as E;
+        let words = match &e {
+            E::InvalidConfig { setting, reason } => match *setting {
+                "registry URL" => format!("--registry: {reason}"),
+                "token" => format!("the token (--token-file or REGCENTER_TOKEN): {reason}"),
+                s => match find_flag(&s.replace('_', "-")) {
+                    Some(f) => format!("--{}: {reason}", f.name),
+                    None => e.to_string(),
+                },
+            },
+            E::InvalidService { service, reason } => format!("--service {service:?}: {reason}"),
+            E::InvalidAddr { addr, reason } => format!("--addr {addr:?}: {reason}"),
+            E::InvalidDuration { .. } => e.to_string(),
+            // The registry refused what it was given: the same input
+            // fails the same way again.
+            E::Status { status: 400, .. } => e.to_string(),
+            _ => return Failure::Run(Box::new(e)),
+        };
+        Failure::Config(words.into())
     }
+}
+
+/// Writes `text` to stdout. A reader that has gone (`| head -1`) ends the
+/// command quietly ([`Failure::ClosedPipe`]); Rust ignores SIGPIPE, so
+/// `print!` would panic instead.
+pub(crate) fn out(text: &str) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Failure::ClosedPipe,
+            _ => Failure::Run(format!("writing to stdout failed: {e}").into()),
+        })
 }
 
 /// The error and its causes joined by ": ", each once.
@@ -283,9 +323,11 @@ pub fn run(argv: Vec<OsString>) -> Result<(), Failure> {
     let mut command: Option<String> = None;
     let mut given = Vec::new();
     let mut help = false;
+    let mut version = false;
     while let Some(arg) = p.next()? {
         match arg {
             Short('h') | Long("help") => help = true,
+            Short('V') | Long("version") => version = true,
             Long(name) if find_flag(name).is_some() => {
                 let flag = find_flag(name).expect("found above");
                 given.push((flag.name, flag.kind.read(&mut p, flag.name)?));
@@ -294,22 +336,23 @@ pub fn run(argv: Vec<OsString>) -> Result<(), Failure> {
             _ => return Err(arg.unexpected().into()),
         }
     }
+    if version {
+        return out(&format!("regcenter {}\n", env!("CARGO_PKG_VERSION")));
+    }
     let name = command.unwrap_or_else(|| "serve".into());
     if name == "help" {
-        print!("{USAGE}");
-        return Ok(());
+        return out(USAGE);
     }
     let Some(command) = COMMANDS.iter().find(|c| c.name == name) else {
         return Err(Failure::Usage(format!("unknown command {name:?}")));
     };
     if help {
         // `regcenter --help` alone is the general help, not serve's.
-        if command.name == "serve" && only_help {
-            print!("{USAGE}");
+        return if command.name == "serve" && only_help {
+            out(USAGE)
         } else {
-            print!("{}", command.usage());
-        }
-        return Ok(());
+            out(&command.usage())
+        };
     }
     if let Some((flag, _)) = given
         .iter()

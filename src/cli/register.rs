@@ -84,7 +84,25 @@ fn run(a: Args) -> Result<(), Failure> {
         builder = builder.token(t);
     }
     let hb = builder.start()?;
-    eprintln!("regcenter: keeping {addr} registered at {}", hb.url());
+    // Said once the registry has taken it, not before: the first beat may
+    // have met a registry that is down (the heartbeat logs why).
+    let mut announced = false;
+    let mut announce = |hb: &Heartbeat| {
+        if !announced && hb.beats() > 0 {
+            announced = true;
+            eprintln!(
+                "regcenter: keeping {addr} registered at {} (it took the first beat)",
+                hb.url()
+            );
+        }
+        announced
+    };
+    if !announce(&hb) {
+        eprintln!(
+            "regcenter: {addr} is not registered yet: {} has not taken it; retrying until it does",
+            hb.url()
+        );
+    }
     // The heartbeat ends on its own when the registry refuses it for good
     // (a rotated token answered 401): then exit 1 with the reason, rather
     // than run on as if the server were still registered.
@@ -96,7 +114,9 @@ fn run(a: Args) -> Result<(), Failure> {
             }
             Ok(Asked::Snapshot) => log_ignored(libc::SIGUSR1),
             Ok(Asked::Ignore(sig)) => log_ignored(sig),
-            Err(RecvTimeoutError::Timeout) if hb.is_running() => {}
+            Err(RecvTimeoutError::Timeout) if hb.is_running() => {
+                announce(&hb);
+            }
             Err(RecvTimeoutError::Timeout) => {
                 let source = hb.stop().err();
                 return Err(Failure::Run(Box::new(HeartbeatEnded {

@@ -1,5 +1,8 @@
 //! `regcenter serve`: run the registry until a stop signal.
 
+use std::io::ErrorKind;
+use std::path::Path;
+
 use regcenter::RegistryServer;
 use regcenter::protocol::DEFAULT_PATH;
 
@@ -135,6 +138,7 @@ const INSECURE: Flag = Flag::switch("insecure", "allow a non-loopback address wi
 
 fn run(a: Args) -> Result<(), Failure> {
     let addr = a.text(&ADDR).unwrap_or("127.0.0.1:9999").to_string();
+    let addr = addr.as_str();
     let ip: std::net::SocketAddr = addr.parse().map_err(|_| {
         Failure::Usage(format!(
             "--addr {addr:?}: expected IP:PORT such as 127.0.0.1:9999"
@@ -199,8 +203,9 @@ fn run(a: Args) -> Result<(), Failure> {
         Some(every) => b = b.snapshot_interval(every),
         None => {}
     }
+    preflight(snapshot)?;
     let signals = Signals::install()?;
-    let server = b.start()?;
+    let server = b.start().map_err(|e| start_failure(e, addr))?;
     let sig = signals.wait_for_stop(|| match server.write_snapshot() {
         Ok(Some(path)) => log::info!("signal SIGUSR1: snapshot written to {}", path.display()),
         Ok(None) => log::warn!("signal SIGUSR1: ignored, no --snapshot FILE was given"),
@@ -209,4 +214,84 @@ fn run(a: Args) -> Result<(), Failure> {
     log::info!("{sig} received, shutting down");
     server.shutdown()?;
     Ok(())
+}
+
+/// The start-up checks of what the library only finds out by trying, or
+/// words as a setting: each failure is one line naming the flag and the
+/// cause, exit 2, before anything is bound or served. (The builder checks
+/// the rest at `start`: TTL bounds, counts, that the snapshot's directory
+/// exists and is not a file.)
+fn preflight(snapshot: Option<&str>) -> Result<(), Failure> {
+    if let Some(path) = snapshot {
+        snapshot_writable(Path::new(path))?;
+    }
+    // TLS (`--tls-cert`, `--tls-key`): that each file can be read and
+    // holds what it should, and that the two match, is checked here.
+    Ok(())
+}
+
+/// That a file can be created in the snapshot's directory: access(2),
+/// which the library asks, says yes to root everywhere, also where no file
+/// can be created (`/proc`) or none may be (another user's directory on
+/// NFS). A probe file is created and removed at once.
+fn snapshot_writable(path: &Path) -> Result<(), Failure> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let refuse = |why: String| {
+        Err(Failure::Config(
+            format!("--snapshot {}: {why}", path.display()).into(),
+        ))
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return refuse(format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return refuse(format!(
+                "the directory {} does not exist: create it first",
+                dir.display()
+            ));
+        }
+        Err(e) => {
+            return refuse(format!(
+                "the directory {} cannot be read: {e}",
+                dir.display()
+            ));
+        }
+    }
+    let name = path
+        .file_name()
+        .map_or("snapshot".into(), |n| n.to_string_lossy());
+    let probe = dir.join(format!(".{name}.probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => refuse(format!(
+            "the directory {} cannot be written: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// A start that failed on the listen address is the operator's setting:
+/// exit 2, naming `--addr`.
+fn start_failure(e: regcenter::Error, addr: &str) -> Failure {
+    if let regcenter::Error::Io { source, .. } = &e {
+        let why = match source.kind() {
+            ErrorKind::AddrInUse => Some("the address is in use (another registry running?)"),
+            ErrorKind::AddrNotAvailable => Some("no interface of this machine has that address"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Failure::Config(format!("--addr {addr}: {why}: {source}").into());
+        }
+    }
+    e.into()
 }

@@ -101,15 +101,19 @@ impl Signals {
     }
 
     /// Waits for a stop signal; logs the others (`on_snapshot` answers
-    /// SIGUSR1). Returns the stop signal's name.
+    /// SIGUSR1). Returns the stop signal's name. Meanwhile, once a second,
+    /// the log writes what its rate limit held back.
     pub(super) fn wait_for_stop(&self, mut on_snapshot: impl FnMut()) -> String {
         loop {
-            match self.next(None) {
+            match self.next(Some(Duration::from_secs(1))) {
                 Ok(Asked::Stop(sig)) => return signal_name(sig),
                 Ok(Asked::Snapshot) => on_snapshot(),
                 Ok(Asked::Ignore(sig)) => log_ignored(sig),
+                Err(RecvTimeoutError::Timeout) => log::logger().flush(),
                 // The reading thread is gone: nothing could stop us later.
-                Err(_) => return "none (the signal thread ended)".into(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return "none (the signal thread ended)".into();
+                }
             }
         }
     }

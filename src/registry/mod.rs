@@ -32,6 +32,19 @@ pub use table::{EntryInfo, Listing};
 use crate::error::{Error, Result};
 use crate::protocol::validate_service;
 
+/// How log lines name a service: `service "arith"`, and the default
+/// service (the empty name) as `the default service`, not `service ""`.
+pub(crate) struct ServiceName<'a>(pub(crate) &'a str);
+
+impl std::fmt::Display for ServiceName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            "" => f.write_str("the default service"),
+            s => write!(f, "service {s:?}"),
+        }
+    }
+}
+
 /// foldhash with a random seed per map: about three times faster than
 /// SipHash on short keys, and still seeded against crafted collisions.
 type RandomState = foldhash::fast::RandomState;
@@ -192,7 +205,7 @@ impl Registry {
         // Logged once the lock is released: a logger writes, and every
         // heartbeat would wait for it.
         drop(locked);
-        log::info!("registered {addr} in service {service:?}");
+        log::info!("registered {addr} in {}", ServiceName(service));
         Ok(PutOutcome {
             ttl,
             index,
@@ -216,7 +229,7 @@ impl Registry {
         }
         drop(t);
         if removed {
-            log::info!("deregistered {addr} from service {service:?}");
+            log::info!("deregistered {addr} from {}", ServiceName(service));
         }
         Ok(removed)
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::entries::{Entries, Key, Stamp, Tick};
-use super::{RandomState, RegistryStats};
+use super::{RandomState, RegistryStats, ServiceName};
 use crate::clock::Clock;
 
 /// A service's alive servers at one modify index, rendered once per change
@@ -331,7 +331,7 @@ const EXPIRY_LINES: usize = 100;
 pub(super) fn log_expired(expired: &[(Arc<str>, Key<'static>)]) {
     if expired.len() <= EXPIRY_LINES {
         for (service, addr) in expired {
-            log::info!("expired {addr} from service {:?}", &**service);
+            log::info!("expired {addr} from {}", ServiceName(service));
         }
         return;
     }
@@ -344,7 +344,7 @@ pub(super) fn log_expired(expired: &[(Arc<str>, Key<'static>)]) {
     let mut most: Vec<String> = counts
         .iter()
         .take(5)
-        .map(|(s, n)| format!("{n} from service {s:?}"))
+        .map(|(s, n)| format!("{n} from {}", ServiceName(s)))
         .collect();
     if counts.len() > 5 {
         most.push(format!("{} more services", counts.len() - 5));
@@ -356,7 +356,7 @@ pub(super) fn log_expired(expired: &[(Arc<str>, Key<'static>)]) {
     );
     if log::log_enabled!(log::Level::Debug) {
         for (service, addr) in expired {
-            log::debug!("expired {addr} from service {:?}", &**service);
+            log::debug!("expired {addr} from {}", ServiceName(service));
         }
     }
 }
@@ -650,6 +650,7 @@ mod tests {
         let info = at(log::Level::Info);
         assert_eq!(info.len(), 1 + 1 + 150 + 1 + 1 + 3 + 3, "{info:#?}");
         assert_eq!(info[1], r#"deregistered a from service "svc""#);
+        assert_eq!(info[0], r#"registered a in service "svc""#);
         // Past 100 expiries at once, one line says what expired.
         assert_eq!(
             info[153],

@@ -19,7 +19,7 @@ use super::metrics::Metrics;
 use super::pool::Pool;
 use super::route::{self, Method, Outcome, Request, Response, RouteConfig};
 use super::watch::{Parked, Watchers};
-use crate::registry::Registry;
+use crate::registry::{Registry, ServiceName};
 
 /// Most bytes a request head may take (tiny_http has no limit).
 pub(crate) const MAX_HEAD_BYTES: u64 = 64 * 1024;
@@ -211,6 +211,15 @@ pub(crate) fn cut_conn(
     last: Option<(u16, &str)>,
 ) -> bool {
     ctx.lanes.close(peer, found.map(|c| c.inode));
+    if let Some((status, reason)) = last {
+        // The connection cap is the one 503 answered by closing.
+        let kind = if status == 503 {
+            "regcenter::refused::connections"
+        } else {
+            refusal_kind(status)
+        };
+        log::warn!(target: kind, "refused {peer}: {status} {reason}; closing its connection");
+    }
     let closed = found.is_some_and(|c| {
         // Held across the check and the shutdown: an answer starting to be
         // written meanwhile finds the socket shut and fails.
@@ -313,7 +322,6 @@ fn serve(ctx: &Arc<Ctx>, id: usize, rq: Exchange) -> bool {
     let started = Instant::now();
     let method = rq.method_name();
     if let Err((status, reason)) = rq.screen() {
-        log::debug!("refused a request from {:?}: {reason}", rq.peer());
         if status == 413 {
             ctx.metrics
                 .counters
@@ -335,7 +343,9 @@ fn serve(ctx: &Arc<Ctx>, id: usize, rq: Exchange) -> bool {
         return true;
     }
     if rq.head_bytes() as u64 > MAX_HEAD_BYTES {
-        let resp = Response::text(431, "request head larger than 64 KiB");
+        let reason = "request head larger than 64 KiB";
+        log::warn!(target: refusal_kind(431), "refused {method} from {}: 431 {reason}", Peer(rq.peer()));
+        let resp = Response::text(431, reason);
         write(ctx, id, rq, resp, method, started);
         return true;
     }
@@ -346,7 +356,21 @@ fn serve(ctx: &Arc<Ctx>, id: usize, rq: Exchange) -> bool {
     };
     match outcome {
         Outcome::Answer(resp) => {
-            log::debug!("{:?} {} -> {}", req.method, req.url, resp.status);
+            if matches!(resp.status, 401 | 403 | 503) {
+                // The route's only 503: the registry is full.
+                let kind = match resp.status {
+                    503 => "regcenter::refused::full",
+                    s => refusal_kind(s),
+                };
+                log::warn!(
+                    target: kind,
+                    "refused {method} {} from {}: {} {}",
+                    req.url,
+                    Peer(rq.peer()),
+                    resp.status,
+                    String::from_utf8_lossy(resp.body.as_bytes()).trim_end()
+                );
+            }
             write(ctx, id, rq, resp, method, started);
             true
         }
@@ -377,12 +401,22 @@ fn park(ctx: &Arc<Ctx>, id: usize, rq: Exchange, watch: &route::Watch, started: 
                     ctx.watchers.max()
                 )
             };
+            log::warn!(
+                target: "regcenter::refused::watchers",
+                "refused a long-poll on {} from {}: 503 {reason}",
+                ServiceName(&watch.service),
+                Peer(peer)
+            );
             let resp = Response::text(503, reason).with_retry_after(1);
             write(ctx, id, rq, resp, "GET", started);
             true
         }
         None => {
-            log::debug!("GET for {:?} parked", watch.service);
+            log::debug!(
+                "{} parked a long-poll on {}",
+                Peer(peer),
+                ServiceName(&watch.service)
+            );
             // A change committed between the route's check and the parking
             // was announced before this watcher was there to hear it; and a
             // request may have arrived behind it meanwhile.
@@ -425,6 +459,8 @@ fn write(
 ) {
     let status = resp.status;
     let peer = rq.peer();
+    // The request's target is copied only for the line that shows it.
+    let url = log::log_enabled!(log::Level::Debug).then(|| rq.request().url);
     if let Some(peer) = peer {
         ctx.writing.lock().insert(peer, Instant::now());
     }
@@ -438,7 +474,43 @@ fn write(
             cut(ctx, peer, None);
         }
     }
-    ctx.metrics.record(id, method, status, started.elapsed());
+    let took = started.elapsed();
+    if let Some(url) = url {
+        log::debug!(
+            "{} {method} {url} {status} {:.1}ms",
+            Peer(peer),
+            took.as_secs_f64() * 1000.0
+        );
+    }
+    ctx.metrics.record(id, method, status, took);
+}
+
+/// The target of a refusal's log line, by its status: a kind of its own
+/// (`regcenter::refused::KIND`), so that the binary's log limits each kind
+/// to a line a second and counts the rest (`src/cli/logging.rs`). A
+/// program that embeds the server gets each line, and can filter or limit
+/// them by these targets.
+fn refusal_kind(status: u16) -> &'static str {
+    match status {
+        400 => "regcenter::refused::framing",
+        401 | 403 => "regcenter::refused::token",
+        408 => "regcenter::refused::slow",
+        413 => "regcenter::refused::body",
+        431 => "regcenter::refused::head",
+        _ => "regcenter::refused::other",
+    }
+}
+
+/// A client's address in a log line, `-` when tiny_http had none.
+struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "{p}"),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// `GET /metrics` and `GET /`: the operator's pages, which need the whole

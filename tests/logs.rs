@@ -1,0 +1,314 @@
+//! The binary's log: the shape of every line, the request and refusal
+//! lines, and floods summarised rather than written one line each.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::common::raw;
+
+const P: &str = "/myRPC/registry";
+
+/// A `regcenter` process started by a test, its stderr read line by line.
+/// Dropping it kills the process (by its PID) if it still runs, and reaps it.
+pub(crate) struct Process {
+    child: Child,
+    lines: Receiver<String>,
+    reader: Option<JoinHandle<()>>,
+    /// Every line read so far, for failure messages and for `stderr`.
+    seen: Vec<String>,
+}
+
+impl Process {
+    /// Runs `regcenter ARGS` with `REGCENTER_LOG=log`.
+    pub(crate) fn spawn(args: &[&str], log: &str) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_regcenter"))
+            .args(args)
+            .env("REGCENTER_LOG", log)
+            .env_remove("REGCENTER_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run regcenter");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let reader = std::thread::Builder::new()
+            .name("test-stderr".into())
+            .spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            })
+            .unwrap();
+        Process {
+            child,
+            lines,
+            reader: Some(reader),
+            seen: Vec::new(),
+        }
+    }
+
+    /// `regcenter serve --addr 127.0.0.1:0 ARGS`, once it serves.
+    pub(crate) fn serve(args: &[&str], log: &str) -> (Process, SocketAddr) {
+        let mut all = vec!["serve", "--addr", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut p = Process::spawn(&all, log);
+        let line = p.line_containing("serving http://", Duration::from_secs(20));
+        let addr = line
+            .split("serving http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        (p, addr)
+    }
+
+    /// Sends `sig` to this process (by its PID).
+    pub(crate) fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the child this test started, by its PID; the
+        // child is not reaped before `wait`, so the PID is still its own.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, sig) },
+            0,
+            "kill {sig}"
+        );
+    }
+
+    /// The next stderr line containing `text`, within `within`.
+    pub(crate) fn line_containing(&mut self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "no line with {text:?} within {within:?}; seen: {:#?}",
+                        self.seen
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "regcenter ended ({:?}) before a line with {text:?}; seen: {:#?}",
+                    self.child.try_wait(),
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to end, within `within` (kills it and panics
+    /// if it does not); its exit code and every line of its stderr.
+    pub(crate) fn finish(&mut self, within: Duration) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "regcenter still ran after {within:?}; seen: {:#?}",
+                    self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        self.seen.extend(self.lines.try_iter());
+        (status.code(), self.seen.clone())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// A log line taken apart: timestamp, level, target, message.
+fn fields(line: &str) -> Option<(&str, &str, &str, &str)> {
+    let (ts, rest) = line.split_once(' ')?;
+    let (level, rest) = rest.trim_start().split_once(' ')?;
+    let (target, msg) = rest.trim_start().split_once(": ")?;
+    Some((ts, level, target, msg))
+}
+
+/// Whether `ts` is an RFC 3339 UTC timestamp: `2026-12-02T00:17:42.123Z`.
+fn is_rfc3339_utc(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
+    b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && ts.ends_with('Z')
+        && (b.len() == 20 || (b[19] == b'.' && digits(20..b.len() - 1)))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp.
+fn epoch_secs(ts: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| ts[r].parse::<i64>().unwrap();
+    days_from_civil(n(0..4), n(5..7), n(8..10)) * 86_400
+        + n(11..13) * 3600
+        + n(14..16) * 60
+        + n(17..19)
+}
+
+fn assert_shape(line: &str) {
+    let (ts, level, target, _) =
+        fields(line).unwrap_or_else(|| panic!("not TIMESTAMP LEVEL TARGET: MESSAGE: {line:?}"));
+    assert!(
+        is_rfc3339_utc(ts),
+        "not an RFC 3339 UTC timestamp: {line:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (epoch_secs(ts) - now).abs() < 600,
+        "{ts} is not the time in UTC: {line:?}"
+    );
+    assert!(
+        ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level),
+        "no level: {line:?}"
+    );
+    assert!(target.starts_with("regcenter"), "no target: {line:?}");
+}
+
+#[test]
+fn every_line_has_a_utc_timestamp_a_level_and_a_target_and_requests_are_logged_at_debug() {
+    let (mut p, addr) = Process::serve(&["--max-entries", "1"], "debug");
+    let r = raw(addr, "POST", P, &[("X-Myrpc-Server", "tcp@a:1")]);
+    assert_eq!(r.status, 200);
+    let line = p.line_containing("registered tcp@a:1", Duration::from_secs(10));
+    assert!(line.contains("the default service"), "{line}");
+    // A debug line per request: client, method, path, status, duration.
+    let r = raw(addr, "GET", &format!("{P}?format=text"), &[]);
+    assert_eq!(r.status, 200);
+    let line = p.line_containing(&format!("GET {P}?format=text"), Duration::from_secs(10));
+    assert!(line.contains(" 127.0.0.1:"), "no client address: {line}");
+    assert!(line.contains(" 200 "), "no status: {line}");
+    assert!(line.trim_end().ends_with("ms"), "no duration: {line}");
+    // A refusal: the registry is full.
+    let r = raw(addr, "POST", P, &[("X-Myrpc-Server", "tcp@b:1")]);
+    assert_eq!(r.status, 503);
+    let line = p.line_containing("refused", Duration::from_secs(10));
+    assert!(line.contains("503"), "{line}");
+    assert!(line.contains("tcp@b:1") || line.contains("full"), "{line}");
+    p.signal(libc::SIGTERM);
+    let (code, lines) = p.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{lines:#?}");
+    for l in &lines {
+        assert_shape(l);
+        assert!(!l.contains("service \"\""), "{l}");
+    }
+}
+
+/// The counts of `what` logged one line each and summarised: the lines
+/// with `line`, and the numbers the summary lines of `target` give.
+fn logged_and_summarised(lines: &[String], line: &str, target: &str) -> (u64, u64) {
+    let of_target: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| fields(l))
+        .filter(|(_, _, t, _)| *t == target)
+        .map(|(_, _, _, m)| m)
+        .collect();
+    let each = of_target
+        .iter()
+        .filter(|m| m.contains(line) && !m.contains("not logged"))
+        .count() as u64;
+    let summarised = of_target
+        .iter()
+        .filter(|m| m.contains("not logged"))
+        .map(|m| {
+            m.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no count first in {m:?}"))
+        })
+        .sum();
+    (each, summarised)
+}
+
+#[test]
+fn a_flood_of_registrations_and_refusals_is_summarised_not_logged_one_line_each() {
+    const REGISTERED: u64 = 150;
+    const REFUSED: u64 = 150;
+    let (mut p, addr) = Process::serve(&["--max-entries", &REGISTERED.to_string()], "info");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let started = Instant::now();
+    let mut refused = 0;
+    for i in 0..REGISTERED + REFUSED {
+        let r = agent
+            .post(format!("http://{addr}{P}/flood"))
+            .header("X-Myrpc-Server", format!("tcp@10.0.0.{i}:1"))
+            .send_empty()
+            .unwrap();
+        refused += u64::from(r.status() == 503);
+    }
+    let secs = started.elapsed().as_secs();
+    assert_eq!(refused, REFUSED);
+    p.signal(libc::SIGTERM);
+    let (code, lines) = p.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{lines:#?}");
+    for l in &lines {
+        assert_shape(l);
+    }
+    let (each, summarised) =
+        logged_and_summarised(&lines, "registered tcp@10.0.0.", "regcenter::registry");
+    assert_eq!(each + summarised, REGISTERED, "{lines:#?}");
+    assert!(
+        each <= 10 * (secs + 2),
+        "{each} registrations logged one line each in {secs}s: {lines:#?}"
+    );
+    let (each, summarised) = logged_and_summarised(&lines, "refused", "regcenter::refused::full");
+    assert_eq!(each + summarised, REFUSED, "{lines:#?}");
+    assert!(
+        each <= secs + 2,
+        "{each} refusals logged one line each in {secs}s: {lines:#?}"
+    );
+}
