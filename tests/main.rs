@@ -2,6 +2,7 @@
 
 mod common;
 
+mod addresses;
 mod auth;
 mod cli;
 mod discovery;

@@ -147,13 +147,17 @@ impl Registry {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidService`], [`Error::InvalidAddr`],
+    /// [`Error::InvalidService`], [`Error::InvalidAddr`] (also for an
+    /// address a client cannot dial, see
+    /// [`validate_dialable_addr`](crate::protocol::validate_dialable_addr),
+    /// unless the registry was built with
+    /// [`free_form_addresses`](RegistryBuilder::free_form_addresses)),
     /// [`Error::InvalidConfig`] for a weight or metadata out of bounds, and
     /// [`Error::Full`] for a new address when the registry is full. Nothing
     /// changes on error.
     pub fn put_with(&self, service: &str, addr: &str, opts: &PutOptions) -> Result<PutOutcome> {
         validate_service(service)?;
-        let key = Key::checked(addr)?;
+        let key = Key::checked(addr, !self.inner.free_form_addresses)?;
         opts.validate()?;
         let ttl = self.effective_ttl(opts.ttl);
         let now = self.inner.now();
@@ -207,7 +211,9 @@ impl Registry {
     /// [`Error::InvalidService`] or [`Error::InvalidAddr`].
     pub fn remove(&self, service: &str, addr: &str) -> Result<bool> {
         validate_service(service)?;
-        let key = Key::checked(addr)?;
+        // Any address a table may hold can be removed, also one restored
+        // from a snapshot of a free-form registry.
+        let key = Key::checked(addr, false)?;
         let now = self.inner.now();
         let mut t = self.locked(now);
         let removed = t.remove(service, &key);

@@ -92,6 +92,8 @@ pub(super) struct Inner {
     pub(super) min_ttl: Duration,
     pub(super) max_ttl: Duration,
     pub(super) max_entries: usize,
+    /// Registrations take any visible address, not only `proto@rest`.
+    pub(super) free_form_addresses: bool,
     /// Table times are nanoseconds since the registry was built.
     pub(super) time: Time,
     /// Called with the services that changed, after the table lock is
@@ -513,7 +515,10 @@ mod tests {
 
     #[test]
     fn the_listing_is_shared_until_the_service_changes() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         reg.put("", "a").unwrap();
         let l1 = reg.listing("");
         reg.put("", "a").unwrap(); // renewal

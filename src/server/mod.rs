@@ -176,6 +176,15 @@ impl RegistryServerBuilder {
         self
     }
 
+    /// Registers any address of visible ASCII without a comma, not only
+    /// addresses a client can dial (`proto@rest`, `host:port` for `tcp`,
+    /// `udp` and `http`). Defaults to off: others are answered 400. Ignored
+    /// when [`registry`](Self::registry) is given.
+    pub fn free_form_addresses(mut self, on: bool) -> Self {
+        self.table = self.table.free_form_addresses(on);
+        self
+    }
+
     /// The clock deciding expiry. Defaults to the system clock. Ignored when
     /// [`registry`](Self::registry) is given.
     pub fn clock(mut self, clock: impl Clock) -> Self {
