@@ -11,6 +11,7 @@ mod etcd;
 mod hardening;
 mod heartbeat;
 mod hostile;
+mod metrics;
 mod operations;
 mod server;
 mod watch;

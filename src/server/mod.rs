@@ -316,7 +316,8 @@ impl RegistryServerBuilder {
             format!("rc{port}-http"),
         )
         .map_err(|e| Error::io("spawn a registry worker thread", e))?;
-        let metrics = Arc::new(Metrics::new(self.threads));
+        let health = server.snapshot.as_ref().map(snapshot::Writer::health);
+        let metrics = Arc::new(Metrics::new(self.threads, health));
         let ctx = Arc::new(Ctx {
             front: front.clone(),
             registry: registry.clone(),
