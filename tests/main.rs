@@ -14,4 +14,5 @@ mod hostile;
 mod metrics;
 mod operations;
 mod server;
+mod status;
 mod watch;

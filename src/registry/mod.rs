@@ -6,9 +6,11 @@
 //! carries, the builder, the counts), `sweeper` (the thread that expires
 //! entries on time, started by [`Registry::start_sweeper`]) and `snapshot`
 //! (the table as text, [`Registry::snapshot`] and [`Registry::restore`],
-//! and the file that keeps it across restarts).
+//! and the file that keeps it across restarts), `history` (the last
+//! removals and the counts per second the status page shows).
 
 mod entries;
+mod history;
 mod options;
 pub(crate) mod snapshot;
 mod sweeper;
@@ -21,6 +23,8 @@ use std::time::Duration;
 
 pub use entries::TTL_LIMIT;
 use entries::{Key, Stamp, Tick};
+use history::Event;
+pub(crate) use history::{Lately, REMOVALS_KEPT, Removal, Second};
 pub use options::{
     DEFAULT_TTL, Footprint, MAX_WEIGHT, PutOptions, PutOutcome, RegistryBuilder, RegistryStats,
 };
@@ -168,6 +172,7 @@ impl Registry {
         {
             let (changed, queued) = svc.entries.renew(i, ttl, opts.weight, &opts.meta, now);
             t.stats.renewals += 1;
+            t.history.count(now, Event::Renewal, 1);
             if changed {
                 t.counter += 1;
                 svc.index = t.counter;
@@ -190,6 +195,7 @@ impl Registry {
             });
         }
         t.stats.registrations += 1;
+        t.history.count(now, Event::Registration, 1);
         let index = t.add(service, key, &self.inner.wake, |entries, key| {
             entries.insert(key, ttl, opts.weight, &opts.meta, now)
         });
@@ -219,6 +225,7 @@ impl Registry {
         let removed = t.remove(service, &key);
         if removed {
             t.stats.deregistrations += 1;
+            t.history.deregistered(service, addr, now);
         }
         drop(t);
         if removed {

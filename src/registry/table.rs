@@ -199,6 +199,8 @@ pub(super) struct Table {
     /// keeps its own queue (see `entries`), one item an entry.
     pub(super) soonest: BTreeSet<(Tick, Arc<str>)>,
     pub(super) stats: RegistryStats,
+    /// The last removals and the counts per second, for the status page.
+    pub(super) history: super::history::History,
 }
 
 pub(super) struct Service {
@@ -499,6 +501,7 @@ impl Table {
                 continue;
             }
             self.stats.expiries += n as u64;
+            self.history.expired(&self.expired, n, now);
             self.removed(&name, n);
             total += n;
         }
