@@ -70,6 +70,110 @@ pub fn validate_addr(addr: &str) -> Result<()> {
     }
 }
 
+/// Protocols whose address after `@` is `host:port`, as Go's `net.Dial`
+/// and an HTTP client read it.
+pub const HOST_PORT_PROTOCOLS: [&str; 5] = ["tcp", "tcp4", "tcp6", "udp", "http"];
+
+/// Checks that a client can dial a server address, on top of
+/// [`validate_addr`]: `proto@rest` with a non-empty protocol and a single
+/// `@`, as the seed's clients split it (`strings.Split(addr, "@")`, then
+/// `net.Dial(parts[0], parts[1])`). For the protocols of
+/// [`HOST_PORT_PROTOCOLS`] `rest` is `host:port`: a port 1–65535, a host
+/// that is a name (`A-Z a-z 0-9 - . _`), an IPv4 address, or an IPv6
+/// address in brackets (`tcp@[::1]:7001`). Other protocols (`unix@/run/app.sock`)
+/// keep a free-form, non-empty `rest`.
+///
+/// A registry applies it to registrations unless it was built with
+/// `free_form_addresses`.
+///
+/// # Errors
+///
+/// [`Error::InvalidAddr`] with a reason that says which shape is expected.
+pub fn validate_dialable_addr(addr: &str) -> Result<()> {
+    validate_addr(addr)?;
+    match dialable_shape(addr) {
+        None => Ok(()),
+        Some(reason) => Err(Error::InvalidAddr {
+            addr: truncate_for_message(addr),
+            reason,
+        }),
+    }
+}
+
+/// Why `addr` (already visible ASCII) is not `proto@rest` as
+/// [`validate_dialable_addr`] describes, or `None`.
+fn dialable_shape(addr: &str) -> Option<&'static str> {
+    const HOST_PORT: &str = "expected host:port after the protocol, such as \
+                             tcp@127.0.0.1:7001 or tcp@[::1]:7001";
+    let Some((proto, rest)) = addr.split_once('@') else {
+        return Some(
+            "expected proto@address such as tcp@127.0.0.1:7001 or unix@/run/app.sock \
+             (clients split it at @ and dial the protocol and the rest)",
+        );
+    };
+    if proto.is_empty() {
+        return Some(
+            "the protocol before @ is empty; expected proto@address such as tcp@127.0.0.1:7001",
+        );
+    }
+    if rest.contains('@') {
+        return Some(
+            "it has a second @; the seed's clients split at every @ and dial only the first two parts",
+        );
+    }
+    if rest.is_empty() {
+        return Some("the address after @ is empty; expected e.g. tcp@127.0.0.1:7001");
+    }
+    if !HOST_PORT_PROTOCOLS.contains(&proto) {
+        return None;
+    }
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let Some((ip, port)) = bracketed.split_once("]:") else {
+            return Some(HOST_PORT);
+        };
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Some("the host in brackets must be an IPv6 address, as in tcp@[::1]:7001");
+        }
+        (None, port)
+    } else {
+        let Some((host, port)) = rest.rsplit_once(':') else {
+            return Some(HOST_PORT);
+        };
+        (Some(host), port)
+    };
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+    if !port_ok {
+        return Some("the port must be a number from 1 to 65535, as in tcp@127.0.0.1:7001");
+    }
+    host.and_then(host_shape)
+}
+
+/// Why `host` (before `:port`, not in brackets) is not one a client can
+/// dial, or `None`.
+fn host_shape(host: &str) -> Option<&'static str> {
+    if host.is_empty() {
+        return Some("the host before :port is empty; expected e.g. tcp@127.0.0.1:7001");
+    }
+    if host.contains(':') {
+        return Some("an IPv6 host must be in brackets, as in tcp@[::1]:7001");
+    }
+    let name_ok = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    // Digits and dots only is meant as an IPv4 address, and Go would try
+    // `10.0.0.256` as a name and fail.
+    let numeric = host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if !name_ok || (numeric && host.parse::<std::net::Ipv4Addr>().is_err()) {
+        return Some(
+            "the host must be a name (A-Z a-z 0-9 - . _), an IPv4 address, or an IPv6 address in brackets",
+        );
+    }
+    None
+}
+
 /// Checks a service name: empty (the default service), or 1–128 characters
 /// of `A-Z a-z 0-9 . _ -` other than `.` and `..`.
 ///
@@ -367,6 +471,52 @@ mod tests {
             let e = validate_addr(bad).unwrap_err();
             assert!(matches!(e, Error::InvalidAddr { .. }), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn dialable_addresses_are_proto_at_rest_with_host_port_for_ip_protocols() {
+        for ok in [
+            "tcp@127.0.0.1:7001",
+            "tcp@[::1]:7001",
+            "udp@dns.example:53",
+            "http@a:65535",
+            "tcp@10.0.0.1:07001",
+            "unix@/run/app.sock",
+            "TCP@free form",
+        ] {
+            assert_eq!(dialable_shape(ok), None, "{ok:?}");
+        }
+        for bad in [
+            "127.0.0.1:7001",
+            "@x",
+            "tcp@",
+            "unix@",
+            "a@b@c",
+            "tcp@a",
+            "tcp@a:",
+            "tcp@a:0",
+            "tcp@a:65536",
+            "tcp@a:123456",
+            "tcp@a:+1",
+            "tcp@:1",
+            "tcp@::1:1",
+            "tcp@[::1]",
+            "tcp@[::1]1",
+            "tcp@[x]:1",
+            "tcp@1.2.3.4.5:1",
+            "tcp@a/b:1",
+            // A zone (`%eth0`) is not taken: a registry is for addresses
+            // other machines dial.
+            "tcp6@[fe80::1%eth0]:7001",
+        ] {
+            assert!(dialable_shape(bad).is_some(), "{bad:?}");
+        }
+        let e = validate_dialable_addr("127.0.0.1:7006").unwrap_err();
+        assert!(e.to_string().contains("proto@address"), "{e}");
+        assert!(
+            validate_dialable_addr("tcp@a,b:1").is_err(),
+            "still visible ASCII"
+        );
     }
 
     #[test]

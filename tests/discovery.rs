@@ -143,8 +143,8 @@ fn an_empty_restarted_registry_does_not_wipe_the_list_before_a_ttl() {
     let addr = s.local_addr().to_string();
     // Move the index well past what a fresh registry will report.
     for i in 0..20 {
-        s.registry().put("", &format!("tcp@churn:{i}")).unwrap();
-        s.registry().remove("", &format!("tcp@churn:{i}")).unwrap();
+        s.registry().put("", &format!("tcp@churn:1{i}")).unwrap();
+        s.registry().remove("", &format!("tcp@churn:1{i}")).unwrap();
     }
     s.registry().put("", "tcp@kept:1").unwrap();
     let d = RegistryDiscovery::builder(s.url())
@@ -186,8 +186,8 @@ fn the_guard_lets_an_empty_list_through_after_a_ttl() {
     let s = registry_on("127.0.0.1:0");
     let addr = s.local_addr().to_string();
     for i in 0..20 {
-        s.registry().put("", &format!("tcp@churn:{i}")).unwrap();
-        s.registry().remove("", &format!("tcp@churn:{i}")).unwrap();
+        s.registry().put("", &format!("tcp@churn:1{i}")).unwrap();
+        s.registry().remove("", &format!("tcp@churn:1{i}")).unwrap();
     }
     s.registry().put("", "tcp@gone:1").unwrap(); // TTL 600 ms
     let d = RegistryDiscovery::builder(s.url())

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod addresses;
 mod auth;
 mod cli;
 mod discovery;
@@ -12,6 +13,8 @@ mod hardening;
 mod heartbeat;
 mod hostile;
 mod logs;
+mod metrics;
 mod operations;
 mod server;
+mod status;
 mod watch;

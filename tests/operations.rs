@@ -187,7 +187,7 @@ fn the_status_page_renders_in_a_real_browser() {
     let _ = std::fs::remove_dir_all(&profile);
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
-        dom.contains("<table id=\"instances\">"),
+        dom.contains("<table class=\"instances\">"),
         "no table in {dom}"
     );
     for text in [

@@ -64,10 +64,10 @@ fn every_status_code_of_protocol_v1() {
     assert_eq!(raw(a, "DELETE", P, &srv("tcp@127.0.0.1:7001")).status, 404);
 
     for i in 0..3 {
-        let addr = format!("s{i}");
+        let addr = format!("tcp@s{i}:1");
         assert_eq!(raw(a, "POST", P, &srv(&addr)).status, 200);
     }
-    let r = raw(a, "POST", P, &srv("one-too-many"));
+    let r = raw(a, "POST", P, &srv("tcp@one-too-many:1"));
     assert_eq!(r.status, 503);
     assert!(r.header("Retry-After").is_some());
 
@@ -150,12 +150,12 @@ fn the_index_header_follows_changes_and_ignores_renewals() {
             .unwrap()
     };
     let i0 = index();
-    raw(a, "POST", P, &[("X-Myrpc-Server", "x")]);
+    raw(a, "POST", P, &[("X-Myrpc-Server", "tcp@x:1")]);
     let i1 = index();
     assert!(i1 > i0);
-    raw(a, "POST", P, &[("X-Myrpc-Server", "x")]);
+    raw(a, "POST", P, &[("X-Myrpc-Server", "tcp@x:1")]);
     assert_eq!(index(), i1);
-    raw(a, "DELETE", P, &[("X-Myrpc-Server", "x")]);
+    raw(a, "DELETE", P, &[("X-Myrpc-Server", "tcp@x:1")]);
     assert!(index() > i1);
 }
 
@@ -167,7 +167,7 @@ fn entries_expire_over_http() {
         a,
         "POST",
         P,
-        &[("X-Myrpc-Server", "x"), ("X-Myrpc-Ttl", "100ms")],
+        &[("X-Myrpc-Server", "tcp@x:1"), ("X-Myrpc-Ttl", "100ms")],
     );
     assert_eq!(r.header("X-Myrpc-Ttl"), Some("100ms"));
     wait_until("the entry to expire", Duration::from_secs(5), || {

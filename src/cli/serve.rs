@@ -29,6 +29,7 @@ pub(super) const COMMAND: Command = Command {
         SNAPSHOT,
         SNAPSHOT_INTERVAL,
         INSECURE,
+        FREE_FORM_ADDRESSES,
     ],
     notes: "\
 durations are Go-style: 500ms, 5s, 1m30s
@@ -136,6 +137,12 @@ const SNAPSHOT_INTERVAL: Flag = Flag::new(
 );
 const INSECURE: Flag = Flag::switch("insecure", "allow a non-loopback address without a token");
 
+const FREE_FORM_ADDRESSES: Flag = Flag::switch(
+    "free-form-addresses",
+    "register any visible address, not only proto@host:port\n\
+     (and proto@path for protocols such as unix)",
+);
+
 fn run(a: Args) -> Result<(), Failure> {
     let addr = a.text(&ADDR).unwrap_or("127.0.0.1:9999").to_string();
     let addr = addr.as_str();
@@ -190,6 +197,7 @@ fn run(a: Args) -> Result<(), Failure> {
     if let Some(t) = token {
         b = b.token(t).protect_reads(protect_reads);
     }
+    b = b.free_form_addresses(a.switch(&FREE_FORM_ADDRESSES));
     let snapshot = a.text(&SNAPSHOT);
     if let Some(path) = snapshot {
         b = b.snapshot(path);

@@ -6,9 +6,11 @@
 //! carries, the builder, the counts), `sweeper` (the thread that expires
 //! entries on time, started by [`Registry::start_sweeper`]) and `snapshot`
 //! (the table as text, [`Registry::snapshot`] and [`Registry::restore`],
-//! and the file that keeps it across restarts).
+//! and the file that keeps it across restarts), `history` (the last
+//! removals and the counts per second the status page shows).
 
 mod entries;
+mod history;
 mod options;
 pub(crate) mod snapshot;
 mod sweeper;
@@ -21,6 +23,8 @@ use std::time::Duration;
 
 pub use entries::TTL_LIMIT;
 use entries::{Key, Stamp, Tick};
+use history::Event;
+pub(crate) use history::{Lately, REMOVALS_KEPT, Removal, Second};
 pub use options::{
     DEFAULT_TTL, Footprint, MAX_WEIGHT, PutOptions, PutOutcome, RegistryBuilder, RegistryStats,
 };
@@ -160,13 +164,17 @@ impl Registry {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidService`], [`Error::InvalidAddr`],
+    /// [`Error::InvalidService`], [`Error::InvalidAddr`] (also for an
+    /// address a client cannot dial, see
+    /// [`validate_dialable_addr`](crate::protocol::validate_dialable_addr),
+    /// unless the registry was built with
+    /// [`free_form_addresses`](RegistryBuilder::free_form_addresses)),
     /// [`Error::InvalidConfig`] for a weight or metadata out of bounds, and
     /// [`Error::Full`] for a new address when the registry is full. Nothing
     /// changes on error.
     pub fn put_with(&self, service: &str, addr: &str, opts: &PutOptions) -> Result<PutOutcome> {
         validate_service(service)?;
-        let key = Key::checked(addr)?;
+        let key = Key::checked(addr, !self.inner.free_form_addresses)?;
         opts.validate()?;
         let ttl = self.effective_ttl(opts.ttl);
         let now = self.inner.now();
@@ -177,6 +185,7 @@ impl Registry {
         {
             let (changed, queued) = svc.entries.renew(i, ttl, opts.weight, &opts.meta, now);
             t.stats.renewals += 1;
+            t.history.count(now, Event::Renewal, 1);
             if changed {
                 t.counter += 1;
                 svc.index = t.counter;
@@ -199,6 +208,7 @@ impl Registry {
             });
         }
         t.stats.registrations += 1;
+        t.history.count(now, Event::Registration, 1);
         let index = t.add(service, key, &self.inner.wake, |entries, key| {
             entries.insert(key, ttl, opts.weight, &opts.meta, now)
         });
@@ -220,12 +230,15 @@ impl Registry {
     /// [`Error::InvalidService`] or [`Error::InvalidAddr`].
     pub fn remove(&self, service: &str, addr: &str) -> Result<bool> {
         validate_service(service)?;
-        let key = Key::checked(addr)?;
+        // Any address a table may hold can be removed, also one restored
+        // from a snapshot of a free-form registry.
+        let key = Key::checked(addr, false)?;
         let now = self.inner.now();
         let mut t = self.locked(now);
         let removed = t.remove(service, &key);
         if removed {
             t.stats.deregistrations += 1;
+            t.history.deregistered(service, addr, now);
         }
         drop(t);
         if removed {

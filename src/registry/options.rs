@@ -136,6 +136,7 @@ pub struct RegistryBuilder {
     min_ttl: Duration,
     max_ttl: Duration,
     max_entries: usize,
+    free_form_addresses: bool,
     /// `None`: the system clock, read without building `Instant`s.
     clock: Option<Arc<dyn Clock>>,
 }
@@ -148,6 +149,7 @@ impl RegistryBuilder {
             min_ttl: DEFAULT_MIN_TTL,
             max_ttl: DEFAULT_MAX_TTL,
             max_entries: DEFAULT_MAX_ENTRIES,
+            free_form_addresses: false,
             clock: None,
         }
     }
@@ -177,6 +179,17 @@ impl RegistryBuilder {
     /// beyond it is refused with [`Error::Full`]. Defaults to 100 000.
     pub fn max_entries(mut self, max: usize) -> RegistryBuilder {
         self.max_entries = max;
+        self
+    }
+
+    /// Registers any address of visible ASCII without a comma, as before
+    /// addresses were checked for a shape clients can dial (`proto@rest`,
+    /// `host:port` for `tcp`, `udp` and `http`; see
+    /// [`validate_dialable_addr`](crate::protocol::validate_dialable_addr)).
+    /// Defaults to off: an address a client cannot dial is refused with
+    /// [`Error::InvalidAddr`].
+    pub fn free_form_addresses(mut self, on: bool) -> RegistryBuilder {
+        self.free_form_addresses = on;
         self
     }
 
@@ -252,6 +265,7 @@ impl RegistryBuilder {
                 min_ttl: self.min_ttl,
                 max_ttl: self.max_ttl,
                 max_entries: self.max_entries,
+                free_form_addresses: self.free_form_addresses,
                 time: match self.clock {
                     None => Time::System {
                         base: crate::clock::system_nanos(),

@@ -13,6 +13,7 @@ use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -424,6 +425,32 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// What the writes of a [`Writer`] came to, for `/metrics`.
+#[derive(Default)]
+pub(crate) struct Health {
+    /// Unix time of the last write that succeeded, in milliseconds.
+    pub(crate) last_success_ms: AtomicU64,
+    /// Writes that failed.
+    pub(crate) failures: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Health {
+    fn note(&self, result: &std::io::Result<()>) {
+        match result {
+            Ok(()) => self.last_success_ms.store(unix_ms(), Ordering::Relaxed),
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// The thread that writes the snapshot every `every`; stopping it writes a
 /// last one, marked clean.
 pub(crate) struct Writer {
@@ -431,6 +458,7 @@ pub(crate) struct Writer {
     thread: Option<JoinHandle<()>>,
     registry: Registry,
     path: PathBuf,
+    health: Arc<Health>,
 }
 
 impl Writer {
@@ -447,7 +475,10 @@ impl Writer {
         name: String,
     ) -> Result<Writer> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let (s, r, p) = (stop.clone(), registry.clone(), path.clone());
+        // The caller's first write has just succeeded.
+        let health = Arc::new(Health::default());
+        health.note(&Ok(()));
+        let (s, r, p, h) = (stop.clone(), registry.clone(), path.clone(), health.clone());
         let thread = thread::Builder::new()
             .name(name)
             .spawn(move || {
@@ -458,7 +489,9 @@ impl Writer {
                     if !cv.wait_until(&mut stopped, next).timed_out() || *stopped {
                         continue; // woken to stop, or spuriously
                     }
-                    if let Err(e) = write(&r, &p, false) {
+                    let written = write(&r, &p, false);
+                    h.note(&written);
+                    if let Err(e) = written {
                         log::error!("writing the snapshot {} failed: {e}", p.display());
                     }
                     // Writes start every interval however long one takes, so
@@ -473,7 +506,13 @@ impl Writer {
             thread: Some(thread),
             registry,
             path,
+            health,
         })
+    }
+
+    /// What its writes came to.
+    pub(crate) fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// The file it writes.
@@ -484,7 +523,9 @@ impl Writer {
     /// Writes the snapshot now, in turn with the thread's own writes.
     pub(crate) fn write_now(&self) -> std::io::Result<()> {
         let _turn = self.stop.0.lock();
-        write(&self.registry, &self.path, false)
+        let written = write(&self.registry, &self.path, false);
+        self.health.note(&written);
+        written
     }
 
     /// Stops the thread and writes the final snapshot, marked clean: the
@@ -496,7 +537,9 @@ impl Writer {
         *self.stop.0.lock() = true;
         self.stop.1.notify_all();
         let _ = t.join();
-        write(&self.registry, &self.path, true)
+        let written = write(&self.registry, &self.path, true);
+        self.health.note(&written);
+        written
     }
 }
 

@@ -130,6 +130,7 @@ mod tests {
     #[test]
     fn the_sweeper_expires_entries_without_callers() {
         let reg = Registry::builder()
+            .free_form_addresses(true)
             .default_ttl(Duration::from_millis(50))
             .min_ttl(Duration::from_millis(10))
             .build()

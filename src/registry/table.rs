@@ -92,6 +92,8 @@ pub(super) struct Inner {
     pub(super) min_ttl: Duration,
     pub(super) max_ttl: Duration,
     pub(super) max_entries: usize,
+    /// Registrations take any visible address, not only `proto@rest`.
+    pub(super) free_form_addresses: bool,
     /// Table times are nanoseconds since the registry was built.
     pub(super) time: Time,
     /// Called with the services that changed, after the table lock is
@@ -197,6 +199,8 @@ pub(super) struct Table {
     /// keeps its own queue (see `entries`), one item an entry.
     pub(super) soonest: BTreeSet<(Tick, Arc<str>)>,
     pub(super) stats: RegistryStats,
+    /// The last removals and the counts per second, for the status page.
+    pub(super) history: super::history::History,
 }
 
 pub(super) struct Service {
@@ -497,6 +501,7 @@ impl Table {
                 continue;
             }
             self.stats.expiries += n as u64;
+            self.history.expired(&self.expired, n, now);
             self.removed(&name, n);
             total += n;
         }
@@ -513,7 +518,10 @@ mod tests {
 
     #[test]
     fn the_listing_is_shared_until_the_service_changes() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         reg.put("", "a").unwrap();
         let l1 = reg.listing("");
         reg.put("", "a").unwrap(); // renewal

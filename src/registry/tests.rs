@@ -8,9 +8,11 @@ use crate::clock::ManualClock;
 
 pub(super) const S: Duration = Duration::from_secs(1);
 
-/// A registry with a 5 s default TTL, bounds 1 s to 60 s, on `clock`.
+/// A registry with a 5 s default TTL, bounds 1 s to 60 s, on `clock`;
+/// free-form, since these tests name servers `a`, `b`.
 pub(super) fn registry(clock: &ManualClock) -> Registry {
     Registry::builder()
+        .free_form_addresses(true)
         .default_ttl(5 * S)
         .min_ttl(S)
         .max_ttl(60 * S)
@@ -52,7 +54,10 @@ fn sweep_removes_due_entries_and_counts_them() {
 
 #[test]
 fn alive_is_sorted_by_bytes() {
-    let reg = Registry::new();
+    let reg = Registry::builder()
+        .free_form_addresses(true)
+        .build()
+        .unwrap();
     for a in ["tcp@b:2", "tcp@a:10", "Z", "tcp@a:9"] {
         reg.put("", a).unwrap();
     }
@@ -159,6 +164,7 @@ fn a_longer_ttl_on_renewal_takes_effect() {
 fn zero_default_ttl_means_never_expires_as_in_the_seed() {
     let clock = ManualClock::new();
     let reg = Registry::builder()
+        .free_form_addresses(true)
         .default_ttl(Duration::ZERO)
         .clock(clock.clone())
         .build()
@@ -186,7 +192,10 @@ fn reregistering_after_removal_gets_a_fresh_deadline() {
 
 #[test]
 fn services_are_isolated() {
-    let reg = Registry::new();
+    let reg = Registry::builder()
+        .free_form_addresses(true)
+        .build()
+        .unwrap();
     reg.put("arith", "a").unwrap();
     reg.put("", "b").unwrap();
     assert_eq!(reg.alive("arith"), ["a"]);
@@ -198,7 +207,10 @@ fn services_are_isolated() {
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
-    let reg = Registry::new();
+    let reg = Registry::builder()
+        .free_form_addresses(true)
+        .build()
+        .unwrap();
     let before = reg.counter();
     assert!(matches!(reg.put("", "a,b"), Err(Error::InvalidAddr { .. })));
     assert!(matches!(
@@ -221,7 +233,11 @@ fn bad_input_is_refused_and_changes_nothing() {
 
 #[test]
 fn a_full_registry_refuses_new_addresses_but_renews() {
-    let reg = Registry::builder().max_entries(2).build().unwrap();
+    let reg = Registry::builder()
+        .free_form_addresses(true)
+        .max_entries(2)
+        .build()
+        .unwrap();
     reg.put("", "a").unwrap();
     reg.put("x", "b").unwrap();
     assert!(matches!(reg.put("", "c"), Err(Error::Full { limit: 2 })));

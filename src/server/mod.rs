@@ -176,6 +176,15 @@ impl RegistryServerBuilder {
         self
     }
 
+    /// Registers any address of visible ASCII without a comma, not only
+    /// addresses a client can dial (`proto@rest`, `host:port` for `tcp`,
+    /// `udp` and `http`). Defaults to off: others are answered 400. Ignored
+    /// when [`registry`](Self::registry) is given.
+    pub fn free_form_addresses(mut self, on: bool) -> Self {
+        self.table = self.table.free_form_addresses(on);
+        self
+    }
+
     /// The clock deciding expiry. Defaults to the system clock. Ignored when
     /// [`registry`](Self::registry) is given.
     pub fn clock(mut self, clock: impl Clock) -> Self {
@@ -307,7 +316,8 @@ impl RegistryServerBuilder {
             format!("rc{port}-http"),
         )
         .map_err(|e| Error::io("spawn a registry worker thread", e))?;
-        let metrics = Arc::new(Metrics::new(self.threads));
+        let health = server.snapshot.as_ref().map(snapshot::Writer::health);
+        let metrics = Arc::new(Metrics::new(self.threads, health));
         let ctx = Arc::new(Ctx {
             front: front.clone(),
             registry: registry.clone(),

@@ -570,7 +570,10 @@ mod tests {
 
     #[test]
     fn seed_get_answers_the_header_and_an_empty_body() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         reg.put("", "tcp@b").unwrap();
         reg.put("", "tcp@a").unwrap();
         let r = call(&reg, Method::Get, "/myRPC/registry", &[]);
@@ -585,7 +588,10 @@ mod tests {
 
     #[test]
     fn text_format_answers_a_body_without_the_seed_header() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         reg.put("arith", "tcp@a").unwrap();
         let r = call(&reg, Method::Get, "/myRPC/registry/arith?format=text", &[]);
         assert_eq!(r.status, 200);
@@ -598,7 +604,10 @@ mod tests {
 
     #[test]
     fn post_registers_and_reports_the_ttl_in_force() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         let r = call(
             &reg,
             Method::Post,
@@ -723,7 +732,10 @@ mod tests {
 
     #[test]
     fn delete_answers_200_then_404() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         reg.put("s", "tcp@a").unwrap();
         let h = [("X-Myrpc-Server", "tcp@a")];
         assert_eq!(
@@ -751,7 +763,10 @@ mod tests {
 
     #[test]
     fn weight_and_meta_are_applied() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         let r = call(
             &reg,
             Method::Post,
@@ -771,7 +786,11 @@ mod tests {
 
     #[test]
     fn a_full_registry_answers_503_with_retry_after() {
-        let reg = Registry::builder().max_entries(1).build().unwrap();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .max_entries(1)
+            .build()
+            .unwrap();
         reg.put("", "a").unwrap();
         let r = call(
             &reg,

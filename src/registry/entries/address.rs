@@ -139,13 +139,21 @@ pub(in crate::registry) struct Key<'a> {
 
 impl<'a> Key<'a> {
     /// The key of `addr` after checking it as
-    /// [`validate_addr`](crate::protocol::validate_addr) does; a packed
-    /// IPv4 address is valid by its shape, so a heartbeat scans it once.
-    pub(in crate::registry) fn checked(addr: &'a str) -> crate::Result<Key<'a>> {
-        if let Some(packed) = parse_tcp4(addr) {
+    /// [`validate_addr`](crate::protocol::validate_addr) does, or, when
+    /// `dialable`, as [`validate_dialable_addr`](crate::protocol::validate_dialable_addr)
+    /// does; a packed IPv4 address is valid by its shape (but for port 0),
+    /// so a heartbeat scans it once.
+    pub(in crate::registry) fn checked(addr: &'a str, dialable: bool) -> crate::Result<Key<'a>> {
+        if let Some(packed) = parse_tcp4(addr)
+            && !(dialable && matches!(packed, Packed::Tcp4 { port: 0, .. }))
+        {
             return Ok(Key { packed, long: None });
         }
-        crate::protocol::validate_addr(addr)?;
+        if dialable {
+            crate::protocol::validate_dialable_addr(addr)?;
+        } else {
+            crate::protocol::validate_addr(addr)?;
+        }
         Ok(Key::new(addr))
     }
 

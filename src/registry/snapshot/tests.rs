@@ -45,6 +45,7 @@ fn snapshots_round_trip_and_drop_what_expired() {
 fn a_restore_keeps_to_the_bounds_and_the_limit_of_its_registry() {
     let clock = ManualClock::new();
     let wide = Registry::builder()
+        .free_form_addresses(true)
         .max_ttl(3600 * S)
         .clock(clock.clone())
         .build()
@@ -70,11 +71,17 @@ fn a_restore_keeps_to_the_bounds_and_the_limit_of_its_registry() {
 
 #[test]
 fn corrupt_or_truncated_snapshots_load_nothing() {
-    let reg = Registry::new();
+    let reg = Registry::builder()
+        .free_form_addresses(true)
+        .build()
+        .unwrap();
     reg.put("svc", "a").unwrap();
     reg.put("svc", "b").unwrap();
     let text = reg.snapshot();
-    let fresh = Registry::new();
+    let fresh = Registry::builder()
+        .free_form_addresses(true)
+        .build()
+        .unwrap();
     let truncated = &text[..text.rfind("end").unwrap()];
     for bad in [
         "",
@@ -94,7 +101,10 @@ fn corrupt_or_truncated_snapshots_load_nothing() {
 
 #[test]
 fn a_snapshot_not_marked_clean_moves_the_counter_past_what_a_crash_lost() {
-    let reg = Registry::new();
+    let reg = Registry::builder()
+        .free_form_addresses(true)
+        .build()
+        .unwrap();
     for a in ["a", "b", "c"] {
         reg.put("svc", a).unwrap();
     }

@@ -117,6 +117,9 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
         // one connection.
         let mut seen = HashSet::with_capacity(list.len());
         list.retain(|c| seen.insert(c.inode));
+        counters
+            .open_connections
+            .store(list.len() as u64, Ordering::Relaxed);
         // A dead accept thread: two passes in a row, so that a rebuild in
         // progress is not mistaken for one.
         if front.accepting() {
