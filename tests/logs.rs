@@ -285,7 +285,10 @@ fn a_flood_of_registrations_and_refusals_is_summarised_not_logged_one_line_each(
     for i in 0..REGISTERED + REFUSED {
         let r = agent
             .post(format!("http://{addr}{P}/flood"))
-            .header("X-Myrpc-Server", format!("tcp@10.0.0.{i}:1"))
+            .header(
+                "X-Myrpc-Server",
+                format!("tcp@10.0.{}.{}:1", i / 256, i % 256),
+            )
             .send_empty()
             .unwrap();
         refused += u64::from(r.status() == 503);
