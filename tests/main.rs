@@ -4,6 +4,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod consul;
 mod discovery;
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -11,5 +12,6 @@ mod hardening;
 mod heartbeat;
 mod hostile;
 mod operations;
+mod prometheus;
 mod server;
 mod watch;
