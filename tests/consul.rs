@@ -18,7 +18,14 @@ fn body(r: &Raw) -> Value {
 
 fn index(r: &Raw) -> u64 {
     r.header("X-Consul-Index")
-        .unwrap_or_else(|| panic!("no X-Consul-Index in {:?}", r.headers))
+        .unwrap_or_else(|| {
+            panic!(
+                "no X-Consul-Index in {} {:?}: {}",
+                r.status,
+                r.headers,
+                r.text()
+            )
+        })
         .parse()
         .unwrap()
 }
@@ -37,11 +44,9 @@ fn put(s: &RegistryServer, service: &str, addr: &str, weight: u32, meta: &[(&str
 fn get_blocking(addr: SocketAddr, path: &str) -> Raw {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    // One write: a head sent in pieces is what a slow sender does.
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).expect("read the answer");
     parse(&buf)
