@@ -11,7 +11,7 @@
 //! instance's `Meta`, its weight `Weights.Passing`, and the metadata key
 //! [`TAGS_KEY`] its tags.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -116,15 +116,17 @@ pub(super) fn route(
     let view = View { kind, node };
     // Consul blocks until the index passes `index`; a zero or stale index,
     // or one from before a restart (beyond the counter), answers at once.
-    if let Some(index) = q.index.and_then(|i| i.checked_sub(1)) {
-        if reg.index(&service) <= index && index <= reg.counter() {
-            return Outcome::Park(Watch {
-                service,
-                index,
-                wait: q.wait,
-                format: Format::Consul(view),
-            });
-        }
+    // The registry's index is the client's Consul index less one (`answer`).
+    if let Some(index) = q.index.and_then(|i| i.checked_sub(1))
+        && reg.index(&service) <= index
+        && index <= reg.counter()
+    {
+        return Outcome::Park(Watch {
+            service,
+            index,
+            wait: q.wait,
+            format: Format::Consul(view),
+        });
     }
     render(reg, &service, view).into()
 }
@@ -138,21 +140,14 @@ pub(super) fn render(reg: &Registry, service: &str, view: View) -> Response {
             // could hide a change.
             let index = reg.counter();
             let entries = reg.entries();
-            let mut services = serde_json::Map::new();
-            for (name, entries) in prom::by_service(&entries) {
-                let mut tags = BTreeSet::new();
-                let mut any = false;
-                for e in entries {
-                    if HostPort::parse(&e.addr).is_some() {
-                        any = true;
-                        tags.extend(tags_of(e));
-                    }
-                }
-                if any {
-                    services.insert(consul_name(name).to_string(), json!(tags));
-                }
+            let mut services: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+            for (e, _) in instances(&entries) {
+                services
+                    .entry(consul_name(&e.service))
+                    .or_default()
+                    .extend(tags_of(e));
             }
-            answer(index, Value::Object(services))
+            answer(index, json!(services))
         }
         Kind::CatalogService => {
             let (index, entries) = reg.instances(service);

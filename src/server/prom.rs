@@ -1,10 +1,8 @@
 //! `GET /prometheus/targets[?service=NAME]`: the registry's instances in
 //! the format of Prometheus' HTTP service discovery (`http_sd_configs`),
 //! one target group per instance, so that every label of a group holds for
-//! its one target. Also the pieces the Consul API shares with it: which
-//! addresses are `proto@host:port`, and an entry's status.
-
-use std::collections::BTreeMap;
+//! its one target. Also what the Consul API (`consul.rs`) shares with it:
+//! which addresses are `proto@host:port`, and an entry's status.
 
 use serde_json::{Map, Value, json};
 
@@ -137,15 +135,6 @@ impl<'a> HostPort<'a> {
             format!("{}:{}", self.host, self.port)
         }
     }
-}
-
-/// The entries of each service, by name; for the catalog's tags.
-pub(super) fn by_service(entries: &[EntryInfo]) -> BTreeMap<&str, Vec<&EntryInfo>> {
-    let mut out: BTreeMap<&str, Vec<&EntryInfo>> = BTreeMap::new();
-    for e in entries {
-        out.entry(e.service.as_str()).or_default().push(e);
-    }
-    out
 }
 
 #[cfg(test)]
