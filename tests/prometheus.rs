@@ -267,10 +267,12 @@ fn a_real_prometheus_discovers_and_drops_targets_through_http_sd() {
     put(&s, "", "tcp@127.0.0.1:7003", 1, &[]);
     let deadline = Duration::from_secs(90);
     let all = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"];
+    let t0 = std::time::Instant::now();
     wait_until("prometheus to discover the three targets", deadline, || {
         let t = prom.targets("http_sd");
         t.len() == 3 && all.iter().all(|a| has_target(&t, a))
     });
+    eprintln!("prometheus discovered the targets in {:?}", t0.elapsed());
     let t = prom.targets("http_sd");
     let first = t
         .iter()
@@ -284,6 +286,7 @@ fn a_real_prometheus_discovers_and_drops_targets_through_http_sd() {
     assert_eq!(first["__meta_regcenter_meta_build_id"], "42");
 
     s.registry().remove("arith", "tcp@127.0.0.1:7001").unwrap();
+    let t0 = std::time::Instant::now();
     wait_until(
         "prometheus to drop the deregistered target",
         deadline,
@@ -291,6 +294,10 @@ fn a_real_prometheus_discovers_and_drops_targets_through_http_sd() {
             let t = prom.targets("http_sd");
             t.len() == 2 && !has_target(&t, "127.0.0.1:7001")
         },
+    );
+    eprintln!(
+        "prometheus dropped the deregistered target in {:?}",
+        t0.elapsed()
     );
     let log = prom.log();
     let errors: Vec<&str> = log
