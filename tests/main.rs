@@ -5,6 +5,7 @@ mod common;
 mod addresses;
 mod auth;
 mod cli;
+mod consul;
 mod discovery;
 mod drain;
 #[cfg(feature = "etcd")]
@@ -15,6 +16,7 @@ mod hostile;
 mod logs;
 mod metrics;
 mod operations;
+mod prometheus;
 mod server;
 mod status;
 mod watch;

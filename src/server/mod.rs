@@ -1,10 +1,12 @@
 //! `RegistryServer`: the listener, the intake, the pool and the guard, the
 //! wiring of routes, and a stop that no client can hold up.
 
+mod consul;
 mod http;
 mod lanes;
 mod metrics;
 mod pool;
+mod prom;
 mod route;
 mod status;
 mod watch;
@@ -307,6 +309,7 @@ impl RegistryServerBuilder {
             path: self.path,
             token: self.token,
             protect_reads: self.protect_reads,
+            local_ip: local_addr.ip(),
         };
         // Each connection has at most one request in service, so the pool
         // never needs more threads than connections.

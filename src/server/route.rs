@@ -126,6 +126,8 @@ pub(crate) struct RouteConfig {
     pub(crate) token: Option<String>,
     /// Whether GETs of listings need the token too.
     pub(crate) protect_reads: bool,
+    /// The address the server listens on: the node's in Consul answers.
+    pub(crate) local_ip: std::net::IpAddr,
 }
 
 impl RouteConfig {
@@ -207,7 +209,7 @@ fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Outcome {
             .and_then(|r| r.strip_prefix('/'))
         {
             Some(rest) if !rest.is_empty() => rest,
-            _ => return Response::text(404, format!("no such path {}", clip(path))).into(),
+            _ => return other_readers(reg, cfg, req, path, query),
         }
     };
     if let Err(e) = validate_service(service) {
@@ -223,6 +225,25 @@ fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Outcome {
         Method::Delete => deregister(reg, service, req).into(),
         Method::Other(_) => method_not_allowed("GET, POST, DELETE").into(),
     }
+}
+
+/// Paths outside the base path: Prometheus' HTTP discovery and the Consul
+/// API (`prom.rs`, `consul.rs`); the base path comes first, so a base path
+/// under `/v1` keeps the protocol.
+fn other_readers(
+    reg: &Registry,
+    cfg: &RouteConfig,
+    req: &Request,
+    path: &str,
+    query: &str,
+) -> Outcome {
+    if path == super::prom::PATH {
+        return super::prom::targets(reg, cfg, req, query).into();
+    }
+    if path == "/v1" || path.starts_with("/v1/") {
+        return super::consul::route(reg, cfg, req, path, query);
+    }
+    Response::text(404, format!("no such path {}", clip(path))).into()
 }
 
 pub(crate) fn method_not_allowed(allow: &str) -> Response {
@@ -247,6 +268,8 @@ pub(crate) enum Format {
     Text,
     /// `{"service", "index", "servers": [{addr, weight, meta, expires_in_ms}]}`.
     Json,
+    /// A Consul API read (`consul.rs`).
+    Consul(super::consul::View),
 }
 
 /// Default and largest wait of a long-poll (docs/PROTOCOL.md, "Long-poll").
@@ -342,6 +365,9 @@ fn list(reg: &Registry, service: &str, query: &str, accept: Option<&str>) -> Out
 
 /// The listing of `service` in `format`.
 pub(crate) fn render(reg: &Registry, service: &str, format: Format) -> Response {
+    if let Format::Consul(view) = format {
+        return super::consul::render(reg, service, view);
+    }
     if format == Format::Json {
         let (index, entries) = reg.instances(service);
         let mut body = String::with_capacity(64 + entries.len() * 96);
@@ -511,6 +537,7 @@ mod tests {
             path: "/myRPC/registry".into(),
             token: None,
             protect_reads: false,
+            local_ip: [127, 0, 0, 1].into(),
         }
     }
 

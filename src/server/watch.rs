@@ -15,6 +15,10 @@ use super::http::Exchange;
 use super::route::{Format, Watch};
 use crate::rand;
 
+/// The service key of watchers that any change wakes (Consul's
+/// `catalog/services`); no service can be named `*`.
+pub(crate) const ANY_SERVICE: &str = "*";
+
 /// A long-poll waiting for its answer.
 pub(crate) struct Parked {
     pub(crate) rq: Exchange,
@@ -111,12 +115,14 @@ impl Watchers {
         None
     }
 
-    /// Takes every watcher of the changed services.
+    /// Takes every watcher of the changed services, and those of
+    /// [`ANY_SERVICE`].
     pub(crate) fn take_services(&self, services: &[std::sync::Arc<str>]) -> Vec<Parked> {
         let mut st = self.state.lock();
         let mut out = Vec::new();
-        for s in services {
-            for id in st.by_service.get(&**s).cloned().unwrap_or_default() {
+        let any = (!services.is_empty()).then_some(ANY_SERVICE);
+        for s in services.iter().map(|s| &**s).chain(any) {
+            for id in st.by_service.get(s).cloned().unwrap_or_default() {
                 out.extend(st.take(id));
             }
         }
