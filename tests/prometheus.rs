@@ -26,7 +26,12 @@ fn put(s: &RegistryServer, service: &str, addr: &str, weight: u32, meta: &[(&str
 
 #[test]
 fn targets_answer_one_group_per_instance_with_its_labels() {
-    let s = RegistryServer::start_local().unwrap();
+    // Free-form, so that addresses no Prometheus can scrape can be listed.
+    let s = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .free_form_addresses(true)
+        .start()
+        .unwrap();
     put(
         &s,
         "arith",
