@@ -312,3 +312,139 @@ fn a_flood_of_registrations_and_refusals_is_summarised_not_logged_one_line_each(
         "{each} refusals logged one line each in {secs}s: {lines:#?}"
     );
 }
+
+/// Refusal lines as a program that embeds a [`regcenter::RegistryServer`]
+/// sees them through a logger of its own, which limits nothing.
+mod capture {
+    use parking_lot::Mutex;
+    use std::thread::ThreadId;
+
+    /// A refusal line: its target and message.
+    pub(super) type Line = (String, String);
+
+    /// Whose lines are kept: the threads of one server (their names start
+    /// with `rcPORT-`) and the thread that stops it; other tests' servers
+    /// refuse too, and their lines are dropped.
+    struct Watch {
+        prefix: String,
+        stopper: ThreadId,
+        lines: Vec<Line>,
+    }
+
+    static WATCH: Mutex<Option<Watch>> = Mutex::new(None);
+
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target().starts_with("regcenter::refused::")
+        }
+
+        fn log(&self, r: &log::Record) {
+            if !self.enabled(r.metadata()) {
+                return;
+            }
+            let me = std::thread::current();
+            let mut watch = WATCH.lock();
+            if let Some(w) = &mut *watch
+                && (me.id() == w.stopper || me.name().is_some_and(|n| n.starts_with(&w.prefix)))
+            {
+                w.lines.push((r.target().to_string(), r.args().to_string()));
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// The refusal lines that the server on `port` writes while `f` runs on
+    /// this thread.
+    pub(super) fn watch(port: u16, f: impl FnOnce()) -> Vec<Line> {
+        static CAPTURE: Capture = Capture;
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            log::set_logger(&CAPTURE).expect("no other logger in the loopback tests");
+            // Warn: the request lines at debug are not even formatted.
+            log::set_max_level(log::LevelFilter::Warn);
+        });
+        let previous = WATCH.lock().replace(Watch {
+            prefix: format!("rc{port}-"),
+            stopper: std::thread::current().id(),
+            lines: Vec::new(),
+        });
+        assert!(previous.is_none(), "one watch at a time");
+        f();
+        WATCH.lock().take().map(|w| w.lines).unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_flood_of_refusals_to_an_embedded_server_is_summarised_by_the_server_itself() {
+    const REFUSED: u64 = 2_000;
+    let server = regcenter::RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .token("the-right-token")
+        .threads(2)
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut secs = 0;
+    let lines = capture::watch(addr.port(), || {
+        let started = Instant::now();
+        for i in 0..REFUSED {
+            let r = agent
+                .post(format!("http://{addr}{P}/flood"))
+                .header(
+                    "X-Myrpc-Server",
+                    format!("tcp@10.0.{}.{}:1", i / 250, i % 250),
+                )
+                .header("Authorization", "Bearer a-wrong-token")
+                .send_empty()
+                .unwrap();
+            assert_eq!(r.status(), 401);
+        }
+        secs = started.elapsed().as_secs();
+        // The lines still held are written when the server stops.
+        server.shutdown().unwrap();
+    });
+    let token: Vec<&str> = lines
+        .iter()
+        .filter(|(t, _)| t == "regcenter::refused::token")
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert_eq!(token.len(), lines.len(), "other kinds: {lines:#?}");
+    let each = token
+        .iter()
+        .filter(|m| m.starts_with("refused POST"))
+        .count() as u64;
+    let summaries: Vec<u64> = token
+        .iter()
+        .filter(|m| m.contains("more refusals like it were not logged"))
+        .map(|m| {
+            m.split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no count first in {m:?}"))
+        })
+        .collect();
+    assert_eq!(
+        each + summaries.len() as u64,
+        token.len() as u64,
+        "lines neither refusals nor summaries: {token:#?}"
+    );
+    assert_eq!(
+        each + summaries.iter().sum::<u64>(),
+        REFUSED,
+        "every refusal written or counted: {token:#?}"
+    );
+    // One line a second and one summary per second: a handful in all.
+    assert!(
+        each <= secs + 2 && summaries.len() as u64 <= secs + 2,
+        "{each} refusals and {} summaries written in {secs}s: {token:#?}",
+        summaries.len()
+    );
+}

@@ -5,6 +5,7 @@ mod http;
 mod lanes;
 mod metrics;
 mod pool;
+mod refusals;
 mod route;
 mod status;
 mod watch;
@@ -316,6 +317,7 @@ impl RegistryServerBuilder {
             lanes: lanes::Lanes::default(),
             pool,
             metrics,
+            refusals: refusals::Refusals::new(),
             url: server.url.clone(),
             writing: parking_lot::Mutex::new(std::collections::HashMap::new()),
             intakes: parking_lot::Mutex::new(Vec::new()),
@@ -549,6 +551,9 @@ impl RegistryServer {
         let closed = http::shutdown_accepted(self.local_addr);
         log::debug!("closed {closed} kept-alive connections");
         panicked |= ctx.pool.stop();
+        // Every thread that refuses has ended: what the refusal log still
+        // counts is written now, or never.
+        ctx.refusals.finish();
         if let Some(s) = self.sweeper.take() {
             panicked |= s.stop().is_err();
         }
