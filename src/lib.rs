@@ -57,7 +57,14 @@
 //!
 //! Through the `log` facade: registrations, deregistrations and expiries at
 //! info, heartbeat and discovery outages at warn (once per outage), each
-//! request at debug. The library installs no logger.
+//! request at debug. Refusals (a full registry, a missing or wrong token,
+//! a body or head too large, the connection or long-poll cap, bad framing,
+//! a slow client) are logged at warn under `regcenter::refused::KIND`
+//! (`full`, `token`, `body`, `head`, `connections`, `watchers`, `framing`,
+//! `slow`), at most once a second per kind and server: the others are
+//! counted, and one line per kind says how many when its next second
+//! starts and when the server stops, so that a flood of bad requests
+//! cannot fill a disk. The library installs no logger.
 //!
 //! # Features
 //!

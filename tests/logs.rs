@@ -315,3 +315,187 @@ fn a_flood_of_registrations_and_refusals_is_summarised_not_logged_one_line_each(
         "{each} refusals logged one line each in {secs}s: {lines:#?}"
     );
 }
+
+/// Refusal lines as a program that embeds a [`regcenter::RegistryServer`]
+/// sees them through a logger of its own, which limits nothing.
+mod capture {
+    use parking_lot::Mutex;
+    use std::thread::ThreadId;
+
+    /// A refusal line: its target and message.
+    pub(super) type Line = (String, String);
+
+    /// Whose lines are kept: the threads of one server (their names start
+    /// with `rcPORT-`) and the thread that stops it; other tests' servers
+    /// refuse too, and their lines are dropped.
+    struct Watch {
+        prefix: String,
+        stopper: ThreadId,
+        lines: Vec<Line>,
+    }
+
+    static WATCH: Mutex<Option<Watch>> = Mutex::new(None);
+
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target().starts_with("regcenter::refused::")
+        }
+
+        fn log(&self, r: &log::Record) {
+            if !self.enabled(r.metadata()) {
+                return;
+            }
+            let me = std::thread::current();
+            let mut watch = WATCH.lock();
+            if let Some(w) = &mut *watch
+                && (me.id() == w.stopper || me.name().is_some_and(|n| n.starts_with(&w.prefix)))
+            {
+                w.lines.push((r.target().to_string(), r.args().to_string()));
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// The refusal lines that the server on `port` writes while `f` runs on
+    /// this thread; `f` reads those written so far with [`so_far`].
+    pub(super) fn watch(port: u16, f: impl FnOnce()) -> Vec<Line> {
+        static CAPTURE: Capture = Capture;
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            log::set_logger(&CAPTURE).expect("no other logger in the loopback tests");
+            // Warn: the request lines at debug are not even formatted.
+            log::set_max_level(log::LevelFilter::Warn);
+        });
+        // One watch at a time: the tests that watch take turns.
+        static TURN: Mutex<()> = Mutex::new(());
+        let _turn = TURN.lock();
+        *WATCH.lock() = Some(Watch {
+            prefix: format!("rc{port}-"),
+            stopper: std::thread::current().id(),
+            lines: Vec::new(),
+        });
+        f();
+        WATCH.lock().take().map(|w| w.lines).unwrap_or_default()
+    }
+
+    /// The lines captured so far by the current [`watch`].
+    pub(super) fn so_far() -> Vec<Line> {
+        WATCH
+            .lock()
+            .as_ref()
+            .map(|w| w.lines.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A server that wants a token, and `n` POSTs to it with a wrong one, each
+/// answered 401; how long they took, in whole seconds.
+fn wrong_tokens(server: &regcenter::RegistryServer, n: u64) -> u64 {
+    let addr = server.local_addr();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let started = Instant::now();
+    for i in 0..n {
+        let r = agent
+            .post(format!("http://{addr}{P}/flood"))
+            .header(
+                "X-Myrpc-Server",
+                format!("tcp@10.0.{}.{}:1", i / 250, i % 250),
+            )
+            .header("Authorization", "Bearer a-wrong-token")
+            .send_empty()
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    started.elapsed().as_secs()
+}
+
+fn token_server() -> regcenter::RegistryServer {
+    regcenter::RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .token("the-right-token")
+        .threads(2)
+        .start()
+        .unwrap()
+}
+
+/// Of captured refusal lines, all of `regcenter::refused::token`: the
+/// refusals written one line each, and the counts of the summaries.
+fn token_refusals(lines: &[capture::Line]) -> (u64, Vec<u64>) {
+    let token: Vec<&str> = lines
+        .iter()
+        .filter(|(t, _)| t == "regcenter::refused::token")
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert_eq!(token.len(), lines.len(), "other kinds: {lines:#?}");
+    let each = token
+        .iter()
+        .filter(|m| m.starts_with("refused POST"))
+        .count() as u64;
+    let summaries: Vec<u64> = token
+        .iter()
+        .filter(|m| m.contains("more refusals like it were not logged"))
+        .map(|m| {
+            m.split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no count first in {m:?}"))
+        })
+        .collect();
+    assert_eq!(
+        each + summaries.len() as u64,
+        token.len() as u64,
+        "lines neither refusals nor summaries: {token:#?}"
+    );
+    (each, summaries)
+}
+
+#[test]
+fn a_flood_of_refusals_to_an_embedded_server_is_summarised_by_the_server_itself() {
+    const REFUSED: u64 = 2_000;
+    let server = token_server();
+    let mut secs = 0;
+    let lines = capture::watch(server.local_addr().port(), || {
+        secs = wrong_tokens(&server, REFUSED);
+        // The count still held is written when the server stops.
+        server.shutdown().unwrap();
+    });
+    let (each, summaries) = token_refusals(&lines);
+    assert_eq!(
+        each + summaries.iter().sum::<u64>(),
+        REFUSED,
+        "every refusal written or counted: {lines:#?}"
+    );
+    // One line a second and one summary per second: a handful in all.
+    assert!(
+        each <= secs + 2 && summaries.len() as u64 <= secs + 2,
+        "{each} refusals and {} summaries written in {secs}s: {lines:#?}",
+        summaries.len()
+    );
+}
+
+#[test]
+fn the_count_of_a_flood_that_ended_is_written_within_seconds_while_the_server_runs() {
+    const REFUSED: u64 = 50;
+    let server = token_server();
+    capture::watch(server.local_addr().port(), || {
+        wrong_tokens(&server, REFUSED);
+        // No refusal follows, and the server goes on: the connection
+        // guard's passes write the count once the window is over.
+        crate::common::wait_until(
+            "the refusals to be written or counted",
+            Duration::from_secs(20),
+            || {
+                let (each, summaries) = token_refusals(&capture::so_far());
+                each + summaries.iter().sum::<u64>() == REFUSED
+            },
+        );
+        server.shutdown().unwrap();
+    });
+}

@@ -8,7 +8,9 @@
 //! `REGCENTER_LOG` is a level for regcenter's own lines (`debug`), or
 //! env_logger's filters (`info,regcenter::server=debug`). The kinds of line
 //! that a flood of requests multiplies ([`LIMITS`]) pass a [`RateLimit`]
-//! first, so that a flood cannot fill a disk.
+//! first, so that a flood cannot fill a disk; refusals come limited
+//! already, by the server itself (`src/server/refusals.rs`), and pass as
+//! they are.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -28,22 +30,15 @@ struct Limit {
     what: &'static str,
 }
 
-/// Lines one per request: refusals (the server logs each under
-/// `regcenter::refused::KIND`), and registrations and deregistrations
+/// Lines one per request: registrations and deregistrations
 /// (`regcenter bench` makes 10 000 in a second; the first ten stay
-/// readable). Expiries are summarised by the registry itself.
-const LIMITS: &[Limit] = &[
-    Limit {
-        target: "regcenter::refused::",
-        burst: 1,
-        what: "refusals like it",
-    },
-    Limit {
-        target: "regcenter::registry",
-        burst: 10,
-        what: "registrations and deregistrations",
-    },
-];
+/// readable). Expiries are summarised by the registry itself, refusals by
+/// the server (limiting them here too would count them twice).
+const LIMITS: &[Limit] = &[Limit {
+    target: "regcenter::registry",
+    burst: 10,
+    what: "registrations and deregistrations",
+}];
 
 fn limit_of(target: &str) -> Option<&'static Limit> {
     LIMITS.iter().find(|l| match l.target.strip_suffix("::") {
@@ -319,10 +314,11 @@ mod tests {
     }
 
     #[test]
-    fn refusals_and_registrations_are_limited_and_nothing_else() {
-        assert_eq!(limit_of("regcenter::refused::full").unwrap().burst, 1);
+    fn registrations_are_limited_and_nothing_else() {
         assert_eq!(limit_of("regcenter::registry").unwrap().burst, 10);
         for other in [
+            "regcenter::refused::full",
+            "regcenter::refused::token",
             "regcenter::registry::snapshot",
             "regcenter::registry::table",
             "regcenter::server",

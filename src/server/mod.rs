@@ -7,6 +7,7 @@ mod lanes;
 mod metrics;
 mod pool;
 mod prom;
+mod refusals;
 mod route;
 mod status;
 mod watch;
@@ -329,6 +330,7 @@ impl RegistryServerBuilder {
             lanes: lanes::Lanes::default(),
             pool,
             metrics,
+            refusals: refusals::Refusals::new(),
             url: server.url.clone(),
             writing: parking_lot::Mutex::new(std::collections::HashMap::new()),
             intakes: parking_lot::Mutex::new(Vec::new()),
@@ -562,6 +564,9 @@ impl RegistryServer {
         let closed = http::shutdown_accepted(self.local_addr);
         log::debug!("closed {closed} kept-alive connections");
         panicked |= ctx.pool.stop();
+        // Every thread that refuses has ended: what the refusal log still
+        // counts is written now, or never.
+        ctx.refusals.finish();
         if let Some(s) = self.sweeper.take() {
             panicked |= s.stop().is_err();
         }

@@ -17,6 +17,7 @@ use super::http::{self, Conn, Exchange, Front, Http};
 use super::lanes::{Arrival, Lanes, Next};
 use super::metrics::Metrics;
 use super::pool::Pool;
+use super::refusals::{Kind, Refusals};
 use super::route::{self, Method, Outcome, Request, Response, RouteConfig};
 use super::watch::{Parked, Watchers};
 use crate::registry::{Registry, ServiceName};
@@ -40,6 +41,8 @@ pub(crate) struct Ctx {
     pub(crate) lanes: Lanes,
     pub(crate) pool: Arc<Pool>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The refusal log, limited to a line a second per kind.
+    pub(crate) refusals: Refusals,
     pub(crate) url: String,
     /// Answers being written, by connection, since when: the guard cuts a
     /// connection whose client does not read its answer.
@@ -213,12 +216,10 @@ pub(crate) fn cut_conn(
     ctx.lanes.close(peer, found.map(|c| c.inode));
     if let Some((status, reason)) = last {
         // The connection cap is the one 503 answered by closing.
-        let kind = if status == 503 {
-            "regcenter::refused::connections"
-        } else {
-            refusal_kind(status)
-        };
-        log::warn!(target: kind, "refused {peer}: {status} {reason}; closing its connection");
+        ctx.refusals.warn(
+            Kind::of_status(status, true),
+            format_args!("refused {peer}: {status} {reason}; closing its connection"),
+        );
     }
     let closed = found.is_some_and(|c| {
         // Held across the check and the shutdown: an answer starting to be
@@ -344,7 +345,10 @@ fn serve(ctx: &Arc<Ctx>, id: usize, rq: Exchange) -> bool {
     }
     if rq.head_bytes() as u64 > MAX_HEAD_BYTES {
         let reason = "request head larger than 64 KiB";
-        log::warn!(target: refusal_kind(431), "refused {method} from {}: 431 {reason}", Peer(rq.peer()));
+        ctx.refusals.warn(
+            Kind::Head,
+            format_args!("refused {method} from {}: 431 {reason}", Peer(rq.peer())),
+        );
         let resp = Response::text(431, reason);
         write(ctx, id, rq, resp, method, started);
         return true;
@@ -358,17 +362,15 @@ fn serve(ctx: &Arc<Ctx>, id: usize, rq: Exchange) -> bool {
         Outcome::Answer(resp) => {
             if matches!(resp.status, 401 | 403 | 503) {
                 // The route's only 503: the registry is full.
-                let kind = match resp.status {
-                    503 => "regcenter::refused::full",
-                    s => refusal_kind(s),
-                };
-                log::warn!(
-                    target: kind,
-                    "refused {method} {} from {}: {} {}",
-                    req.url,
-                    Peer(rq.peer()),
-                    resp.status,
-                    String::from_utf8_lossy(resp.body.as_bytes()).trim_end()
+                ctx.refusals.warn(
+                    Kind::of_status(resp.status, false),
+                    format_args!(
+                        "refused {method} {} from {}: {} {}",
+                        req.url,
+                        Peer(rq.peer()),
+                        resp.status,
+                        String::from_utf8_lossy(resp.body.as_bytes()).trim_end()
+                    ),
                 );
             }
             write(ctx, id, rq, resp, method, started);
@@ -401,11 +403,13 @@ fn park(ctx: &Arc<Ctx>, id: usize, rq: Exchange, watch: &route::Watch, started: 
                     ctx.watchers.max()
                 )
             };
-            log::warn!(
-                target: "regcenter::refused::watchers",
-                "refused a long-poll on {} from {}: 503 {reason}",
-                ServiceName(&watch.service),
-                Peer(peer)
+            ctx.refusals.warn(
+                Kind::Watchers,
+                format_args!(
+                    "refused a long-poll on {} from {}: 503 {reason}",
+                    ServiceName(&watch.service),
+                    Peer(peer)
+                ),
             );
             let resp = Response::text(503, reason).with_retry_after(1);
             write(ctx, id, rq, resp, "GET", started);
@@ -483,22 +487,6 @@ fn write(
         );
     }
     ctx.metrics.record(id, method, status, took);
-}
-
-/// The target of a refusal's log line, by its status: a kind of its own
-/// (`regcenter::refused::KIND`), so that the binary's log limits each kind
-/// to a line a second and counts the rest (`src/cli/logging.rs`). A
-/// program that embeds the server gets each line, and can filter or limit
-/// them by these targets.
-fn refusal_kind(status: u16) -> &'static str {
-    match status {
-        400 => "regcenter::refused::framing",
-        401 | 403 => "regcenter::refused::token",
-        408 => "regcenter::refused::slow",
-        413 => "regcenter::refused::body",
-        431 => "regcenter::refused::head",
-        _ => "regcenter::refused::other",
-    }
 }
 
 /// A client's address in a log line, `-` when tiny_http had none.

@@ -101,6 +101,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
         worker::rebuild(ctx);
         ctx.pool.relieve(POOL_STUCK);
         cut_unread_answers(ctx, counters);
+        ctx.refusals.flush();
 
         // Quick passes look for starved requests only; every FULL_EVERY-th
         // pass also reads each connection's TCP statistics for the idle,
