@@ -101,12 +101,13 @@ mod server;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use discovery::{
     Discovery, MultiServersDiscovery, RegistryDiscovery, RegistryDiscoveryBuilder, SelectMode,
-    hash_key, list_json,
+    hash_key, list_json, list_json_with,
 };
 pub use error::{Error, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdRegistration, EtcdRegistrationBuilder};
-pub use heartbeat::{Heartbeat, HeartbeatBuilder, deregister};
+pub use client::CallOptions;
+pub use heartbeat::{Heartbeat, HeartbeatBuilder, deregister, deregister_with};
 pub use protocol::Status;
 pub use registry::{
     EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, RegistryStats, Sweeper,
