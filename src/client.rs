@@ -307,7 +307,9 @@ fn map_error(url: &str, e: ureq::Error) -> Error {
             source: Box::new(e),
         },
         #[cfg(not(feature = "tls"))]
-        ureq::Error::TlsRequired => Error::config("registry URL", format!("{url}: {TLS_FEATURE_HINT}")),
+        ureq::Error::TlsRequired => {
+            Error::config("registry URL", format!("{url}: {TLS_FEATURE_HINT}"))
+        }
         ureq::Error::BadUri(_) | ureq::Error::Http(_) => Error::config(
             "registry URL",
             format!("{url}: {e}; use http://host:port/path"),

@@ -98,6 +98,7 @@ mod rand;
 mod registry;
 mod server;
 
+pub use client::CallOptions;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use discovery::{
     Discovery, MultiServersDiscovery, RegistryDiscovery, RegistryDiscoveryBuilder, SelectMode,
@@ -106,7 +107,6 @@ pub use discovery::{
 pub use error::{Error, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdRegistration, EtcdRegistrationBuilder};
-pub use client::CallOptions;
 pub use heartbeat::{Heartbeat, HeartbeatBuilder, deregister, deregister_with};
 pub use protocol::Status;
 pub use registry::{

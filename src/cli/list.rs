@@ -2,12 +2,12 @@
 
 use regcenter::Discovery;
 
-use super::{Args, Command, ETCD, Failure, Flag, REGISTRY, SERVICE, TOKEN_FILE};
+use super::{Args, CA_FILE, Command, ETCD, Failure, Flag, REGISTRY, SERVICE, TOKEN_FILE};
 
 pub(super) const COMMAND: Command = Command {
     name: "list",
     synopsis: "[options]",
-    flags: &[REGISTRY, SERVICE, JSON, TOKEN_FILE, ETCD],
+    flags: &[REGISTRY, SERVICE, JSON, TOKEN_FILE, CA_FILE, ETCD],
     notes: "",
     run,
 };
@@ -19,10 +19,10 @@ const JSON: Flag = Flag::switch(
 
 fn run(a: Args) -> Result<(), Failure> {
     if a.switch(&JSON) {
-        let token = a.token()?;
+        let options = a.call_options()?;
         print!(
             "{}",
-            regcenter::list_json(a.registry(), a.service(), token.as_deref())?
+            regcenter::list_json_with(a.registry(), a.service(), &options)?
         );
         return Ok(());
     }
