@@ -298,6 +298,13 @@ fn read_reply(url: &str, resp: &mut ureq::http::Response<ureq::Body>) -> Result<
 
 fn map_error(url: &str, e: ureq::Error) -> Error {
     let url = url.to_string();
+    #[cfg(feature = "tls")]
+    if is_tls_failure(&e) {
+        return Error::Unreachable {
+            url,
+            source: Box::new(TlsFailed(e)),
+        };
+    }
     match e {
         ureq::Error::Timeout(_)
         | ureq::Error::Io(_)
@@ -318,5 +325,71 @@ fn map_error(url: &str, e: ureq::Error) -> Error {
             url,
             reason: other.to_string(),
         },
+    }
+}
+
+/// Whether a call failed in the TLS handshake (a certificate not trusted,
+/// not for this host, expired; no common protocol).
+#[cfg(feature = "tls")]
+fn is_tls_failure(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Rustls(_) => true,
+        ureq::Error::Io(io) => io.get_ref().is_some_and(|i| i.is::<rustls::Error>()),
+        _ => false,
+    }
+}
+
+/// A TLS handshake that failed, with what to do about the usual cause.
+#[derive(Debug)]
+#[cfg(feature = "tls")]
+struct TlsFailed(ureq::Error);
+
+#[cfg(feature = "tls")]
+impl std::fmt::Display for TlsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the TLS handshake failed (a registry with a certificate from a private CA needs \
+             that CA's certificate: --ca-file, or ca_file on the builder)",
+        )
+    }
+}
+
+#[cfg(feature = "tls")]
+impl std::error::Error for TlsFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+#[cfg(all(test, not(feature = "tls")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_url_without_the_tls_feature_names_the_feature() {
+        // Refused before anything is sent (nothing listens on port 9).
+        let url = "https://127.0.0.1:9/myRPC/registry";
+        let names_feature = |e: Error| {
+            matches!(e, Error::InvalidConfig { .. })
+                && e.to_string().contains("`tls` feature")
+                && e.to_string().contains(url)
+        };
+        assert!(names_feature(
+            crate::Heartbeat::builder(url, "tcp@127.0.0.1:7001")
+                .start()
+                .unwrap_err()
+        ));
+        assert!(names_feature(
+            crate::RegistryDiscovery::builder(url).build().unwrap_err()
+        ));
+        assert!(names_feature(
+            crate::deregister(url, "", "tcp@127.0.0.1:7001", None).unwrap_err()
+        ));
+        assert!(names_feature(crate::list_json(url, "", None).unwrap_err()));
+        // The scheme is case-insensitive.
+        let upper = check_scheme("registry URL", "HTTPS://127.0.0.1:9/x").unwrap_err();
+        assert!(upper.to_string().contains("`tls` feature"), "{upper}");
+        // What ureq answers when a URL gets past the checks says it too.
+        assert!(names_feature(map_error(url, ureq::Error::TlsRequired)));
     }
 }

@@ -12,4 +12,6 @@ mod heartbeat;
 mod hostile;
 mod operations;
 mod server;
+#[cfg(feature = "tls")]
+mod tls;
 mod watch;

@@ -111,14 +111,13 @@ pub(crate) fn load_identity(cert: &Path, key: &Path) -> Result<Identity> {
         .with_no_client_auth()
         .with_single_cert(chain, private)
         .map_err(|e| {
-            Error::config(
-                "tls_key",
-                format!(
-                    "{}: not usable with the certificate in {}: {e}",
-                    key.display(),
-                    cert.display()
-                ),
-            )
+            let why = match e {
+                rustls::Error::InconsistentKeys(_) => {
+                    format!("is not the key of the certificate in {}", cert.display())
+                }
+                e => format!("not usable with the certificate in {}: {e}", cert.display()),
+            };
+            Error::config("tls_key", format!("{}: {why}", key.display()))
         })?;
     Ok(Identity(Arc::new(config)))
 }
