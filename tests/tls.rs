@@ -573,3 +573,34 @@ fn a_token_beyond_loopback_without_tls_warns_that_it_travels_in_clear() {
         "{secure:?}"
     );
 }
+
+#[test]
+fn shutdown_closes_tls_connections_kept_alive_or_in_handshake() {
+    let certs = Certs::new("stop");
+    // The default header timeout (10 s) bounds a handshake; a stop must not
+    // wait for it.
+    let s = certs.server();
+    let threads = format!("rc{}-tls", s.local_addr().port());
+    let mut kept = tls_client(s.local_addr(), &certs.path("ca.pem"));
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = kept.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut silent = TcpStream::connect(s.local_addr()).unwrap();
+    wait_until("both relays", Duration::from_secs(10), || {
+        threads_named(&format!("{threads}c")) == 2
+    });
+    let started = Instant::now();
+    s.shutdown().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stop waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(threads_named(&threads), 0, "a TLS thread outlived the stop");
+    let mut rest = Vec::new();
+    let _ = kept.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(closed_within(&mut silent, Duration::from_secs(10)));
+}

@@ -29,6 +29,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,8 +42,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{Error, Result};
 
-/// How often a relay and the acceptor look up from their sockets to see a
-/// stop (a relay whose loopback side closes ends at once).
+/// How often the acceptor looks up from its listener to see a stop. Relays
+/// need no tick: a stop wakes them through a socket they all watch.
 const TICK: Duration = Duration::from_millis(250);
 /// Most plaintext held for tiny_http before the client's socket is read
 /// again; a little more than one TLS record.
@@ -135,11 +136,15 @@ pub(crate) struct TlsLimits {
 /// the relay threads, all joined by [`TlsFront::stop`].
 pub(crate) struct TlsFront {
     shared: Arc<Shared>,
+    stop_sender: UnixStream,
     acceptor: Option<JoinHandle<()>>,
 }
 
 struct Shared {
     stopping: AtomicBool,
+    /// Readable once the server stops (a byte is written to its pair and
+    /// never read): wakes every relay's poll at once.
+    stop_signal: UnixStream,
     /// Relays running.
     open: AtomicUsize,
     relays: Mutex<Vec<JoinHandle<()>>>,
@@ -160,8 +165,10 @@ impl TlsFront {
         // Non-blocking, so that the acceptor waits in poll(2) with a tick
         // and sees a stop.
         public.set_nonblocking(true)?;
+        let (stop_sender, stop_signal) = UnixStream::pair()?;
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
+            stop_signal,
             open: AtomicUsize::new(0),
             relays: Mutex::new(Vec::new()),
             accepting: AtomicBool::new(true),
@@ -173,6 +180,7 @@ impl TlsFront {
         })?;
         Ok(TlsFront {
             shared,
+            stop_sender,
             acceptor: Some(acceptor),
         })
     }
@@ -191,6 +199,7 @@ impl TlsFront {
     pub(crate) fn stop(&mut self) -> bool {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.accepting.store(false, Ordering::Release);
+        let _ = (&self.stop_sender).write_all(&[1]);
         let mut panicked = false;
         if let Some(a) = self.acceptor.take() {
             panicked |= a.join().is_err();
@@ -273,11 +282,12 @@ fn wait_readable(fd: i32, timeout: Duration) -> bool {
         events: libc::POLLIN,
         revents: 0,
     }];
-    poll(&mut p, timeout) > 0
+    poll(&mut p, Some(timeout)) > 0
 }
 
-fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> i32 {
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+/// poll(2) for up to `timeout` (`None`: until a socket is ready).
+fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> i32 {
+    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
     // SAFETY: `fds` is a valid array of pollfd for its length.
     unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) }
 }
@@ -361,14 +371,17 @@ fn relay(
                 events: want[1],
                 revents: 0,
             },
+            libc::pollfd {
+                fd: s.stop_signal.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        let timeout = if tls.is_handshaking() {
-            handshake_deadline
-                .saturating_duration_since(Instant::now())
-                .min(TICK)
-        } else {
-            TICK
-        };
+        // Past the handshake a relay waits for its sockets as long as they
+        // are quiet: the guard closes an idle connection's loopback side.
+        let timeout = tls
+            .is_handshaking()
+            .then(|| handshake_deadline.saturating_duration_since(Instant::now()));
         if poll(&mut fds, timeout) < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
