@@ -604,3 +604,110 @@ fn shutdown_closes_tls_connections_kept_alive_or_in_handshake() {
     assert!(rest.is_empty(), "{rest:?}");
     assert!(closed_within(&mut silent, Duration::from_secs(10)));
 }
+
+/// An etcd serving its client URL (and so its JSON gateway) over HTTPS
+/// with the test's certificate; stopped by its PID on drop.
+#[cfg(feature = "etcd")]
+struct TlsEtcd {
+    child: std::process::Child,
+    url: String,
+}
+
+#[cfg(feature = "etcd")]
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the child we started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn the_etcd_backend_over_https() {
+    let Some(etcd) = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "etcd is missing under CI: .ci/run installs it"
+        );
+        eprintln!("SKIPPED: etcd is not installed; the etcd-over-https test did not run");
+        return;
+    };
+    let certs = Certs::new("etcd");
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (c, p) = (port(), port());
+    let url = format!("https://127.0.0.1:{c}");
+    let peer = format!("http://127.0.0.1:{p}");
+    let child = Command::new(etcd)
+        .args(["--name", "t", "--data-dir"])
+        .arg(certs.path("etcd-data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("t={peer}")])
+        .arg("--cert-file")
+        .arg(certs.path("leaf.pem"))
+        .arg("--key-file")
+        .arg(certs.path("leaf.key"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd");
+    let etcd = TlsEtcd { child, url };
+    let ep = [etcd.url.as_str()];
+    let ca = certs.path("ca.pem");
+    let mut reg = None;
+    wait_until(
+        "a registration in etcd over https",
+        Duration::from_secs(30),
+        || {
+            reg = regcenter::EtcdRegistration::builder(&ep, "tcp@127.0.0.1:7001")
+                .service("arith")
+                .ca_file(&ca)
+                .start()
+                .ok();
+            reg.is_some()
+        },
+    );
+    let d = RegistryDiscovery::etcd(&ep)
+        .service("arith")
+        .ca_file(&ca)
+        .build()
+        .unwrap();
+    d.refresh().unwrap();
+    assert_eq!(d.get_all().unwrap(), vec!["tcp@127.0.0.1:7001"]);
+    // Without the CA, the same endpoint is refused.
+    let err = RegistryDiscovery::etcd(&ep)
+        .service("arith")
+        .build()
+        .unwrap()
+        .refresh()
+        .unwrap_err();
+    let mut msg = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    assert!(msg.contains("UnknownIssuer"), "{msg}");
+    reg.unwrap().stop().unwrap();
+    drop(etcd);
+}
