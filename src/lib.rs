@@ -67,6 +67,12 @@
 //!   dependencies (lexopt, signal-hook).
 //! - `etcd`: the same client API over etcd (`RegistryDiscovery::etcd`,
 //!   `EtcdRegistration`).
+//! - `tls`: HTTPS. The server with `RegistryServerBuilder::tls` (a PEM
+//!   certificate chain and key), every client with `https://` URLs and
+//!   `ca_file` for a private CA (`HeartbeatBuilder`,
+//!   `RegistryDiscoveryBuilder`, `EtcdRegistrationBuilder`,
+//!   [`CallOptions`]), through rustls. Without it an `https://` URL is
+//!   refused with an error that names the feature.
 //!
 //! # Differences from the Go seed
 //!

@@ -575,8 +575,7 @@ impl RegistryServer {
     }
 
     /// The registry URL: `http://{local_addr}{path}`, or `https://` when
-    /// the server was built with
-    /// [`tls`](RegistryServerBuilder::tls) (feature `tls`).
+    /// the server serves TLS (`RegistryServerBuilder::tls`, feature `tls`).
     pub fn url(&self) -> &str {
         &self.url
     }
