@@ -326,7 +326,10 @@ fn relay(
                 break;
             }
         } else if inner.is_none() {
+            // TCP_NODELAY as on every socket of the server: a request is
+            // written in pieces as TLS records decrypt.
             match TcpStream::connect_timeout(&inner_addr, INNER_CONNECT)
+                .and_then(|c| c.set_nodelay(true).map(|()| c))
                 .and_then(|c| c.set_nonblocking(true).map(|()| c))
             {
                 Ok(c) => {
