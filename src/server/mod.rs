@@ -281,13 +281,6 @@ impl RegistryServerBuilder {
         let secure = identity.is_some();
         #[cfg(not(feature = "tls"))]
         let secure = false;
-        if self.token.is_some() && !secure && !bind.ip().is_loopback() {
-            log::warn!(
-                "serving on {bind} without TLS: the bearer token travels in clear text to \
-                 anyone on the path; serve HTTPS (a regcenter built with the `tls` feature, \
-                 --tls-cert and --tls-key)"
-            );
-        }
         let registry = match self.registry {
             Some(r) => r,
             None => self.table.build()?,
@@ -346,6 +339,7 @@ impl RegistryServerBuilder {
                 format!("rc{port}-snap"),
             )?);
         }
+        let server_has_token = self.token.is_some();
         let cfg = RouteConfig {
             path: self.path,
             token: self.token,
@@ -421,6 +415,13 @@ impl RegistryServerBuilder {
                     format!("rc{port}-tls"),
                 )
                 .map_err(|e| Error::io("spawn the TLS acceptor thread", e))?,
+            );
+        }
+        if server_has_token && !secure && !bind.ip().is_loopback() {
+            log::warn!(
+                "serving on {bind} without TLS: the bearer token travels in clear text to \
+                 anyone on the path; serve HTTPS (a regcenter built with the `tls` feature, \
+                 --tls-cert and --tls-key)"
             );
         }
         log::info!(
