@@ -1,5 +1,6 @@
 //! The HTTP client side shared by heartbeats and discovery: one ureq agent
-//! per handle, timeouts on every phase, errors mapped to [`Error`].
+//! per handle, timeouts on every phase, the certificate authorities trusted
+//! for `https://` (feature `tls`), errors mapped to [`Error`].
 
 use std::time::Duration;
 
@@ -13,11 +14,153 @@ const MAX_HEAD: usize = 1 << 20;
 /// Largest response body read (a text listing of ~100 000 addresses).
 const MAX_BODY: u64 = 16 << 20;
 
-/// An agent with per-phase timeouts. `timeout_global` is avoided on purpose:
-/// it makes ureq spawn a resolver thread on every call (CRATE-NOTES §0.8).
-pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
+/// What the feature that brings `https://` is called, for errors.
+#[cfg(not(feature = "tls"))]
+const TLS_FEATURE_HINT: &str =
+    "https needs a regcenter built with its `tls` feature (cargo build --features tls)";
+
+/// The certificate authorities a client trusts for `https://`: Mozilla's
+/// public roots, or only those of a PEM file (a private CA). Read once, when
+/// a handle is built, and shared by its agents.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Trust {
+    #[cfg(feature = "tls")]
+    roots: Option<std::sync::Arc<Vec<ureq::tls::Certificate<'static>>>>,
+}
+
+impl Trust {
+    /// The certificates of the PEM file `ca_file` (`None`: the public
+    /// roots).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (setting `ca_file`) when the file cannot be
+    /// read, is not PEM or holds no certificate.
+    #[cfg(feature = "tls")]
+    pub(crate) fn from_ca_file(ca_file: Option<&std::path::Path>) -> Result<Trust> {
+        let Some(path) = ca_file else {
+            return Ok(Trust::default());
+        };
+        let shown = path.display();
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::config("ca_file", format!("{shown}: reading it failed: {e}")))?;
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Error::config(
+                        "ca_file",
+                        format!("{shown}: not a PEM certificate file: {e}"),
+                    ));
+                }
+            }
+        }
+        if certs.is_empty() {
+            return Err(Error::config(
+                "ca_file",
+                format!("{shown}: holds no certificate (expected -----BEGIN CERTIFICATE-----)"),
+            ));
+        }
+        Ok(Trust {
+            roots: Some(std::sync::Arc::new(certs)),
+        })
+    }
+}
+
+/// Options of a one-off call to a registry ([`deregister_with`],
+/// [`list_json_with`]): its bearer token and, with the `tls` feature, the
+/// certificate authority trusted for `https://`.
+///
+/// [`deregister_with`]: crate::deregister_with
+/// [`list_json_with`]: crate::list_json_with
+///
+/// ```
+/// let options = regcenter::CallOptions::new().token("s3cret");
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct CallOptions {
+    pub(crate) token: Option<String>,
+    #[cfg(feature = "tls")]
+    pub(crate) ca_file: Option<std::path::PathBuf>,
+}
+
+impl CallOptions {
+    /// No token, the public roots.
+    pub fn new() -> CallOptions {
+        CallOptions::default()
+    }
+
+    /// The registry's bearer token (sent as `Authorization: Bearer …`).
+    /// Defaults to none.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts only the certificate authorities in this PEM file for an
+    /// `https://` registry (a private CA), instead of the public roots.
+    /// Read when the call is made. Defaults to the public roots.
+    #[cfg(feature = "tls")]
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// The agent these options ask for, after checking them and `url`.
+    pub(crate) fn agent(&self, url: &str) -> Result<ureq::Agent> {
+        check_scheme("registry URL", url)?;
+        if let Some(t) = &self.token {
+            validate_token(t)?;
+        }
+        #[cfg(feature = "tls")]
+        let trust = Trust::from_ca_file(self.ca_file.as_deref())?;
+        #[cfg(not(feature = "tls"))]
+        let trust = Trust::default();
+        Ok(agent_trusting(DEFAULT_CALL_TIMEOUT, &trust))
+    }
+}
+
+/// Refuses an `https://` URL in a build without TLS, naming the feature,
+/// before anything is sent.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] (setting `setting`) for such a URL.
+pub(crate) fn check_scheme(setting: &'static str, url: &str) -> Result<()> {
+    #[cfg(not(feature = "tls"))]
+    if url
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    {
+        return Err(Error::config(setting, format!("{url}: {TLS_FEATURE_HINT}")));
+    }
+    let _ = (setting, url);
+    Ok(())
+}
+
+/// An agent with per-phase timeouts, trusting `trust` for `https://`.
+/// `timeout_global` is avoided on purpose: it makes ureq spawn a resolver
+/// thread on every call (CRATE-NOTES §0.8). This is the one place agents
+/// are configured, for the registry's clients and etcd's alike.
+pub(crate) fn agent_trusting(timeout: Duration, trust: &Trust) -> ureq::Agent {
     let t = Some(timeout);
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder();
+    #[cfg(feature = "tls")]
+    let config = match &trust.roots {
+        Some(roots) => config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(roots.clone()))
+                .build(),
+        ),
+        None => config,
+    };
+    #[cfg(not(feature = "tls"))]
+    let _ = trust;
+    config
         .timeout_connect(t)
         .timeout_send_request(t)
         .timeout_recv_response(t)
@@ -155,6 +298,13 @@ fn read_reply(url: &str, resp: &mut ureq::http::Response<ureq::Body>) -> Result<
 
 fn map_error(url: &str, e: ureq::Error) -> Error {
     let url = url.to_string();
+    #[cfg(feature = "tls")]
+    if is_tls_failure(&e) {
+        return Error::Unreachable {
+            url,
+            source: Box::new(TlsFailed(e)),
+        };
+    }
     match e {
         ureq::Error::Timeout(_)
         | ureq::Error::Io(_)
@@ -163,7 +313,11 @@ fn map_error(url: &str, e: ureq::Error) -> Error {
             url,
             source: Box::new(e),
         },
-        ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::TlsRequired => Error::config(
+        #[cfg(not(feature = "tls"))]
+        ureq::Error::TlsRequired => {
+            Error::config("registry URL", format!("{url}: {TLS_FEATURE_HINT}"))
+        }
+        ureq::Error::BadUri(_) | ureq::Error::Http(_) => Error::config(
             "registry URL",
             format!("{url}: {e}; use http://host:port/path"),
         ),
@@ -171,5 +325,71 @@ fn map_error(url: &str, e: ureq::Error) -> Error {
             url,
             reason: other.to_string(),
         },
+    }
+}
+
+/// Whether a call failed in the TLS handshake (a certificate not trusted,
+/// not for this host, expired; no common protocol).
+#[cfg(feature = "tls")]
+fn is_tls_failure(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Rustls(_) => true,
+        ureq::Error::Io(io) => io.get_ref().is_some_and(|i| i.is::<rustls::Error>()),
+        _ => false,
+    }
+}
+
+/// A TLS handshake that failed, with what to do about the usual cause.
+#[derive(Debug)]
+#[cfg(feature = "tls")]
+struct TlsFailed(ureq::Error);
+
+#[cfg(feature = "tls")]
+impl std::fmt::Display for TlsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the TLS handshake failed (a registry with a certificate from a private CA needs \
+             that CA's certificate: --ca-file, or ca_file on the builder)",
+        )
+    }
+}
+
+#[cfg(feature = "tls")]
+impl std::error::Error for TlsFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+#[cfg(all(test, not(feature = "tls")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_url_without_the_tls_feature_names_the_feature() {
+        // Refused before anything is sent (nothing listens on port 9).
+        let url = "https://127.0.0.1:9/myRPC/registry";
+        let names_feature = |e: Error| {
+            matches!(e, Error::InvalidConfig { .. })
+                && e.to_string().contains("`tls` feature")
+                && e.to_string().contains(url)
+        };
+        assert!(names_feature(
+            crate::Heartbeat::builder(url, "tcp@127.0.0.1:7001")
+                .start()
+                .unwrap_err()
+        ));
+        assert!(names_feature(
+            crate::RegistryDiscovery::builder(url).build().unwrap_err()
+        ));
+        assert!(names_feature(
+            crate::deregister(url, "", "tcp@127.0.0.1:7001", None).unwrap_err()
+        ));
+        assert!(names_feature(crate::list_json(url, "", None).unwrap_err()));
+        // The scheme is case-insensitive.
+        let upper = check_scheme("registry URL", "HTTPS://127.0.0.1:9/x").unwrap_err();
+        assert!(upper.to_string().contains("`tls` feature"), "{upper}");
+        // What ureq answers when a URL gets past the checks says it too.
+        assert!(names_feature(map_error(url, ureq::Error::TlsRequired)));
     }
 }

@@ -65,7 +65,11 @@ pub(crate) struct Etcd {
 }
 
 impl Etcd {
-    pub(crate) fn new(endpoints: &[String], timeout: Duration) -> Result<Etcd> {
+    pub(crate) fn new(
+        endpoints: &[String],
+        timeout: Duration,
+        trust: &crate::client::Trust,
+    ) -> Result<Etcd> {
         if endpoints.is_empty() {
             return Err(Error::config(
                 "etcd",
@@ -73,10 +77,11 @@ impl Etcd {
             ));
         }
         for e in endpoints {
-            if !e.starts_with("http://") {
+            crate::client::check_scheme("etcd", e)?;
+            if !(e.starts_with("http://") || (cfg!(feature = "tls") && e.starts_with("https://"))) {
                 return Err(Error::config(
                     "etcd",
-                    format!("{e:?}: use http://host:port"),
+                    format!("{e:?}: use http://host:port (or https:// with the `tls` feature)"),
                 ));
             }
         }
@@ -86,7 +91,7 @@ impl Etcd {
                 .map(|e| e.trim_end_matches('/').to_string())
                 .collect(),
             current: AtomicUsize::new(0),
-            agent: crate::client::agent(timeout),
+            agent: crate::client::agent_trusting(timeout, trust),
         })
     }
 
@@ -237,9 +242,21 @@ pub struct EtcdRegistrationBuilder {
     weight: Option<u32>,
     meta: Vec<(String, String)>,
     timeout: Duration,
+    #[cfg(feature = "tls")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl EtcdRegistrationBuilder {
+    /// Trusts only the certificate authorities in this PEM file for
+    /// `https://` endpoints (a private CA), instead of the public roots.
+    /// Read at [`start`](EtcdRegistrationBuilder::start). Defaults to the
+    /// public roots.
+    #[cfg(feature = "tls")]
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
     /// The key prefix. Defaults to [`DEFAULT_PREFIX`], `/regcenter`.
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.prefix = prefix.to_string();
@@ -319,6 +336,8 @@ impl EtcdRegistration {
             weight: None,
             meta: Vec::new(),
             timeout: DEFAULT_CALL_TIMEOUT,
+            #[cfg(feature = "tls")]
+            ca_file: None,
         }
     }
 
@@ -327,7 +346,11 @@ impl EtcdRegistration {
         let prefix = options.prefix.as_str();
         validate_addr(addr)?;
         validate_service(&options.service)?;
-        let etcd = Etcd::new(&options.endpoints, options.timeout)?;
+        #[cfg(feature = "tls")]
+        let trust = crate::client::Trust::from_ca_file(options.ca_file.as_deref())?;
+        #[cfg(not(feature = "tls"))]
+        let trust = crate::client::Trust::default();
+        let etcd = Etcd::new(&options.endpoints, options.timeout, &trust)?;
         let ttl = options.ttl.unwrap_or(DEFAULT_TTL);
         let ttl_secs = ttl.as_secs_f64().ceil().max(2.0) as u64;
         let period = options
@@ -471,12 +494,13 @@ impl EtcdSource {
         prefix: &str,
         service: &str,
         timeout: Duration,
+        trust: &crate::client::Trust,
     ) -> Result<EtcdSource> {
         validate_service(service)?;
         let key = format!("{}/{service}/", prefix.trim_end_matches('/')).into_bytes();
         Ok(EtcdSource {
-            etcd: Etcd::new(endpoints, timeout)?,
-            watch_agent: crate::client::agent(timeout),
+            etcd: Etcd::new(endpoints, timeout, trust)?,
+            watch_agent: crate::client::agent_trusting(timeout, trust),
             end: prefix_end(&key),
             key,
         })

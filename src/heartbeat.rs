@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::client::{self, DEFAULT_CALL_TIMEOUT, Verb};
+use crate::client::{self, CallOptions, DEFAULT_CALL_TIMEOUT, Verb};
 use crate::error::{Error, Result};
 use crate::protocol::{
     HEADER_META, HEADER_SERVER, HEADER_STATUS, HEADER_TTL, HEADER_WEIGHT, Status, encode_meta,
@@ -49,9 +49,21 @@ pub struct HeartbeatBuilder {
     timeout: Duration,
     token: Option<String>,
     status: Option<Status>,
+    #[cfg(feature = "tls")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl HeartbeatBuilder {
+    /// Trusts only the certificate authorities in this PEM file for
+    /// `https://` registries (a private CA), instead of the public roots.
+    /// Read at [`start`](HeartbeatBuilder::start). Defaults to the public
+    /// roots.
+    #[cfg(feature = "tls")]
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
     /// The service to register in. Defaults to the default service (the
     /// registry's base path).
     pub fn service(mut self, service: impl Into<String>) -> Self {
@@ -311,6 +323,7 @@ struct Beat {
     headers: Vec<(&'static str, String)>,
     period: Option<Duration>,
     timeout: Duration,
+    trust: client::Trust,
 }
 
 impl Beat {
@@ -369,6 +382,8 @@ impl Heartbeat {
             timeout: DEFAULT_CALL_TIMEOUT,
             token: None,
             status: None,
+            #[cfg(feature = "tls")]
+            ca_file: None,
         }
     }
 
@@ -392,6 +407,13 @@ impl Heartbeat {
         if let Some(t) = &options.token {
             client::validate_token(t)?;
         }
+        for registry in &options.registries {
+            client::check_scheme("registry URL", registry)?;
+        }
+        #[cfg(feature = "tls")]
+        let trust = client::Trust::from_ca_file(options.ca_file.as_deref())?;
+        #[cfg(not(feature = "tls"))]
+        let trust = client::Trust::default();
         let mut headers = Vec::new();
         headers.extend(client::bearer(options.token.as_deref()));
         if let Some(ttl) = options.ttl {
@@ -408,12 +430,13 @@ impl Heartbeat {
             beats.push(Arc::new(Beat {
                 index,
                 turn: Mutex::new(()),
-                agent: client::agent(options.timeout),
+                agent: client::agent_trusting(options.timeout, &trust),
                 url: service_url(registry, &options.service)?,
                 addr: addr.to_string(),
                 headers: headers.clone(),
                 period: options.period,
                 timeout: options.timeout,
+                trust: trust.clone(),
             }));
         }
         let shared = Arc::new(Shared {
@@ -788,7 +811,7 @@ impl Beat {
     fn deregister(&self) -> Result<()> {
         // A fresh short-lived agent: the DELETE must not wait behind a
         // pooled connection to a registry that restarted meanwhile.
-        let agent = client::agent(self.timeout.min(Duration::from_secs(1)));
+        let agent = client::agent_trusting(self.timeout.min(Duration::from_secs(1)), &self.trust);
         let headers: Vec<(&str, &str)> = std::iter::once((HEADER_SERVER, self.addr.as_str()))
             .chain(
                 self.headers
@@ -898,13 +921,31 @@ pub fn deregister(
     addr: &str,
     token: Option<&str>,
 ) -> Result<bool> {
+    let mut options = CallOptions::new();
+    if let Some(t) = token {
+        options = options.token(t);
+    }
+    deregister_with(registry_url, service, addr, &options)
+}
+
+/// [`deregister`] with [`CallOptions`]: a token, and with the `tls`
+/// feature the certificate authority of an `https://` registry.
+///
+/// # Errors
+///
+/// As [`deregister`], and [`Error::InvalidConfig`] for a CA file that
+/// cannot be read or holds no certificate, or an `https://` URL in a build
+/// without the `tls` feature.
+pub fn deregister_with(
+    registry_url: &str,
+    service: &str,
+    addr: &str,
+    options: &CallOptions,
+) -> Result<bool> {
     validate_addr(addr)?;
     let url = service_url(registry_url, service)?;
-    if let Some(t) = token {
-        client::validate_token(t)?;
-    }
-    let agent = client::agent(DEFAULT_CALL_TIMEOUT);
-    let auth = client::bearer(token);
+    let agent = options.agent(&url)?;
+    let auth = client::bearer(options.token.as_deref());
     let headers: Vec<(&str, &str)> = std::iter::once((HEADER_SERVER, addr))
         .chain(auth.iter().map(|(n, v)| (*n, v.as_str())))
         .collect();
@@ -939,11 +980,11 @@ pub fn set_status(
     service: &str,
     addr: &str,
     status: Status,
-    token: Option<&str>,
+    options: &CallOptions,
 ) -> Result<bool> {
     validate_addr(addr)?;
     let url = service_url(registry_url, service)?;
-    let listing = crate::discovery::list_json(registry_url, service, token)?;
+    let listing = crate::discovery::list_json_with(registry_url, service, options)?;
     let bad = |reason: String| Error::BadResponse {
         url: url.clone(),
         reason,
@@ -957,7 +998,7 @@ pub fn set_status(
         return Ok(false);
     };
     let mut headers: Vec<(&str, String)> = vec![(HEADER_SERVER, addr.to_string())];
-    headers.extend(client::bearer(token));
+    headers.extend(client::bearer(options.token.as_deref()));
     if let Some(w) = entry["weight"].as_u64() {
         headers.push((HEADER_WEIGHT, w.to_string()));
     }
@@ -979,7 +1020,7 @@ pub fn set_status(
         ));
     }
     headers.push((HEADER_STATUS, status.as_str().to_string()));
-    let agent = client::agent(DEFAULT_CALL_TIMEOUT);
+    let agent = options.agent(&url)?;
     let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     client::call(&agent, Verb::Post, &url, &headers)?.ok(&url)?;
     Ok(true)

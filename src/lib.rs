@@ -74,6 +74,12 @@
 //!   dependencies (lexopt, signal-hook).
 //! - `etcd`: the same client API over etcd (`RegistryDiscovery::etcd`,
 //!   `EtcdRegistration`).
+//! - `tls`: HTTPS. The server with `RegistryServerBuilder::tls` (a PEM
+//!   certificate chain and key), every client with `https://` URLs and
+//!   `ca_file` for a private CA (`HeartbeatBuilder`,
+//!   `RegistryDiscoveryBuilder`, `EtcdRegistrationBuilder`,
+//!   [`CallOptions`]), through rustls. Without it an `https://` URL is
+//!   refused with an error that names the feature.
 //!
 //! # Differences from the Go seed
 //!
@@ -105,15 +111,18 @@ mod rand;
 mod registry;
 mod server;
 
+pub use client::CallOptions;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use discovery::{
     Discovery, MultiServersDiscovery, RegistryDiscovery, RegistryDiscoveryBuilder, SelectMode,
-    hash_key, list_json,
+    hash_key, list_json, list_json_with,
 };
 pub use error::{Error, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdRegistration, EtcdRegistrationBuilder};
-pub use heartbeat::{Heartbeat, HeartbeatBuilder, HeartbeatState, deregister, set_status};
+pub use heartbeat::{
+    Heartbeat, HeartbeatBuilder, HeartbeatState, deregister, deregister_with, set_status,
+};
 pub use protocol::Status;
 pub use registry::{
     EntryInfo, Listing, PutOptions, PutOutcome, Registry, RegistryBuilder, RegistryStats, Sweeper,

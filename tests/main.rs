@@ -19,4 +19,6 @@ mod operations;
 mod prometheus;
 mod server;
 mod status;
+#[cfg(feature = "tls")]
+mod tls;
 mod watch;

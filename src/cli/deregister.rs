@@ -1,11 +1,11 @@
 //! `regcenter deregister`: remove one address from a service.
 
-use super::{Args, Command, Failure, Flag, Kind, REGISTRY, SERVICE, TOKEN_FILE};
+use super::{Args, CA_FILE, Command, Failure, Flag, Kind, REGISTRY, SERVICE, TOKEN_FILE};
 
 pub(super) const COMMAND: Command = Command {
     name: "deregister",
     synopsis: "--addr ADDR [options]",
-    flags: &[ADDR, REGISTRY, SERVICE, TOKEN_FILE],
+    flags: &[ADDR, REGISTRY, SERVICE, TOKEN_FILE, CA_FILE],
     notes: "",
     run,
 };
@@ -14,8 +14,8 @@ const ADDR: Flag = Flag::new("addr", Kind::Text, "ADDR", "the address to remove"
 
 fn run(a: Args) -> Result<(), Failure> {
     let addr = a.required(&ADDR, "deregister")?;
-    let token = a.token()?;
-    if regcenter::deregister(a.registry(), a.service(), addr, token.as_deref())? {
+    let options = a.call_options()?;
+    if regcenter::deregister_with(a.registry(), a.service(), addr, &options)? {
         return Ok(());
     }
     let service = match a.service() {

@@ -38,8 +38,8 @@ fn run(a: Args, status: Status) -> Result<(), Failure> {
         _ => "undrain",
     };
     let addr = a.required(&ADDR, command)?;
-    let token = a.token()?;
-    match regcenter::set_status(a.registry(), a.service(), addr, status, token.as_deref()) {
+    let options = a.call_options()?;
+    match regcenter::set_status(a.registry(), a.service(), addr, status, &options) {
         Ok(true) => Ok(()),
         Ok(false) => Err(Failure::Run(
             format!(

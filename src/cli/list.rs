@@ -5,12 +5,12 @@ use std::time::Duration;
 use regcenter::Discovery;
 use regcenter::protocol::{HEADER_INDEX, HEADER_SERVERS};
 
-use super::{Args, Command, ETCD, Failure, Flag, REGISTRY, SERVICE, TOKEN_FILE, out};
+use super::{Args, CA_FILE, Command, ETCD, Failure, Flag, REGISTRY, SERVICE, TOKEN_FILE, out};
 
 pub(super) const COMMAND: Command = Command {
     name: "list",
     synopsis: "[options]",
-    flags: &[REGISTRY, SERVICE, JSON, TOKEN_FILE, ETCD],
+    flags: &[REGISTRY, SERVICE, JSON, TOKEN_FILE, CA_FILE, ETCD],
     notes: "",
     run,
 };
@@ -22,11 +22,11 @@ const JSON: Flag = Flag::switch(
 
 fn run(a: Args) -> Result<(), Failure> {
     if a.switch(&JSON) {
-        let token = a.token()?;
-        return out(&regcenter::list_json(
+        let options = a.call_options()?;
+        return out(&regcenter::list_json_with(
             a.registry(),
             a.service(),
-            token.as_deref(),
+            &options,
         )?);
     }
     let d = a.discovery(false)?;

@@ -95,6 +95,15 @@ const ETCD: Flag = Flag::new(
      (builds with the `etcd` feature)",
 );
 
+/// `--ca-file FILE`: a private CA for `https://` registries and etcd.
+const CA_FILE: Flag = Flag::new(
+    "ca-file",
+    Kind::Text,
+    "FILE",
+    "trust only the CA certificates in this PEM file for\n\
+     https:// (builds with the `tls` feature)",
+);
+
 /// A failure and the exit code it maps to: 2 for usage and configuration
 /// errors and input the registry refused (nothing was started or
 /// changed), 1 for the rest; and stdout closed by its reader (`regcenter
@@ -481,6 +490,31 @@ impl Args {
         }
     }
 
+    /// `--ca-file`, which needs the `tls` feature.
+    fn ca_file(&self) -> Result<Option<&str>, Failure> {
+        let ca = self.text(&CA_FILE);
+        if cfg!(not(feature = "tls")) && ca.is_some() {
+            return Err(Failure::Usage(TLS_NEEDED.replace("{flag}", "--ca-file")));
+        }
+        Ok(ca)
+    }
+
+    /// The options of a one-off call: the token and `--ca-file`.
+    fn call_options(&self) -> Result<regcenter::CallOptions, Failure> {
+        let mut o = regcenter::CallOptions::new();
+        if let Some(t) = self.token()? {
+            o = o.token(t);
+        }
+        let ca = self.ca_file()?;
+        #[cfg(feature = "tls")]
+        if let Some(ca) = ca {
+            o = o.ca_file(ca);
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = ca;
+        Ok(o)
+    }
+
     /// A discovery of the registry, or of etcd with `--etcd`.
     fn discovery(&self, watch: bool) -> Result<RegistryDiscovery, Failure> {
         let mut b = match self.text(&ETCD) {
@@ -494,9 +528,20 @@ impl Args {
         if let Some(t) = self.token()? {
             b = b.token(t);
         }
+        let ca = self.ca_file()?;
+        #[cfg(feature = "tls")]
+        if let Some(ca) = ca {
+            b = b.ca_file(ca);
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = ca;
         Ok(b.build()?)
     }
 }
+
+/// A TLS flag in a build without the `tls` feature (`{flag}` is replaced).
+const TLS_NEEDED: &str =
+    "{flag} needs a regcenter built with the tls feature (cargo build --features tls)";
 
 #[cfg(feature = "etcd")]
 fn etcd_builder(list: &str) -> Result<regcenter::RegistryDiscoveryBuilder, Failure> {

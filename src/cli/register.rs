@@ -6,13 +6,13 @@ use std::time::Duration;
 use regcenter::Heartbeat;
 
 use super::signals::{Asked, Signals, log_ignored, signal_name};
-use super::{Args, Command, ETCD, Failure, Flag, Kind, REGISTRY, SERVICE, TOKEN_FILE};
+use super::{Args, CA_FILE, Command, ETCD, Failure, Flag, Kind, REGISTRY, SERVICE, TOKEN_FILE};
 
 pub(super) const COMMAND: Command = Command {
     name: "register",
     synopsis: "--addr ADDR [options]",
     flags: &[
-        ADDR, REGISTRY, SERVICE, PERIOD, TTL, WEIGHT, META, TOKEN_FILE, ETCD,
+        ADDR, REGISTRY, SERVICE, PERIOD, TTL, WEIGHT, META, TOKEN_FILE, CA_FILE, ETCD,
     ],
     notes: "",
     run,
@@ -66,6 +66,13 @@ macro_rules! announce_options {
         for (k, v) in $a.pairs(&META) {
             b = b.meta(k, v);
         }
+        let ca = $a.ca_file()?;
+        #[cfg(feature = "tls")]
+        if let Some(ca) = ca {
+            b = b.ca_file(ca);
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = ca;
         b
     }};
 }

@@ -28,6 +28,8 @@ pub(super) const COMMAND: Command = Command {
         PROTECT_READS,
         SNAPSHOT,
         SNAPSHOT_INTERVAL,
+        TLS_CERT,
+        TLS_KEY,
         INSECURE,
         FREE_FORM_ADDRESSES,
     ],
@@ -135,6 +137,19 @@ const SNAPSHOT_INTERVAL: Flag = Flag::new(
     "how often the snapshot is written; a crash loses at most\n\
      the changes of one interval (default 5s)",
 );
+const TLS_CERT: Flag = Flag::new(
+    "tls-cert",
+    Kind::Text,
+    "FILE",
+    "serve HTTPS with this PEM certificate chain, the server's\n\
+     first (needs --tls-key; builds with the `tls` feature)",
+);
+const TLS_KEY: Flag = Flag::new(
+    "tls-key",
+    Kind::Text,
+    "FILE",
+    "the unencrypted PEM private key of --tls-cert",
+);
 const INSECURE: Flag = Flag::switch("insecure", "allow a non-loopback address without a token");
 
 const FREE_FORM_ADDRESSES: Flag = Flag::switch(
@@ -212,6 +227,12 @@ fn run(a: Args) -> Result<(), Failure> {
         None => {}
     }
     preflight(snapshot)?;
+    match (a.text(&TLS_CERT), a.text(&TLS_KEY)) {
+        (None, None) => {}
+        (Some(_), None) => return Err(Failure::Usage("--tls-cert needs --tls-key FILE".into())),
+        (None, Some(_)) => return Err(Failure::Usage("--tls-key needs --tls-cert FILE".into())),
+        (Some(cert), Some(key)) => b = tls(b, cert, key)?,
+    }
     let signals = Signals::install()?;
     let server = b.start().map_err(|e| start_failure(e, addr))?;
     let sig = signals.wait_for_stop(|| match server.write_snapshot() {
@@ -302,4 +323,24 @@ fn start_failure(e: regcenter::Error, addr: &str) -> Failure {
         }
     }
     e.into()
+}
+
+#[cfg(feature = "tls")]
+fn tls(
+    b: regcenter::RegistryServerBuilder,
+    cert: &str,
+    key: &str,
+) -> Result<regcenter::RegistryServerBuilder, Failure> {
+    Ok(b.tls(cert, key))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls(
+    _: regcenter::RegistryServerBuilder,
+    _: &str,
+    _: &str,
+) -> Result<regcenter::RegistryServerBuilder, Failure> {
+    Err(Failure::Usage(
+        super::TLS_NEEDED.replace("{flag}", "--tls-cert"),
+    ))
 }

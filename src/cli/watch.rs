@@ -6,12 +6,12 @@ use std::time::Duration;
 use regcenter::Discovery;
 
 use super::signals::{Asked, Signals, log_ignored};
-use super::{Args, Command, ETCD, Failure, REGISTRY, SERVICE, TOKEN_FILE};
+use super::{Args, CA_FILE, Command, ETCD, Failure, REGISTRY, SERVICE, TOKEN_FILE};
 
 pub(super) const COMMAND: Command = Command {
     name: "watch",
     synopsis: "[options]",
-    flags: &[REGISTRY, SERVICE, TOKEN_FILE, ETCD],
+    flags: &[REGISTRY, SERVICE, TOKEN_FILE, CA_FILE, ETCD],
     notes: "\
 prints '# index N' and the servers, one per line, at start and on every change,
 until SIGTERM (or INT, HUP, QUIT)

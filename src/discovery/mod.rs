@@ -7,7 +7,7 @@ mod registry;
 pub use multi::MultiServersDiscovery;
 #[cfg(feature = "etcd")]
 pub(crate) use registry::Fetched;
-pub use registry::{RegistryDiscovery, RegistryDiscoveryBuilder, list_json};
+pub use registry::{RegistryDiscovery, RegistryDiscoveryBuilder, list_json, list_json_with};
 
 use crate::error::{Error, Result};
 use crate::rand;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::{Discovery, Picker, SelectMode, validate_all};
-use crate::client::{self, DEFAULT_CALL_TIMEOUT, Reply, Verb};
+use crate::client::{self, CallOptions, DEFAULT_CALL_TIMEOUT, Reply, Verb};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::protocol::{HEADER_INDEX, HEADER_SERVERS, service_url, split_servers};
@@ -39,9 +39,21 @@ pub struct RegistryDiscoveryBuilder {
     token: Option<String>,
     #[cfg(feature = "etcd")]
     etcd: Option<String>,
+    #[cfg(feature = "tls")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl RegistryDiscoveryBuilder {
+    /// Trusts only the certificate authorities in this PEM file for
+    /// `https://` registries or etcd endpoints (a private CA), instead of
+    /// the public roots. Read at [`build`](RegistryDiscoveryBuilder::build).
+    /// Defaults to the public roots.
+    #[cfg(feature = "tls")]
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
     /// Reads the servers from etcd instead of a registry: the keys under
     /// `prefix/service/` (`prefix` defaults to `/regcenter`), and in watch
     /// mode etcd's watch. Everything else behaves the same.
@@ -110,6 +122,10 @@ impl RegistryDiscoveryBuilder {
     /// [`Error::InvalidService`], [`Error::InvalidConfig`] (zero timeout or
     /// wait), [`Error::Io`] when the watch thread cannot be spawned.
     pub fn build(self) -> Result<RegistryDiscovery> {
+        #[cfg(feature = "tls")]
+        let trust = client::Trust::from_ca_file(self.ca_file.as_deref())?;
+        #[cfg(not(feature = "tls"))]
+        let trust = client::Trust::default();
         #[cfg(feature = "etcd")]
         let etcd = match &self.etcd {
             Some(prefix) => Some(crate::etcd::EtcdSource::new(
@@ -117,6 +133,7 @@ impl RegistryDiscoveryBuilder {
                 prefix,
                 &self.service,
                 self.timeout,
+                &trust,
             )?),
             None => None,
         };
@@ -144,11 +161,14 @@ impl RegistryDiscoveryBuilder {
         if let Some(t) = &self.token {
             client::validate_token(t)?;
         }
+        for url in &urls {
+            client::check_scheme("registry URL", url)?;
+        }
         let shared = Arc::new(Shared {
             urls,
             current: AtomicUsize::new(0),
-            agent: client::agent(self.timeout),
-            watch_agent: client::agent(self.timeout),
+            agent: client::agent_trusting(self.timeout, &trust),
+            watch_agent: client::agent_trusting(self.timeout, &trust),
             period: self.period,
             wait: self.wait,
             auth: client::bearer(self.token.as_deref()),
@@ -298,6 +318,8 @@ impl RegistryDiscovery {
             token: None,
             #[cfg(feature = "etcd")]
             etcd: None,
+            #[cfg(feature = "tls")]
+            ca_file: None,
         }
     }
 
@@ -608,12 +630,25 @@ fn parse(url: &str, r: &Reply) -> Result<Fetched> {
 ///
 /// [`Error::InvalidService`], [`Error::Unreachable`], [`Error::Status`].
 pub fn list_json(registry_url: &str, service: &str, token: Option<&str>) -> Result<String> {
-    let url = service_url(registry_url, service)?;
+    let mut options = CallOptions::new();
     if let Some(t) = token {
-        client::validate_token(t)?;
+        options = options.token(t);
     }
-    let agent = client::agent(DEFAULT_CALL_TIMEOUT);
-    let auth = client::bearer(token);
+    list_json_with(registry_url, service, &options)
+}
+
+/// [`list_json`] with [`CallOptions`]: a token, and with the `tls` feature
+/// the certificate authority of an `https://` registry.
+///
+/// # Errors
+///
+/// As [`list_json`], and [`Error::InvalidConfig`] for a CA file that cannot
+/// be read or holds no certificate, or an `https://` URL in a build without
+/// the `tls` feature.
+pub fn list_json_with(registry_url: &str, service: &str, options: &CallOptions) -> Result<String> {
+    let url = service_url(registry_url, service)?;
+    let agent = options.agent(&url)?;
+    let auth = client::bearer(options.token.as_deref());
     let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let reply =
         client::call(&agent, Verb::Get, &format!("{url}?format=json"), &headers)?.ok(&url)?;

@@ -59,6 +59,8 @@ pub struct RegistryServerBuilder {
     limits: Limits,
     table: RegistryBuilder,
     registry: Option<Registry>,
+    #[cfg(feature = "tls")]
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl RegistryServerBuilder {
@@ -203,6 +205,21 @@ impl RegistryServerBuilder {
         self
     }
 
+    /// Serves HTTPS with the PEM certificate chain in `cert` (the server's
+    /// certificate first, then any intermediates) and the unencrypted PEM
+    /// private key in `key` (PKCS#8, PKCS#1 or SEC1), both read at
+    /// [`start`](Self::start). TLS 1.2 and 1.3, through rustls; clients
+    /// then use `https://` URLs. Defaults to plain HTTP.
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Binds the listener, loads the snapshot, and starts the worker,
     /// sweeper and snapshot threads.
     ///
@@ -215,7 +232,10 @@ impl RegistryServerBuilder {
     /// that does not start with `/` or ends with one, zero threads, invalid
     /// TTL settings, a token that is not visible ASCII, a snapshot path
     /// whose directory is missing or not writable or that names a
-    /// directory, or a damaged snapshot that cannot be set aside;
+    /// directory, or a damaged snapshot that cannot be set aside, a TLS
+    /// certificate or key file that cannot be read, holds no certificate or
+    /// key, or a key that does not match the certificate (setting
+    /// `tls_cert` or `tls_key`, with the file and the cause);
     /// [`Error::Io`] when binding, spawning or the first snapshot write
     /// fails.
     pub fn start(self) -> Result<RegistryServer> {
@@ -264,6 +284,15 @@ impl RegistryServerBuilder {
         if let Some(path) = &self.snapshot {
             snapshot::check_path(path)?;
         }
+        #[cfg(feature = "tls")]
+        let identity = match &self.tls {
+            Some((cert, key)) => Some(http::load_identity(cert, key)?),
+            None => None,
+        };
+        #[cfg(feature = "tls")]
+        let secure = identity.is_some();
+        #[cfg(not(feature = "tls"))]
+        let secure = false;
         let registry = match self.registry {
             Some(r) => r,
             None => self.table.build()?,
@@ -277,12 +306,26 @@ impl RegistryServerBuilder {
             snapshot::load(&registry, path)?;
             snapshot::write_first(&registry, path)?;
         }
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io(format!("bind {bind}"), e))?;
+        // With TLS, tiny_http serves the decrypted connections on a
+        // listener of its own on loopback (see `http/tls.rs`).
+        #[cfg(feature = "tls")]
+        let (listener, public) = match identity {
+            Some(_) => {
+                let inner = nodelay_listener(SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .map_err(|e| Error::io("bind the loopback listener behind TLS", e))?;
+                (inner, Some(listener))
+            }
+            None => (listener, None),
+        };
         let front = Front::new(listener)
             .map_err(|e| Error::io(format!("start the HTTP server on {bind}"), e))?;
-        let local_addr = front.local;
         let front = Arc::new(front);
+        let scheme = if secure { "https" } else { "http" };
         let mut server = RegistryServer {
-            url: format!("http://{local_addr}{}", self.path),
+            url: format!("{scheme}://{local_addr}{}", self.path),
             local_addr,
             registry: registry.clone(),
             ctx: None,
@@ -292,6 +335,8 @@ impl RegistryServerBuilder {
             timer: None,
             subscription: None,
             snapshot: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         };
         let port = local_addr.port();
         // Thread names carry the port (the OS keeps 15 bytes of a name), so
@@ -306,6 +351,7 @@ impl RegistryServerBuilder {
                 format!("rc{port}-snap"),
             )?);
         }
+        let server_has_token = self.token.is_some();
         let cfg = RouteConfig {
             path: self.path,
             token: self.token,
@@ -369,6 +415,30 @@ impl RegistryServerBuilder {
             http::start_guard(ctx, guard_cfg, format!("rc{port}-guard"))
                 .map_err(|e| Error::io("spawn the connection guard thread", e))?,
         );
+        #[cfg(feature = "tls")]
+        if let (Some(public), Some(identity)) = (public, identity) {
+            let limits = http::TlsLimits {
+                handshake_timeout: self.limits.header_timeout,
+                max_connections,
+            };
+            server.tls = Some(
+                http::TlsFront::start(
+                    public,
+                    front.local,
+                    identity,
+                    limits,
+                    format!("rc{port}-tls"),
+                )
+                .map_err(|e| Error::io("spawn the TLS acceptor thread", e))?,
+            );
+        }
+        if server_has_token && !secure && !bind.ip().is_loopback() {
+            log::warn!(
+                "serving on {bind} without TLS: the bearer token travels in clear text to \
+                 anyone on the path; serve HTTPS (a regcenter built with the `tls` feature, \
+                 --tls-cert and --tls-key)"
+            );
+        }
         log::info!(
             "regcenter serving {} with {} threads",
             server.url,
@@ -476,6 +546,8 @@ pub struct RegistryServer {
     timer: Option<JoinHandle<()>>,
     subscription: Option<u64>,
     snapshot: Option<snapshot::Writer>,
+    #[cfg(feature = "tls")]
+    tls: Option<http::TlsFront>,
 }
 
 impl RegistryServer {
@@ -493,6 +565,8 @@ impl RegistryServer {
             limits: Limits::default(),
             table: Registry::builder(),
             registry: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -516,7 +590,8 @@ impl RegistryServer {
         self.local_addr
     }
 
-    /// The registry URL: `http://{local_addr}{path}`.
+    /// The registry URL: `http://{local_addr}{path}`, or `https://` when
+    /// the server serves TLS (`RegistryServerBuilder::tls`, feature `tls`).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -561,8 +636,17 @@ impl RegistryServer {
         }
         ctx.pool.wait_quiet(std::time::Instant::now() + STOP_GRACE);
         front.close_listener();
-        let closed = http::shutdown_accepted(self.local_addr);
+        #[cfg(feature = "tls")]
+        if let Some(t) = self.tls.as_mut() {
+            t.close();
+        }
+        let closed = http::shutdown_accepted(front.local);
         log::debug!("closed {closed} kept-alive connections");
+        // Their relays end as their loopback side closes.
+        #[cfg(feature = "tls")]
+        if let Some(mut t) = self.tls.take() {
+            panicked |= t.stop();
+        }
         panicked |= ctx.pool.stop();
         // Every thread that refuses has ended: what the refusal log still
         // counts is written now, or never.

@@ -18,6 +18,7 @@
 //! | a body it did not read ahead (over 1 KiB, chunked, or behind `Expect: 100-continue`) blocks whoever drops the request; a huge declared length aborts the process | `tiny.rs` (`Exchange::screen`, `Exchange::let_go`) | `tests/hardening.rs` `unread_request_bodies_neither_abort_the_process_nor_block_a_worker`; `tests/hostile/framing.rs` `bodies_are_refused_without_waiting_for_them` |
 //! | stopping a server leaves kept-alive connections open and silent | `conns.rs` (`shutdown_accepted`) | `tests/hardening.rs` `shutdown_leaves_no_kept_alive_client_hanging` |
 //! | pipelined requests of one connection run at once, and an answer waits behind every earlier one | handed to `../lanes.rs` through [`Exchange::peer`] | `tests/hostile/pipelining.rs` |
+//! | its TLS (feature `ssl-openssl` or `ssl-rustls`) lets one client stop the accept thread or spin a core forever | not used: `tls.rs` ends TLS in front of it (feature `tls`) | `tests/tls.rs` `a_silent_or_closing_tls_client_holds_nothing` |
 //!
 //! Acting on tiny_http's sockets from outside is safe against descriptor
 //! reuse (`conns.rs`, module docs and tests).
@@ -26,8 +27,12 @@ mod conns;
 mod front;
 mod guard;
 mod tiny;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub(crate) use conns::{Conn, listening, shutdown_accepted};
 pub(crate) use front::{Front, Http, recv};
 pub(crate) use guard::{GuardConfig, start as start_guard};
 pub(crate) use tiny::Exchange;
+#[cfg(feature = "tls")]
+pub(crate) use tls::{TlsFront, TlsLimits, load_identity};
