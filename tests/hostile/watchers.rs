@@ -208,3 +208,39 @@ fn a_parked_watcher_whose_connection_the_guard_closes_is_forgotten() {
     assert_eq!(s.parked(), 0, "the long-poll outlived its connection");
     assert!(super::closed_within(&mut c, Duration::from_secs(10)));
 }
+
+#[test]
+fn long_polls_longer_than_the_header_timeout_are_answered_not_cut() {
+    // The guard once took a connection it first met after its request was
+    // taken for one still sending its head: a long-poll of a new
+    // connection, parked longer than the header timeout, got a 408.
+    let s = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .threads(2)
+        .header_timeout(Duration::from_secs(1))
+        .start()
+        .unwrap();
+    s.registry()
+        .put_with(
+            "",
+            "tcp@127.0.0.1:7001",
+            &PutOptions::new().ttl(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let index = s.registry().index("");
+    // One connection after another, as clients that close between polls.
+    for i in 0..4 {
+        let mut c = send(
+            s.local_addr(),
+            req(
+                "GET",
+                &format!("{P}?format=text&index={index}&wait=3s"),
+                &[],
+            )
+            .as_bytes(),
+        );
+        let got = answers(&mut c, 1, Duration::from_secs(20));
+        assert_eq!(got.len(), 1, "long-poll {i}: no answer");
+        assert_eq!(got[0].status, 200, "long-poll {i}: {:?}", got[0]);
+    }
+}

@@ -73,6 +73,8 @@ struct Track {
     waiting_passes: u32,
     /// Shut down by the guard; tiny_http has not let go of it yet.
     closed: bool,
+    /// Not yet seen by a full pass.
+    fresh: bool,
 }
 
 pub(crate) fn start(
@@ -140,6 +142,7 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
                 partial_since: None,
                 waiting_passes: 0,
                 closed: false,
+                fresh: true,
             });
             if t.closed {
                 continue;
@@ -168,12 +171,22 @@ fn run(ctx: &Arc<Ctx>, cfg: &GuardConfig) {
                 worker::release(ctx, c.peer);
                 continue;
             }
+            let fresh = std::mem::take(&mut t.fresh);
             if let Some(&at) = active_since_full.get(&c.peer) {
                 t.base = st.received;
                 // Bytes that came after the last request was taken are the
                 // start of the next head (to the kernel's millisecond).
                 let last_data = started.checked_sub(Duration::from_millis(st.idle_ms.into()));
                 t.partial_since = last_data.filter(|d| *d > at + Duration::from_millis(5));
+                continue;
+            }
+            // First met with its request already taken (in service, or a
+            // parked long-poll): the bytes so far were that request's, not
+            // the start of a head. A descriptor is linked to its socket
+            // only every RELINK_EVERY passes, so a new connection can be
+            // met well after its request was taken and its activity seen.
+            if fresh && (ctx.lanes.is_busy(&c.peer) || ctx.watchers.is_parked(&c.peer)) {
+                t.base = st.received;
                 continue;
             }
             // Fewer bytes than before: the number named another socket
