@@ -100,8 +100,8 @@ mod server;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use discovery::{
-    Discovery, MultiServersDiscovery, RegistryDiscovery, RegistryDiscoveryBuilder, SelectMode,
-    hash_key, list_json,
+    Discovery, Instance, MultiServersDiscovery, RegistryDiscovery, RegistryDiscoveryBuilder,
+    SelectMode, hash_key,
 };
 pub use error::{Error, Result};
 #[cfg(feature = "etcd")]

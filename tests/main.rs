@@ -10,6 +10,8 @@ mod etcd;
 mod hardening;
 mod heartbeat;
 mod hostile;
+mod json_standin;
 mod operations;
+mod recovery;
 mod server;
 mod watch;

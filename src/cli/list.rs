@@ -18,16 +18,30 @@ const JSON: Flag = Flag::switch(
 );
 
 fn run(a: Args) -> Result<(), Failure> {
-    if a.switch(&JSON) {
-        let token = a.token()?;
-        print!(
-            "{}",
-            regcenter::list_json(a.registry(), a.service(), token.as_deref())?
-        );
-        return Ok(());
-    }
     let d = a.discovery(false)?;
     d.refresh()?;
+    if a.switch(&JSON) {
+        let servers: Vec<serde_json::Value> = d
+            .instances()?
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "addr": i.addr(),
+                    "weight": i.weight(),
+                    "meta": i.meta(),
+                    "status": i.status().as_str(),
+                    "expires_in_ms": i.expires_in().map(|t| t.as_millis() as u64),
+                })
+            })
+            .collect();
+        let listing = serde_json::json!({
+            "service": a.service(),
+            "index": d.index(),
+            "servers": servers,
+        });
+        println!("{listing}");
+        return Ok(());
+    }
     for s in d.get_all()? {
         println!("{s}");
     }
