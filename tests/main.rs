@@ -10,6 +10,7 @@ mod etcd;
 mod hardening;
 mod heartbeat;
 mod hostile;
+mod instances;
 mod json_standin;
 mod operations;
 mod recovery;

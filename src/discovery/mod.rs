@@ -455,4 +455,201 @@ mod tests {
         assert_eq!(hash_key(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(hash_key("a"), 0xaf63_dc4c_8601_ec8c);
     }
+
+    use crate::clock::ManualClock;
+    use crate::protocol::Status;
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    const MODES: [SelectMode; 4] = [
+        SelectMode::Random,
+        SelectMode::RoundRobin,
+        SelectMode::WeightedRoundRobin,
+        SelectMode::ConsistentHash(7),
+    ];
+
+    fn zoned(list: &[(&str, &str)]) -> Vec<Instance> {
+        list.iter()
+            .map(|(a, zone)| {
+                let mut i = Instance::new(a.to_string());
+                i.meta.insert("zone".into(), zone.to_string());
+                i
+            })
+            .collect()
+    }
+
+    fn zone_picker(prefer: &[(&str, &str)], list: Vec<Instance>) -> (Picker, ManualClock) {
+        let clock = ManualClock::new();
+        let prefer = prefer
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let p = Picker::with(prefer, 3, Arc::new(clock.clone()), list);
+        (p, clock)
+    }
+
+    /// What 200 picks of `mode` chose; the hash mode with varied keys.
+    fn picked(p: &mut Picker, mode: SelectMode) -> HashSet<String> {
+        (0..200u64)
+            .map(|k| {
+                let mode = match mode {
+                    SelectMode::ConsistentHash(_) => {
+                        SelectMode::ConsistentHash(hash_key(&k.to_string()))
+                    }
+                    m => m,
+                };
+                p.pick(mode, "t").unwrap()
+            })
+            .collect()
+    }
+
+    fn set(addrs: &[&str]) -> HashSet<String> {
+        addrs.iter().map(|a| a.to_string()).collect()
+    }
+
+    fn eject(p: &mut Picker, addr: &str) {
+        for _ in 0..3 {
+            p.report_failure(addr);
+        }
+    }
+
+    #[test]
+    fn preference_sends_every_mode_to_the_matching_instances() {
+        let list = zoned(&[("a", "eu"), ("b", "us"), ("c", "eu"), ("d", "us")]);
+        let (mut p, _) = zone_picker(&[("zone", "eu")], list);
+        for mode in MODES {
+            assert_eq!(picked(&mut p, mode), set(&["a", "c"]), "{mode:?}");
+        }
+        assert_eq!(
+            p.pickable_addrs(),
+            ["a", "b", "c", "d"],
+            "get_all lists all"
+        );
+    }
+
+    #[test]
+    fn preference_falls_back_to_the_others_while_no_match_is_pickable_and_returns() {
+        let mut list = zoned(&[
+            ("a", "eu"),
+            ("b", "us"),
+            ("c", "eu"),
+            ("d", "us"),
+            ("e", "us"),
+        ]);
+        list[0].status = Status::Draining;
+        let (mut p, clock) = zone_picker(&[("zone", "eu")], list);
+        assert_eq!(picked(&mut p, SelectMode::Random), set(&["c"]));
+        // c, the only pickable preferred one, is ejected: the others take it.
+        eject(&mut p, "c");
+        for mode in MODES {
+            assert_eq!(picked(&mut p, mode), set(&["b", "d", "e"]), "{mode:?}");
+        }
+        // Back after its second of ejection, with no fetch in between.
+        clock.advance(Duration::from_secs(1));
+        for mode in MODES {
+            assert_eq!(picked(&mut p, mode), set(&["c"]), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn with_no_preference_met_at_all_picks_use_everyone() {
+        let (mut p, _) = zone_picker(&[("zone", "ap")], zoned(&[("a", "eu"), ("b", "us")]));
+        assert_eq!(picked(&mut p, SelectMode::RoundRobin), set(&["a", "b"]));
+        // Conditions add up: both must hold.
+        let (mut p, _) = zone_picker(
+            &[("zone", "eu"), ("rack", "1")],
+            zoned(&[("a", "eu"), ("b", "us")]),
+        );
+        assert_eq!(picked(&mut p, SelectMode::RoundRobin), set(&["a", "b"]));
+    }
+
+    #[test]
+    fn ejected_and_draining_instances_are_never_picked_but_listed() {
+        let mut list = zoned(&[("a", "x"), ("b", "x"), ("c", "x"), ("d", "x")]);
+        list[3].status = Status::Draining;
+        let (mut p, clock) = zone_picker(&[], list);
+        eject(&mut p, "b");
+        for mode in MODES {
+            assert_eq!(picked(&mut p, mode), set(&["a", "c"]), "{mode:?}");
+        }
+        assert_eq!(p.pickable_addrs(), ["a", "c"]);
+        let listed: Vec<(String, bool, Status)> = p
+            .instances()
+            .into_iter()
+            .map(|i| (i.addr.clone(), i.is_ejected(), i.status()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("a".into(), false, Status::Up),
+                ("b".into(), true, Status::Up),
+                ("c".into(), false, Status::Up),
+                ("d".into(), false, Status::Draining),
+            ]
+        );
+        clock.advance(Duration::from_millis(999));
+        assert!(!picked(&mut p, SelectMode::RoundRobin).contains("b"));
+        clock.advance(Duration::from_millis(1));
+        assert!(
+            picked(&mut p, SelectMode::RoundRobin).contains("b"),
+            "back after 1 s"
+        );
+        assert!(!p.instances()[1].is_ejected());
+    }
+
+    #[test]
+    fn only_half_of_the_instances_can_be_out() {
+        let (mut p, _) = zone_picker(&[], zoned(&[("a", "x"), ("b", "x"), ("c", "x")]));
+        for a in ["a", "b", "c"] {
+            eject(&mut p, a);
+        }
+        let out: Vec<bool> = p.instances().iter().map(Instance::is_ejected).collect();
+        assert_eq!(out, [true, false, false], "one of three at most");
+        // An address that is not listed changes nothing.
+        eject(&mut p, "zz");
+        assert_eq!(p.pickable_addrs(), ["b", "c"]);
+    }
+
+    #[test]
+    fn registering_again_ends_an_ejection() {
+        let list = || zoned(&[("a", "x"), ("b", "x"), ("c", "x")]);
+        let (mut p, _) = zone_picker(&[], list());
+        eject(&mut p, "b");
+        // The same listing again (a refresh) keeps it out.
+        p.set(list());
+        assert!(p.instances()[1].is_ejected());
+        // It leaves the list and comes back: a new registration.
+        p.set(zoned(&[("a", "x"), ("c", "x")]));
+        p.set(list());
+        assert!(!p.instances()[1].is_ejected());
+        // Listed with other attributes: registered again.
+        eject(&mut p, "b");
+        assert!(p.instances()[1].is_ejected());
+        let mut changed = list();
+        changed[1].weight = 5;
+        p.set(changed);
+        assert!(!p.instances()[1].is_ejected());
+        // A success ends it too.
+        eject(&mut p, "b");
+        p.report_success("b");
+        assert!(!p.instances()[1].is_ejected());
+    }
+
+    #[test]
+    fn weighted_round_robin_stays_exact_over_the_instances_left() {
+        let mut list = zoned(&[("a", "x"), ("b", "x"), ("c", "x")]);
+        for (i, w) in list.iter_mut().zip([3, 1, 2]) {
+            i.weight = w;
+        }
+        let (mut p, _) = zone_picker(&[], list);
+        p.pick(SelectMode::WeightedRoundRobin, "t").unwrap();
+        eject(&mut p, "b");
+        let picks: Vec<String> = (0..50)
+            .map(|_| p.pick(SelectMode::WeightedRoundRobin, "t").unwrap())
+            .collect();
+        for window in picks.windows(5) {
+            assert_eq!(window.iter().filter(|a| *a == "a").count(), 3, "{picks:?}");
+            assert_eq!(window.iter().filter(|a| *a == "c").count(), 2, "{picks:?}");
+        }
+    }
 }
