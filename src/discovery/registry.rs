@@ -539,13 +539,18 @@ impl RegistryDiscovery {
     ///     server.registry().put("", a)?;
     /// }
     /// let d = RegistryDiscovery::new(server.url())?;
+    /// let addr = d.get(SelectMode::RoundRobin)?;
     /// for _ in 0..3 {
-    ///     d.report_failure("tcp@127.0.0.1:7001");
+    ///     d.report_failure(&addr); // three calls to it failed
     /// }
-    /// assert!(d.instances()?[0].is_ejected());
-    /// assert_eq!(d.get(SelectMode::RoundRobin)?, "tcp@127.0.0.1:7002");
-    /// d.report_success("tcp@127.0.0.1:7001");
-    /// assert!(!d.instances()?[0].is_ejected());
+    /// let out: Vec<String> = d.instances()?.iter()
+    ///     .filter(|i| i.is_ejected())
+    ///     .map(|i| i.addr().to_string())
+    ///     .collect();
+    /// assert_eq!(out, [addr.clone()]);
+    /// assert_ne!(d.get(SelectMode::RoundRobin)?, addr);
+    /// d.report_success(&addr);
+    /// assert_eq!(d.get_all()?.len(), 2);
     /// # Ok::<(), regcenter::Error>(())
     /// ```
     pub fn report_failure(&self, addr: &str) {
