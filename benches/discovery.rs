@@ -155,19 +155,22 @@ fn picks(budget: Duration) {
     const ROUNDS: usize = 5;
     for (name, mode) in modes {
         for threads in [1, 2] {
-            let mut rates = [[0f64; ROUNDS]; 4];
-            for round in 0..ROUNDS {
-                let slice = budget / ROUNDS as u32;
-                rates[0][round] = rate(&plain, mode, threads, slice);
-                rates[1][round] = rate(&filtered, mode, threads, slice);
-                rates[2][round] = rate(&preferring, mode, threads, slice);
-                eject(&ejecting);
-                rates[3][round] = rate(&ejecting, mode, threads, slice);
-            }
-            let [a, b, c, e] = rates.map(|mut r| {
+            let slice = budget / ROUNDS as u32;
+            let rounds: Vec<[f64; 4]> = (0..ROUNDS)
+                .map(|_| {
+                    let a = rate(&plain, mode, threads, slice);
+                    let b = rate(&filtered, mode, threads, slice);
+                    let c = rate(&preferring, mode, threads, slice);
+                    eject(&ejecting);
+                    [a, b, c, rate(&ejecting, mode, threads, slice)]
+                })
+                .collect();
+            let median = |k: usize| {
+                let mut r: Vec<f64> = rounds.iter().map(|round| round[k]).collect();
                 r.sort_by(f64::total_cmp);
                 r[ROUNDS / 2]
-            });
+            };
+            let (a, b, c, e) = (median(0), median(1), median(2), median(3));
             println!("{name:<22} {threads:>8} {a:>14.0} {b:>14.0} {c:>14.0} {e:>14.0}");
         }
     }

@@ -79,6 +79,11 @@
 //! - A discovery keeps serving its last list when the registry is down.
 //! - Long-poll watch (`?index=N&wait=D`), weights, metadata, per-entry TTLs
 //!   and JSON listings; weighted and consistent-hash selection.
+//! - Discoveries give typed [`Instance`]s (weight, metadata, status, time
+//!   left), filter by metadata, prefer a zone, skip instances that callers
+//!   report failing ([`RegistryDiscovery::report_failure`]) and never pick
+//!   a draining one. Across a registry restart that lost its table they
+//!   keep the last list beside the new one while the registry recovers.
 
 #![warn(missing_docs)]
 
