@@ -115,6 +115,8 @@ fn every_pick_of_a_discovery_that_never_reached_its_registry_is_unreachable() {
     for call in 0..5 {
         let e = d.get(SelectMode::Random).unwrap_err();
         assert!(matches!(e, Error::Unreachable { .. }), "call {call}: {e}");
+        let cause = std::error::Error::source(&e).expect("the transport error");
+        assert!(!cause.to_string().is_empty(), "call {call}");
         let e = d.get_all().unwrap_err();
         assert!(matches!(e, Error::Unreachable { .. }), "call {call}: {e}");
     }

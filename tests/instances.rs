@@ -331,3 +331,9 @@ fn an_instance_that_registers_again_is_no_longer_ejected() {
     assert!(!d.instances().unwrap()[1].is_ejected());
     assert_eq!(d.get_all().unwrap().len(), 3);
 }
+
+#[test]
+fn instances_can_be_sent_and_shared_between_threads() {
+    fn check<T: Send + Sync + Clone + std::fmt::Debug>() {}
+    check::<regcenter::Instance>();
+}
