@@ -135,8 +135,6 @@ struct Picker {
     hashes: Vec<u64>,
     /// Round robin: the next position.
     index: usize,
-    /// Smooth weighted round robin: each instance's current weight.
-    current: Vec<i64>,
     /// Conditions on metadata that preferred instances meet.
     prefer: Vec<(String, String)>,
     outliers: Outliers,
@@ -145,6 +143,13 @@ struct Picker {
     /// The positions picks choose among: the pickable preferred instances,
     /// or every pickable one when no preferred one is.
     eligible: Vec<usize>,
+    /// Beside `eligible`, position for position, what the hash and
+    /// weighted modes read on every pick, laid out contiguously as they
+    /// were before there was a choice to make: each hash, each weight, and
+    /// each current weight of smooth weighted round robin.
+    eligible_hashes: Vec<u64>,
+    eligible_weights: Vec<i64>,
+    current: Vec<i64>,
     /// When an ejection ends and `eligible` must be computed again.
     recheck_at: Option<Instant>,
 }
@@ -171,11 +176,13 @@ impl Picker {
             list: Vec::new(),
             hashes: Vec::new(),
             index: rand::below(usize::MAX >> 1),
-            current: Vec::new(),
             prefer,
             outliers: Outliers::new(eject_after, clock),
             pickable: Vec::new(),
             eligible: Vec::new(),
+            eligible_hashes: Vec::new(),
+            eligible_weights: Vec::new(),
+            current: Vec::new(),
             recheck_at: None,
         };
         p.set(list);
@@ -199,8 +206,9 @@ impl Picker {
             self.outliers.retain(|a| {
                 matches!((old.get(a), new.get(a)), (Some(o), Some(n)) if o.same_registration(n))
             });
-            self.current = vec![0; list.len()];
             self.hashes = list.iter().map(|i| hash_key(i.addr())).collect();
+            // Smooth weighted round robin starts again on a new list.
+            self.eligible.clear();
         }
         self.list = list;
         self.recompute();
@@ -221,10 +229,16 @@ impl Picker {
         if self.eligible.is_empty() {
             self.eligible = (0..self.list.len()).filter(|&i| self.pickable[i]).collect();
         }
-        if before != self.eligible {
+        if before != self.eligible || self.current.len() != self.eligible.len() {
             // Smooth weighted round robin is exact over a fixed set only.
-            self.current.iter_mut().for_each(|c| *c = 0);
+            self.current = vec![0; self.eligible.len()];
         }
+        self.eligible_hashes = self.eligible.iter().map(|&i| self.hashes[i]).collect();
+        self.eligible_weights = self
+            .eligible
+            .iter()
+            .map(|&i| i64::from(self.list[i].weight))
+            .collect();
         self.recheck_at = self.outliers.next_return(now);
     }
 
@@ -268,14 +282,16 @@ impl Picker {
                 self.index = (i + 1) % n;
                 self.eligible[i]
             }
-            SelectMode::WeightedRoundRobin => self.smooth_weighted(),
+            SelectMode::WeightedRoundRobin => {
+                let j = self.smooth_weighted();
+                self.eligible[j]
+            }
             SelectMode::ConsistentHash(key) => {
                 let key = splitmix(key);
-                *self
-                    .eligible
-                    .iter()
-                    .max_by_key(|&&i| splitmix(self.hashes[i] ^ key))
-                    .expect("the list is not empty")
+                let j = (0..n)
+                    .max_by_key(|&j| splitmix(self.eligible_hashes[j] ^ key))
+                    .expect("the list is not empty");
+                self.eligible[j]
             }
         };
         Some(i)
@@ -284,16 +300,14 @@ impl Picker {
     /// Nginx's smooth weighted round robin over the eligible instances:
     /// each gains its weight, the richest is picked and pays the total.
     /// Over any `total` picks each is picked exactly `weight` times,
-    /// interleaved.
+    /// interleaved. Returns a position in `eligible`.
     fn smooth_weighted(&mut self) -> usize {
-        let mut total: i64 = 0;
-        let mut best = self.eligible[0];
-        for &i in &self.eligible {
-            let w = i64::from(self.list[i].weight);
-            total += w;
-            self.current[i] += w;
-            if self.current[i] > self.current[best] {
-                best = i;
+        let total: i64 = self.eligible_weights.iter().sum();
+        let mut best = 0;
+        for j in 0..self.current.len() {
+            self.current[j] += self.eligible_weights[j];
+            if self.current[j] > self.current[best] {
+                best = j;
             }
         }
         self.current[best] -= total;
