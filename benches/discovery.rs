@@ -1,5 +1,6 @@
 //! Discovery: how fast a change reaches a watching client, and how many
-//! picks per second `get` makes in each selection mode.
+//! picks per second `get` makes in each selection mode, plain and with a
+//! filter, a zone preference or ejected instances.
 //!
 //! `cargo bench --bench discovery` (a few seconds); `REGCENTER_BENCH_LONG=1`
 //! runs more registrations and longer pick loops.
@@ -75,27 +76,71 @@ fn watch_latency(rounds: usize) {
     server.shutdown().expect("shutdown");
 }
 
-/// `get` throughput per selection mode over 100 servers of mixed weights.
+/// `get` throughput per selection mode over 100 servers of mixed weights:
+/// plain; with a filter (100 of the 200 registered match); with a zone
+/// preference (50 of the 100 preferred); and with 10 of the 100 ejected.
+/// Each figure is the median of five rounds.
 fn picks(budget: Duration) {
     let server = RegistryServer::start_local().expect("start");
+    for i in 0..200u32 {
+        let opts = PutOptions::new()
+            .ttl(Duration::from_secs(60))
+            .weight(1 + i % 5)
+            .meta("zone", if i % 4 < 2 { "eu" } else { "us" })
+            .meta("tier", if i < 100 { "main" } else { "spare" });
+        let service = if i < 100 { "p" } else { "f" };
+        server
+            .registry()
+            .put_with(service, &format!("tcp@p{i}:1"), &opts)
+            .expect("put");
+    }
+    // The filtered service holds the plain one's 100 and 100 that do not match.
     for i in 0..100u32 {
         let opts = PutOptions::new()
             .ttl(Duration::from_secs(60))
-            .weight(1 + i % 5);
+            .weight(1 + i % 5)
+            .meta("tier", "main");
         server
             .registry()
-            .put_with("p", &format!("tcp@p{i}:1"), &opts)
+            .put_with("f", &format!("tcp@p{i}:1"), &opts)
             .expect("put");
     }
-    let d = Arc::new(
-        RegistryDiscovery::builder(server.url())
-            .service("p")
-            .refresh_period(Duration::from_secs(3600))
+    let builder =
+        || RegistryDiscovery::builder(server.url()).refresh_period(Duration::from_secs(3600));
+    let plain = Arc::new(builder().service("p").build().expect("discovery"));
+    let filtered = Arc::new(
+        builder()
+            .service("f")
+            .filter("tier", "main")
             .build()
             .expect("discovery"),
     );
-    d.get_all().expect("first fetch");
-    println!("{:<22} {:>8} {:>14}", "mode", "threads", "picks/s");
+    let preferring = Arc::new(
+        builder()
+            .service("p")
+            .prefer("zone", "eu")
+            .build()
+            .expect("discovery"),
+    );
+    let ejecting = Arc::new(builder().service("p").build().expect("discovery"));
+    for d in [&plain, &filtered, &preferring, &ejecting] {
+        assert_eq!(d.get_all().expect("first fetch").len(), 100);
+    }
+    // Ejections last 1 s at first: renewed before each run, they hold
+    // through it (failures while out are not counted).
+    let eject = |d: &RegistryDiscovery| {
+        for i in 0..10 {
+            for _ in 0..3 {
+                d.report_failure(&format!("tcp@p{}:1", i * 10));
+            }
+        }
+    };
+    eject(&ejecting);
+    assert_eq!(ejecting.get_all().expect("list").len(), 90);
+    println!(
+        "{:<22} {:>8} {:>14} {:>14} {:>14} {:>14}",
+        "mode", "threads", "plain/s", "filter/s", "prefer/s", "10 ejected/s"
+    );
     let modes = [
         ("Random", SelectMode::Random),
         ("RoundRobin", SelectMode::RoundRobin),
@@ -105,29 +150,54 @@ fn picks(budget: Duration) {
             SelectMode::ConsistentHash(hash_key("user-42")),
         ),
     ];
+    // A discarded warm-up: without it the first row reads low.
+    rate(&plain, SelectMode::Random, 1, budget / 5);
+    // The four take turns in short rounds and each reports its median, so
+    // that a machine busy with other work slows them alike.
+    const ROUNDS: usize = 5;
     for (name, mode) in modes {
         for threads in [1, 2] {
-            let start = Instant::now();
-            let counts: Vec<u64> = (0..threads)
+            let slice = budget / ROUNDS as u32;
+            let rounds: Vec<[f64; 4]> = (0..ROUNDS)
                 .map(|_| {
-                    let d = d.clone();
-                    thread::spawn(move || {
-                        let mut n = 0u64;
-                        while start.elapsed() < budget {
-                            for _ in 0..1000 {
-                                black_box(d.get(mode).expect("pick"));
-                            }
-                            n += 1000;
-                        }
-                        n
-                    })
+                    let a = rate(&plain, mode, threads, slice);
+                    let b = rate(&filtered, mode, threads, slice);
+                    let c = rate(&preferring, mode, threads, slice);
+                    eject(&ejecting);
+                    [a, b, c, rate(&ejecting, mode, threads, slice)]
                 })
-                .collect::<Vec<_>>()
-                .into_iter()
-                .map(|h| h.join().expect("thread"))
                 .collect();
-            let rate = counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64();
-            println!("{name:<22} {threads:>8} {rate:>14.0}");
+            let median = |k: usize| {
+                let mut r: Vec<f64> = rounds.iter().map(|round| round[k]).collect();
+                r.sort_by(f64::total_cmp);
+                r[ROUNDS / 2]
+            };
+            let (a, b, c, e) = (median(0), median(1), median(2), median(3));
+            println!("{name:<22} {threads:>8} {a:>14.0} {b:>14.0} {c:>14.0} {e:>14.0}");
         }
     }
+}
+
+/// Picks per second of `mode` from `threads` threads for `budget`.
+fn rate(d: &Arc<RegistryDiscovery>, mode: SelectMode, threads: usize, budget: Duration) -> f64 {
+    let start = Instant::now();
+    let counts: Vec<u64> = (0..threads)
+        .map(|_| {
+            let d = d.clone();
+            thread::spawn(move || {
+                let mut n = 0u64;
+                while start.elapsed() < budget {
+                    for _ in 0..1000 {
+                        black_box(d.get(mode).expect("pick"));
+                    }
+                    n += 1000;
+                }
+                n
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64()
 }

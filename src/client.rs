@@ -385,7 +385,9 @@ mod tests {
         assert!(names_feature(
             crate::deregister(url, "", "tcp@127.0.0.1:7001", None).unwrap_err()
         ));
-        assert!(names_feature(crate::list_json(url, "", None).unwrap_err()));
+        assert!(names_feature(
+            crate::discovery::list_json_with(url, "", &crate::CallOptions::new()).unwrap_err()
+        ));
         // The scheme is case-insensitive.
         let upper = check_scheme("registry URL", "HTTPS://127.0.0.1:9/x").unwrap_err();
         assert!(upper.to_string().contains("`tls` feature"), "{upper}");

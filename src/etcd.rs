@@ -19,7 +19,7 @@ use parking_lot::{Condvar, Mutex};
 use serde_json::{Value, json};
 
 use crate::client::DEFAULT_CALL_TIMEOUT;
-use crate::discovery::Fetched;
+use crate::discovery::{Fetched, Instance};
 use crate::error::{Error, Result};
 use crate::protocol::{validate_addr, validate_service};
 use crate::rand::jitter;
@@ -539,7 +539,7 @@ impl EtcdSource {
             &json!({ "key": b64(&self.key), "range_end": b64(&self.end) }),
         )?;
         let revision = int(&v["header"]["revision"]);
-        let mut list: Vec<(String, u32)> = Vec::new();
+        let mut list: Vec<Instance> = Vec::new();
         for kv in v["kvs"].as_array().into_iter().flatten() {
             let key = kv["key"].as_str().and_then(unb64).unwrap_or_default();
             let value: Value = kv["value"]
@@ -556,18 +556,23 @@ impl EtcdSource {
             if validate_addr(&addr).is_err() {
                 continue; // someone else's key under our prefix
             }
-            let weight = value["weight"]
+            let mut i = Instance::new(addr);
+            i.weight = value["weight"]
                 .as_u64()
                 .map_or(1, |w| w.clamp(1, 10_000) as u32);
-            list.push((addr, weight));
+            if let Some(meta) = value["meta"].as_object() {
+                i.meta = meta
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect();
+            }
+            list.push(i);
         }
-        list.sort();
-        let (servers, weights) = list.into_iter().unzip();
+        list.sort_by(|a, b| a.addr.cmp(&b.addr));
         Ok(Fetched {
-            servers,
-            weights,
+            instances: list,
             index: revision,
-            ttl_hint: None,
+            recovering: None,
         })
     }
 

@@ -92,6 +92,11 @@
 //! - A discovery keeps serving its last list when the registry is down.
 //! - Long-poll watch (`?index=N&wait=D`), weights, metadata, per-entry TTLs
 //!   and JSON listings; weighted and consistent-hash selection.
+//! - Discoveries give typed [`Instance`]s (weight, metadata, status, time
+//!   left), filter by metadata, prefer a zone, skip instances that callers
+//!   report failing ([`RegistryDiscovery::report_failure`]) and never pick
+//!   a draining one. Across a registry restart that lost its table they
+//!   keep the last list beside the new one while the registry recovers.
 
 #![warn(missing_docs)]
 
@@ -114,8 +119,8 @@ mod server;
 pub use client::CallOptions;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use discovery::{
-    Discovery, MultiServersDiscovery, RegistryDiscovery, RegistryDiscoveryBuilder, SelectMode,
-    hash_key, list_json, list_json_with,
+    Discovery, Instance, MultiServersDiscovery, RegistryDiscovery, RegistryDiscoveryBuilder,
+    SelectMode, hash_key,
 };
 pub use error::{Error, Result};
 #[cfg(feature = "etcd")]

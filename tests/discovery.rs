@@ -101,11 +101,104 @@ fn never_fetched_and_unreachable_is_an_error() {
     assert!(matches!(e, Error::Unreachable { .. }), "{e}");
 }
 
+#[test]
+fn every_pick_of_a_discovery_that_never_reached_its_registry_is_unreachable() {
+    let s = RegistryServer::start_local().unwrap();
+    let url = s.url().to_string();
+    s.shutdown().unwrap();
+    let d = RegistryDiscovery::builder(&url)
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    // The first call fails and schedules a retry; the calls before it is
+    // due must not read as an empty registry.
+    for call in 0..5 {
+        let e = d.get(SelectMode::Random).unwrap_err();
+        assert!(matches!(e, Error::Unreachable { .. }), "call {call}: {e}");
+        let cause = std::error::Error::source(&e).expect("the transport error");
+        assert!(!cause.to_string().is_empty(), "call {call}");
+        let e = d.get_all().unwrap_err();
+        assert!(matches!(e, Error::Unreachable { .. }), "call {call}: {e}");
+    }
+    // The same in watch mode, where the watching thread makes the attempts.
+    let w = RegistryDiscovery::builder(&url)
+        .timeout(Duration::from_millis(300))
+        .watch(true)
+        .build()
+        .unwrap();
+    for call in 0..5 {
+        let e = w.get(SelectMode::RoundRobin).unwrap_err();
+        assert!(
+            matches!(e, Error::Unreachable { .. }),
+            "watch call {call}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_registry_url_without_a_scheme_fails_at_build() {
+    for url in [
+        "127.0.0.1:9999/myRPC/registry",
+        "localhost:9999",
+        "ftp://h/p",
+        "",
+    ] {
+        let e = RegistryDiscovery::builder(url).build().unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig { .. }), "{url}: {e}");
+        assert!(e.to_string().contains("http://"), "{e}");
+    }
+    let e = RegistryDiscovery::builder("http://127.0.0.1:1/p")
+        .also("127.0.0.1:2/p")
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig { .. }), "{e}");
+    for url in ["http://127.0.0.1:1/p", "HTTPS://h/p"] {
+        assert!(RegistryDiscovery::builder(url).build().is_ok(), "{url}");
+    }
+}
+
+#[test]
+fn age_in_watch_mode_is_reset_by_an_unchanged_long_poll_answer() {
+    let s = registry_on("127.0.0.1:0");
+    crate::common::put_for_a_minute(s.registry(), "", "tcp@a:1");
+    let d = RegistryDiscovery::builder(s.url())
+        .refresh_period(Duration::from_secs(3600))
+        .watch(true)
+        .watch_wait(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    assert_eq!(d.get_all().unwrap(), ["tcp@a:1"]);
+    let first = std::time::Instant::now();
+    // Nothing changes; the long-polls end unchanged every 200 ms, and each
+    // one confirms the list.
+    crate::common::wait_until(
+        "an unchanged answer to confirm the list",
+        Duration::from_secs(5),
+        || {
+            let confirmed = std::time::Instant::now() - d.age().unwrap();
+            confirmed > first + Duration::from_millis(300)
+        },
+    );
+    assert_eq!(d.index(), Some(s.registry().listing("").index()));
+}
+
 fn registry_on(addr: &str) -> RegistryServer {
     RegistryServer::builder()
         .addr(addr)
         .ttl(Duration::from_millis(600))
         .min_ttl(Duration::from_millis(50))
+        .threads(2)
+        .start()
+        .unwrap()
+}
+
+/// A registry that, restarted, recovers within a second: its longest TTL.
+fn restartable_on(addr: &str) -> RegistryServer {
+    RegistryServer::builder()
+        .addr(addr)
+        .ttl(Duration::from_millis(600))
+        .min_ttl(Duration::from_millis(50))
+        .max_ttl(Duration::from_secs(1))
         .threads(2)
         .start()
         .unwrap()
@@ -128,18 +221,23 @@ fn picks_up_the_new_list_when_the_registry_is_back() {
         "tcp@old:1",
         "stale on error"
     );
-    let back = registry_on(&addr);
-    back.registry().put("", "tcp@new:1").unwrap();
+    // Back empty: the new server's list replaces the old one once the
+    // registry has recovered (a second, its longest TTL).
+    let back = restartable_on(&addr);
+    let hb = regcenter::Heartbeat::builder(back.url(), "tcp@new:1")
+        .start()
+        .unwrap();
     crate::common::wait_until("the new list", Duration::from_secs(5), || {
         d.get_all().unwrap() == ["tcp@new:1"]
     });
     assert!(d.age().unwrap() < Duration::from_secs(1));
+    hb.stop().unwrap();
 }
 
 #[test]
 fn an_empty_restarted_registry_does_not_wipe_the_list_before_a_ttl() {
     use regcenter::Heartbeat;
-    let s = registry_on("127.0.0.1:0");
+    let s = restartable_on("127.0.0.1:0");
     let addr = s.local_addr().to_string();
     // Move the index well past what a fresh registry will report.
     for i in 0..20 {
@@ -153,7 +251,7 @@ fn an_empty_restarted_registry_does_not_wipe_the_list_before_a_ttl() {
         .unwrap();
     assert_eq!(d.get_all().unwrap(), ["tcp@kept:1"]);
     s.shutdown().unwrap();
-    let restarted = registry_on(&addr);
+    let restarted = restartable_on(&addr);
     // The restarted registry answers empty with a smaller index: the list
     // is kept, not emptied.
     let t = std::time::Instant::now();
@@ -171,11 +269,12 @@ fn an_empty_restarted_registry_does_not_wipe_the_list_before_a_ttl() {
         "emptied {:?} after the restart",
         t.elapsed()
     );
-    // A heartbeat refills the registry meanwhile: its list replaces the old.
+    // A heartbeat refills the registry meanwhile: its server is served
+    // beside the old list while the registry recovers, then alone.
     let hb = Heartbeat::builder(restarted.url(), "tcp@fresh:1")
         .start()
         .unwrap();
-    crate::common::wait_until("the refilled list", Duration::from_secs(2), || {
+    crate::common::wait_until("the refilled list", Duration::from_secs(5), || {
         d.get_all().unwrap() == ["tcp@fresh:1"]
     });
     hb.stop().unwrap();
@@ -183,7 +282,7 @@ fn an_empty_restarted_registry_does_not_wipe_the_list_before_a_ttl() {
 
 #[test]
 fn the_guard_lets_an_empty_list_through_after_a_ttl() {
-    let s = registry_on("127.0.0.1:0");
+    let s = restartable_on("127.0.0.1:0");
     let addr = s.local_addr().to_string();
     for i in 0..20 {
         s.registry().put("", &format!("tcp@churn:1{i}")).unwrap();
@@ -196,7 +295,7 @@ fn the_guard_lets_an_empty_list_through_after_a_ttl() {
         .unwrap();
     assert_eq!(d.get_all().unwrap(), ["tcp@gone:1"]);
     s.shutdown().unwrap();
-    let _restarted = registry_on(&addr);
+    let _restarted = restartable_on(&addr);
     let t = std::time::Instant::now();
     crate::common::wait_until(
         "the empty list after one TTL",

@@ -13,10 +13,13 @@ mod etcd;
 mod hardening;
 mod heartbeat;
 mod hostile;
+mod instances;
+mod json_standin;
 mod logs;
 mod metrics;
 mod operations;
 mod prometheus;
+mod recovery;
 mod server;
 mod status;
 #[cfg(feature = "tls")]

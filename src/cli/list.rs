@@ -21,16 +21,29 @@ const JSON: Flag = Flag::switch(
 );
 
 fn run(a: Args) -> Result<(), Failure> {
-    if a.switch(&JSON) {
-        let options = a.call_options()?;
-        return out(&regcenter::list_json_with(
-            a.registry(),
-            a.service(),
-            &options,
-        )?);
-    }
     let d = a.discovery(false)?;
     d.refresh()?;
+    if a.switch(&JSON) {
+        let servers: Vec<serde_json::Value> = d
+            .instances()?
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "addr": i.addr(),
+                    "weight": i.weight(),
+                    "meta": i.meta(),
+                    "status": i.status().as_str(),
+                    "expires_in_ms": i.expires_in().map(|t| t.as_millis() as u64),
+                })
+            })
+            .collect();
+        let listing = serde_json::json!({
+            "service": a.service(),
+            "index": d.index(),
+            "servers": servers,
+        });
+        return out(&format!("{listing}\n"));
+    }
     let servers = d.get_all()?;
     // No index and no server: the seed's registry with an empty service,
     // or no registry at all (a status page, a proxy's 200); only the seed

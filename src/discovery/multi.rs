@@ -3,7 +3,7 @@
 
 use parking_lot::Mutex;
 
-use super::{Discovery, Picker, SelectMode, validate_all};
+use super::{Discovery, Instance, Picker, SelectMode, validate_all};
 use crate::error::Result;
 
 /// A discovery over a fixed list that only changes through
@@ -46,8 +46,9 @@ impl Discovery for MultiServersDiscovery {
 
     fn update(&self, servers: Vec<String>) -> Result<()> {
         validate_all(&servers)?;
-        let weights = vec![1; servers.len()];
-        self.picker.lock().set(servers, weights);
+        self.picker
+            .lock()
+            .set(servers.into_iter().map(Instance::new).collect());
         Ok(())
     }
 
@@ -56,7 +57,20 @@ impl Discovery for MultiServersDiscovery {
     }
 
     fn get_all(&self) -> Result<Vec<String>> {
-        Ok(self.picker.lock().servers.clone())
+        Ok(self.picker.lock().pickable_addrs())
+    }
+
+    fn instances(&self) -> Result<Vec<Instance>> {
+        Ok(self.picker.lock().instances())
+    }
+
+    fn get_instance(&self, mode: SelectMode) -> Result<Instance> {
+        self.picker
+            .lock()
+            .try_pick_instance(mode)
+            .ok_or_else(|| crate::Error::NoServers {
+                source: "fixed list".into(),
+            })
     }
 }
 

@@ -2,6 +2,7 @@
 //! from etcd, feature `etcd`), kept fresh by a period or a long-poll, and
 //! served stale while the source cannot be reached.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
@@ -9,11 +10,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Discovery, Picker, SelectMode, validate_all};
+use super::outlier::DEFAULT_EJECT_AFTER;
+use super::{Discovery, Instance, Picker, SelectMode, validate_all};
 use crate::client::{self, CallOptions, DEFAULT_CALL_TIMEOUT, Reply, Verb};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::protocol::{HEADER_INDEX, HEADER_SERVERS, service_url, split_servers};
+use crate::protocol::{
+    HEADER_INDEX, HEADER_RECOVERING, HEADER_SERVERS, Status, encode_meta, service_url,
+    split_servers,
+};
 use crate::rand::jitter;
 
 /// Default time a fetched list is used before the next fetch.
@@ -22,8 +27,8 @@ pub const DEFAULT_REFRESH_PERIOD: Duration = Duration::from_secs(10);
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// Longest wait between two watch attempts while the registry is down.
 const MAX_WATCH_RETRY: Duration = Duration::from_secs(5);
-/// How long an empty answer after a registry restart is distrusted when the
-/// entries' TTL is unknown: the seed's default TTL.
+/// How long a registry that restarted without saying so is taken to be
+/// recovering when the entries' TTL is unknown: the seed's default TTL.
 const DEFAULT_HOLD: Duration = Duration::from_secs(5);
 
 /// Builds a [`RegistryDiscovery`].
@@ -37,6 +42,9 @@ pub struct RegistryDiscoveryBuilder {
     watch: bool,
     wait: Duration,
     token: Option<String>,
+    filters: Vec<(String, String)>,
+    prefer: Vec<(String, String)>,
+    eject_after: u32,
     #[cfg(feature = "etcd")]
     etcd: Option<String>,
     #[cfg(feature = "tls")]
@@ -114,18 +122,128 @@ impl RegistryDiscoveryBuilder {
         self
     }
 
+    /// Discovers only the instances whose metadata has `key` = `value`;
+    /// called again, adds a condition that must hold as well.
+    ///
+    /// The conditions go to the registry as `meta.KEY=VALUE` query
+    /// parameters (percent-encoded) on every fetch and long-poll, so a
+    /// registry that filters sends only what matches and wakes a watch only
+    /// when the filtered list changes. They are also applied to every
+    /// answer, so a registry that ignores them (an older one) is filtered
+    /// all the same; a registry that sends no metadata at all (the seed's)
+    /// then lists nothing that matches. Lists set by hand with
+    /// [`update`](Discovery::update) are not filtered. Defaults to none.
+    ///
+    /// ```
+    /// use regcenter::{Discovery, PutOptions, RegistryDiscovery, RegistryServer};
+    ///
+    /// let server = RegistryServer::start_local()?;
+    /// let reg = server.registry();
+    /// reg.put_with("arith", "tcp@127.0.0.1:7001", &PutOptions::new().meta("zone", "eu"))?;
+    /// reg.put_with("arith", "tcp@127.0.0.1:7002", &PutOptions::new().meta("zone", "us"))?;
+    /// let d = RegistryDiscovery::builder(server.url())
+    ///     .service("arith")
+    ///     .filter("zone", "eu")
+    ///     .build()?;
+    /// assert_eq!(d.get_all()?, ["tcp@127.0.0.1:7001"]);
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
+    pub fn filter(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.filters.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sends picks to the instances whose metadata has `key` = `value`
+    /// (such as the caller's own zone) while any of them takes work (up,
+    /// not ejected), and to the others only when none does; called again,
+    /// adds a condition that preferred instances must meet as well.
+    ///
+    /// It holds for every [`SelectMode`] and needs no second fetch: the
+    /// whole list is fetched, and the preferred part chosen from it when
+    /// it changes. [`get_all`](Discovery::get_all) and
+    /// [`instances`](Discovery::instances) still list every instance.
+    /// Defaults to none.
+    ///
+    /// ```
+    /// use regcenter::{Discovery, PutOptions, RegistryDiscovery, RegistryServer, SelectMode};
+    ///
+    /// let server = RegistryServer::start_local()?;
+    /// let reg = server.registry();
+    /// reg.put_with("arith", "tcp@127.0.0.1:7001", &PutOptions::new().meta("zone", "eu"))?;
+    /// reg.put_with("arith", "tcp@127.0.0.1:7002", &PutOptions::new().meta("zone", "us"))?;
+    /// let d = RegistryDiscovery::builder(server.url())
+    ///     .service("arith")
+    ///     .prefer("zone", "eu")
+    ///     .build()?;
+    /// for _ in 0..4 {
+    ///     assert_eq!(d.get(SelectMode::RoundRobin)?, "tcp@127.0.0.1:7001");
+    /// }
+    /// assert_eq!(d.get_all()?.len(), 2);
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
+    pub fn prefer(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.prefer.push((key.into(), value.into()));
+        self
+    }
+
+    /// How many failures in a row, reported with
+    /// [`RegistryDiscovery::report_failure`], eject an instance from picks
+    /// for a while; 0 turns ejection off. Defaults to 3.
+    ///
+    /// ```
+    /// use regcenter::RegistryDiscovery;
+    ///
+    /// let d = RegistryDiscovery::builder("http://127.0.0.1:9999/myRPC/registry")
+    ///     .eject_after(5)
+    ///     .build()?;
+    /// # drop(d);
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
+    pub fn eject_after(mut self, failures: u32) -> Self {
+        self.eject_after = failures;
+        self
+    }
+
     /// Builds the discovery; nothing is fetched until it is first used (in
     /// watch mode, the watching thread starts fetching at once).
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidService`], [`Error::InvalidConfig`] (zero timeout or
-    /// wait), [`Error::Io`] when the watch thread cannot be spawned.
+    /// [`Error::InvalidService`], [`Error::InvalidConfig`] (a registry URL
+    /// that does not start with `http://` or `https://`, zero timeout or
+    /// wait, a filter or preference with an empty key), [`Error::Io`] when
+    /// the watch thread cannot be spawned.
     pub fn build(self) -> Result<RegistryDiscovery> {
         #[cfg(feature = "tls")]
         let trust = client::Trust::from_ca_file(self.ca_file.as_deref())?;
         #[cfg(not(feature = "tls"))]
         let trust = client::Trust::default();
+        #[cfg(feature = "etcd")]
+        let from_registry = self.etcd.is_none();
+        #[cfg(not(feature = "etcd"))]
+        let from_registry = true;
+        if from_registry {
+            for r in &self.registries {
+                check_scheme(r)?;
+            }
+        }
+        if self.filters.iter().any(|(k, _)| k.is_empty()) {
+            return Err(Error::config(
+                "filter",
+                "a key is empty; e.g. filter(\"zone\", \"eu\")",
+            ));
+        }
+        if self.prefer.iter().any(|(k, _)| k.is_empty()) {
+            return Err(Error::config(
+                "prefer",
+                "a key is empty; e.g. prefer(\"zone\", \"eu\")",
+            ));
+        }
+        let query: String = self
+            .filters
+            .iter()
+            .map(|(k, v)| format!("&{}", encode_meta(&[(format!("meta.{k}"), v.clone())])))
+            .collect();
         #[cfg(feature = "etcd")]
         let etcd = match &self.etcd {
             Some(prefix) => Some(crate::etcd::EtcdSource::new(
@@ -172,18 +290,28 @@ impl RegistryDiscoveryBuilder {
             period: self.period,
             wait: self.wait,
             auth: client::bearer(self.token.as_deref()),
+            query,
+            filters: self.filters,
             #[cfg(feature = "etcd")]
             etcd,
             state: Mutex::new(State {
-                picker: Picker::new(Vec::new()),
+                picker: Picker::with(
+                    self.prefer,
+                    self.eject_after,
+                    Arc::new(SystemClock),
+                    Vec::new(),
+                ),
                 fetched: None,
                 next_attempt: None,
                 retry: FIRST_RETRY,
                 failing: false,
+                last_error: None,
                 index: None,
                 ttl_hint: None,
-                hold_until: None,
-                held_empty: false,
+                latest: Vec::new(),
+                carried: Vec::new(),
+                relisted: HashSet::new(),
+                recovery: Recovery::Off,
             }),
             fetching: Mutex::new(()),
             stop: AtomicBool::new(false),
@@ -214,19 +342,36 @@ impl RegistryDiscoveryBuilder {
 /// - Stale on error: when a fetch fails the last good list is kept and
 ///   served (logged once per outage), and the fetch is retried with jittered
 ///   backoff; [`age`](RegistryDiscovery::age) says how stale it is. `get`
-///   fails only while no list was ever fetched, or the list is empty.
+///   fails while no list was ever fetched (with the error of the last
+///   attempt, such as [`Error::Unreachable`], on every call until one
+///   succeeds), or when no instance takes work ([`Error::NoServers`]).
 /// - Fallbacks: registries added with
 ///   [`also`](RegistryDiscoveryBuilder::also) are tried in turn.
-/// - Empty-list guard: an empty answer from a registry whose index went
-///   backwards (it restarted and lost its table) does not wipe a non-empty
-///   list at once; the old list is served until one TTL has passed or the
-///   registry lists servers again.
+/// - No pile-up after a registry restart: while the registry says it is
+///   recovering (it started without a snapshot and servers may still be
+///   re-registering: `X-Myrpc-Recovering: true`, or `"recovering": true`
+///   in JSON), the list in use is the registry's list together with the
+///   entries of the last list from before the restart, so that the first
+///   servers to re-register do not take every client's load. An old entry
+///   is dropped when the restarted registry has listed it and then stops
+///   listing it (it was deregistered or expired there: a DELETE itself is
+///   not visible to clients), or when recovery ends without it. A registry
+///   that says nothing of recovery (an older one) is taken to be recovering
+///   for one TTL (the longest time left of the last list's entries, 5 s
+///   when unknown) after its index went backwards: an empty answer then
+///   does not wipe the list (the empty-list guard of earlier versions).
+/// - Filters, preference and failure feedback:
+///   [`filter`](RegistryDiscoveryBuilder::filter),
+///   [`prefer`](RegistryDiscoveryBuilder::prefer),
+///   [`report_failure`](RegistryDiscovery::report_failure).
 /// - Watch mode: a thread keeps a long-poll open; stopping or dropping the
 ///   discovery ends it at once.
 ///
-/// It asks for `?format=json` (addresses with weights); an answer without
-/// `X-Myrpc-Index` comes from a registry that speaks only the seed's
-/// protocol (the Go original) and is read from `X-Myrpc-Servers` instead.
+/// It asks for `?format=json` (addresses with weights, metadata and
+/// status; a missing status reads as up, a missing weight as 1); an answer
+/// without `X-Myrpc-Index` comes from a registry that speaks only the
+/// seed's protocol (the Go original) and is read from `X-Myrpc-Servers`
+/// instead.
 pub struct RegistryDiscovery {
     shared: Arc<Shared>,
     watcher: Option<JoinHandle<()>>,
@@ -242,6 +387,10 @@ struct Shared {
     period: Duration,
     wait: Duration,
     auth: Option<(&'static str, String)>,
+    /// The filters as query parameters: `&meta.k=v…`, encoded once.
+    query: String,
+    /// The filters, applied to every answer as well.
+    filters: Vec<(String, String)>,
     #[cfg(feature = "etcd")]
     etcd: Option<crate::etcd::EtcdSource>,
     state: Mutex<State>,
@@ -256,18 +405,41 @@ struct Shared {
 
 struct State {
     picker: Picker,
+    /// When the registry last confirmed the list (any successful answer,
+    /// an unchanged long-poll answer included).
     fetched: Option<Instant>,
     next_attempt: Option<Instant>,
     retry: Duration,
     failing: bool,
+    /// The last fetch's error while no fetch ever succeeded, answered by
+    /// every pick until one does (its cause shared, see [`again`]).
+    last_error: Option<Error>,
     /// The registry's index at the last answer.
     index: Option<u64>,
     /// The longest remaining TTL seen in the last non-empty answer.
     ttl_hint: Option<Duration>,
-    /// While set, empty answers after a registry restart are not trusted.
-    hold_until: Option<Instant>,
-    /// The registry's last answer was empty but held back by the guard.
-    held_empty: bool,
+    /// The registry's last list, filtered.
+    latest: Vec<Instance>,
+    /// While it recovers: the entries from before its restart that it has
+    /// not listed since, served beside `latest`.
+    carried: Vec<Instance>,
+    /// While it recovers: every address it has listed since its restart.
+    relisted: HashSet<String>,
+    recovery: Recovery,
+}
+
+/// Whether the registry is refilling after a restart that lost its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    Off,
+    /// The registry says so, and the discovery believes it until it says
+    /// otherwise.
+    Reported,
+    /// The registry said nothing, but its index went backwards: taken to
+    /// be recovering until then.
+    Inferred {
+        until: Instant,
+    },
 }
 
 impl State {
@@ -277,23 +449,42 @@ impl State {
         self.next_attempt.is_none_or(|t| SystemClock.now() >= t)
     }
 
-    /// Lets a held-back empty answer through once its hold has passed, even
-    /// when no fetch is due (a watch may be parked for long).
+    /// Ends a recovery that was only inferred once its time has passed,
+    /// even when no fetch is due (a watch may be parked for long).
     fn release_hold(&mut self) {
-        if self.held_empty && self.hold_until.is_some_and(|t| Instant::now() >= t) {
-            self.hold_until = None;
-            self.held_empty = false;
-            self.picker.set(Vec::new(), Vec::new());
+        if let Recovery::Inferred { until } = self.recovery
+            && SystemClock.now() >= until
+        {
+            self.end_recovery();
+        }
+    }
+
+    fn end_recovery(&mut self) {
+        if self.recovery != Recovery::Off {
+            log::info!("discovery: the registry has recovered; serving its list alone");
+        }
+        self.recovery = Recovery::Off;
+        self.carried.clear();
+        self.relisted.clear();
+        let list = self.latest.clone();
+        self.picker.set(list);
+    }
+
+    /// The error of the last attempt while none ever succeeded.
+    fn never_fetched(&self) -> Result<()> {
+        match (&self.fetched, &self.last_error) {
+            (None, Some(e)) => Err(again(e)),
+            _ => Ok(()),
         }
     }
 }
 
-/// One answer: the servers with their weights, and the index if any.
+/// One answer: the instances, the index if any, and whether the registry
+/// says it is recovering (`None`: it does not say).
 pub(crate) struct Fetched {
-    pub(crate) servers: Vec<String>,
-    pub(crate) weights: Vec<u32>,
+    pub(crate) instances: Vec<Instance>,
     pub(crate) index: Option<u64>,
-    pub(crate) ttl_hint: Option<Duration>,
+    pub(crate) recovering: Option<bool>,
 }
 
 impl RegistryDiscovery {
@@ -316,6 +507,9 @@ impl RegistryDiscovery {
             watch: false,
             wait: Duration::from_secs(30),
             token: None,
+            filters: Vec::new(),
+            prefer: Vec::new(),
+            eject_after: DEFAULT_EJECT_AFTER,
             #[cfg(feature = "etcd")]
             etcd: None,
             #[cfg(feature = "tls")]
@@ -337,10 +531,70 @@ impl RegistryDiscovery {
         &self.shared.urls[self.shared.current.load(Ordering::Relaxed) % self.shared.urls.len()]
     }
 
-    /// Time since the list was last fetched successfully, `None` before the
-    /// first success: how stale the servers `get` picks from may be.
+    /// Time since the registry last confirmed the list, `None` before the
+    /// first success: how stale the servers `get` picks from may be. Any
+    /// answer confirms it, in watch mode a long-poll that ends unchanged
+    /// too; a list set by [`update`](Discovery::update) counts as fresh.
     pub fn age(&self) -> Option<Duration> {
         self.shared.state.lock().fetched.map(|t| t.elapsed())
+    }
+
+    /// Reports that a call to `addr` failed. After
+    /// [`eject_after`](RegistryDiscoveryBuilder::eject_after) failures in a
+    /// row (3 by default) picks skip it for a while: 1 s, then twice as
+    /// long at each ejection that follows, at most 30 s.
+    ///
+    /// Never more than half of the listed instances are out at once (as
+    /// Envoy's `max_ejection_percent` 50), so one instance alone is never
+    /// ejected. Failures reported while it is out do not count (calls that
+    /// started before). A success, or the instance registering again (it
+    /// leaves the list and comes back, or comes back with another weight,
+    /// metadata or status), clears its record and ends an ejection.
+    /// An address not in the list is ignored.
+    /// [`Instance::is_ejected`] shows who is out.
+    ///
+    /// ```
+    /// use regcenter::{Discovery, RegistryDiscovery, RegistryServer, SelectMode};
+    ///
+    /// let server = RegistryServer::start_local()?;
+    /// for a in ["tcp@127.0.0.1:7001", "tcp@127.0.0.1:7002"] {
+    ///     server.registry().put("", a)?;
+    /// }
+    /// let d = RegistryDiscovery::new(server.url())?;
+    /// let addr = d.get(SelectMode::RoundRobin)?;
+    /// for _ in 0..3 {
+    ///     d.report_failure(&addr); // three calls to it failed
+    /// }
+    /// let out: Vec<String> = d.instances()?.iter()
+    ///     .filter(|i| i.is_ejected())
+    ///     .map(|i| i.addr().to_string())
+    ///     .collect();
+    /// assert_eq!(out, [addr.clone()]);
+    /// assert_ne!(d.get(SelectMode::RoundRobin)?, addr);
+    /// d.report_success(&addr);
+    /// assert_eq!(d.get_all()?.len(), 2);
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
+    pub fn report_failure(&self, addr: &str) {
+        self.shared.state.lock().picker.report_failure(addr);
+    }
+
+    /// Reports that a call to `addr` succeeded: its failures in a row and
+    /// its back-off start again, and an ejection in force ends. See
+    /// [`report_failure`](RegistryDiscovery::report_failure).
+    ///
+    /// ```
+    /// use regcenter::{Discovery, RegistryDiscovery, RegistryServer};
+    ///
+    /// let server = RegistryServer::start_local()?;
+    /// server.registry().put("", "tcp@127.0.0.1:7001")?;
+    /// let d = RegistryDiscovery::new(server.url())?;
+    /// d.report_success("tcp@127.0.0.1:7001");
+    /// assert!(!d.instances()?[0].is_ejected());
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
+    pub fn report_success(&self, addr: &str) {
+        self.shared.state.lock().picker.report_success(addr);
     }
 
     /// The registry index of the list in use, if the registry reports one.
@@ -450,12 +704,18 @@ impl Shared {
             let i = (first + k) % n;
             let url = &self.urls[i];
             let auth: Vec<(&str, &str)> = self.auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let query = &self.query;
             let result = match watch {
-                None => client::call(&self.agent, Verb::Get, &format!("{url}?format=json"), &auth),
+                None => client::call(
+                    &self.agent,
+                    Verb::Get,
+                    &format!("{url}?format=json{query}"),
+                    &auth,
+                ),
                 Some(index) => client::long_poll(
                     &self.watch_agent,
                     &format!(
-                        "{url}?format=json&index={index}&wait={}ms",
+                        "{url}?format=json{query}&index={index}&wait={}ms",
                         self.wait.as_millis()
                     ),
                     &auth,
@@ -485,7 +745,8 @@ impl Shared {
         let now = Instant::now();
         let mut st = self.state.lock();
         match result {
-            Ok(f) => {
+            Ok(mut f) => {
+                f.instances.retain(|i| i.matches(&self.filters));
                 if st.failing {
                     log::info!(
                         "discovery: {} answers again",
@@ -497,6 +758,7 @@ impl Shared {
                 st.next_attempt = Some(now + self.period);
                 st.retry = FIRST_RETRY;
                 st.failing = false;
+                st.last_error = None;
                 self.fetched.notify_all();
                 Ok(())
             }
@@ -507,6 +769,10 @@ impl Shared {
                 st.failing = true;
                 st.next_attempt = Some(now + jitter(st.retry, 0.5));
                 st.retry = (st.retry * 2).min(self.period.max(FIRST_RETRY));
+                let e = share(e);
+                if st.fetched.is_none() {
+                    st.last_error = Some(again(&e));
+                }
                 Err(e)
             }
         }
@@ -544,49 +810,155 @@ impl Shared {
     }
 }
 
-/// Stores an answer, unless it is an empty list from a registry that
-/// restarted empty while a non-empty list is in use (the empty-list guard).
+/// Stores an answer. While the registry recovers from a restart that lost
+/// its table, the entries from before it that it has not listed again are
+/// kept beside its list (see the type's docs).
 fn apply(st: &mut State, f: Fetched, now: Instant) {
+    st.release_hold();
     let went_back = matches!((f.index, st.index), (Some(new), Some(old)) if new < old);
-    if f.servers.is_empty() && !st.picker.servers.is_empty() {
-        if went_back && st.hold_until.is_none() {
-            let hold = st.ttl_hint.unwrap_or(DEFAULT_HOLD);
-            st.hold_until = Some(now + hold);
-            log::warn!(
-                "discovery: the registry restarted empty; keeping the last list for up to {hold:?}"
-            );
-        }
-        if st.hold_until.is_some_and(|t| now < t) {
-            st.index = f.index;
-            st.held_empty = true;
-            return;
-        }
-    }
-    st.hold_until = None;
-    st.held_empty = false;
-    if !f.servers.is_empty() {
-        st.ttl_hint = f.ttl_hint.or(st.ttl_hint);
-    }
     st.index = f.index;
-    st.picker.set(f.servers, f.weights);
+    let recovering = match f.recovering {
+        Some(said) => said,
+        // A registry that does not say: a smaller index means it restarted
+        // and lost its table. One that said so and no longer does (the
+        // header is only sent while true) has recovered.
+        None => went_back || matches!(st.recovery, Recovery::Inferred { .. }),
+    };
+    if !recovering {
+        if let Some(ttl) = ttl_of(&f.instances) {
+            st.ttl_hint = Some(ttl);
+        }
+        st.latest = f.instances;
+        st.end_recovery();
+        return;
+    }
+    if st.recovery == Recovery::Off {
+        st.carried = st.picker.list.clone();
+        st.relisted.clear();
+        st.recovery = match f.recovering {
+            Some(_) => Recovery::Reported,
+            None => Recovery::Inferred {
+                until: now + st.ttl_hint.unwrap_or(DEFAULT_HOLD),
+            },
+        };
+        log::warn!(
+            "discovery: the registry restarted without its table; serving the {} servers \
+             it listed before beside its new list while it recovers",
+            st.carried.len()
+        );
+    } else if f.recovering == Some(true) {
+        st.recovery = Recovery::Reported;
+    }
+    st.relisted
+        .extend(f.instances.iter().map(|i| i.addr().to_string()));
+    let relisted = &st.relisted;
+    st.carried.retain(|c| !relisted.contains(c.addr()));
+    st.latest = f.instances;
+    let mut list: Vec<Instance> = st.latest.iter().chain(&st.carried).cloned().collect();
+    list.sort_by(|a, b| a.addr().cmp(b.addr()));
+    st.picker.set(list);
+}
+
+/// The longest time left of the listed entries.
+fn ttl_of(list: &[Instance]) -> Option<Duration> {
+    list.iter().filter_map(Instance::expires_in).max()
+}
+
+/// Whether a registry URL names its scheme: without it, ureq would fail at
+/// the first call with an error that reads as the registry's.
+fn check_scheme(url: &str) -> Result<()> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Ok(());
+    }
+    Err(Error::config(
+        "registry URL",
+        format!(
+            "{url:?} does not start with http:// or https://; write e.g. http://127.0.0.1:9999/myRPC/registry"
+        ),
+    ))
+}
+
+/// A transport error's cause behind an `Arc`, so the error can be answered
+/// again by every pick while no fetch succeeds.
+#[derive(Debug, Clone)]
+struct SharedCause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// `e` with its cause made shareable (see [`again`]).
+fn share(e: Error) -> Error {
+    match e {
+        Error::Unreachable { url, source } if !source.is::<SharedCause>() => Error::Unreachable {
+            url,
+            source: Box::new(SharedCause(Arc::from(source))),
+        },
+        other => other,
+    }
+}
+
+/// A copy of an error a fetch returned, passed through [`share`].
+fn again(e: &Error) -> Error {
+    match e {
+        Error::Unreachable { url, source } => Error::Unreachable {
+            url: url.clone(),
+            source: match source.downcast_ref::<SharedCause>() {
+                Some(c) => Box::new(c.clone()),
+                None => source.to_string().into(),
+            },
+        },
+        Error::Status {
+            url,
+            status,
+            reason,
+        } => Error::Status {
+            url: url.clone(),
+            status: *status,
+            reason: reason.clone(),
+        },
+        Error::BadResponse { url, reason } => Error::BadResponse {
+            url: url.clone(),
+            reason: reason.clone(),
+        },
+        Error::InvalidConfig { setting, reason } => Error::InvalidConfig {
+            setting,
+            reason: reason.clone(),
+        },
+        other => Error::BadResponse {
+            url: String::new(),
+            reason: other.to_string(),
+        },
+    }
 }
 
 /// Reads a JSON listing, or the seed's header from a registry without
-/// `X-Myrpc-Index`.
+/// `X-Myrpc-Index`. Tolerant of older registries: a missing status reads
+/// as up, a missing weight as 1, a missing `recovering` as not said.
 fn parse(url: &str, r: &Reply) -> Result<Fetched> {
     let bad = |reason: String| Error::BadResponse {
         url: url.to_string(),
         reason,
     };
+    let header_recovering = r
+        .header(HEADER_RECOVERING)
+        .map(|v| v.trim().eq_ignore_ascii_case("true"));
     let Some(index) = r.header(HEADER_INDEX) else {
         let servers = split_servers(r.header(HEADER_SERVERS).unwrap_or(""));
         validate_all(&servers).map_err(|e| bad(format!("the listing holds an {e}")))?;
-        let weights = vec![1; servers.len()];
         return Ok(Fetched {
-            servers,
-            weights,
+            instances: servers.into_iter().map(Instance::new).collect(),
             index: None,
-            ttl_hint: None,
+            recovering: header_recovering,
         });
     };
     let index = index
@@ -597,55 +969,55 @@ fn parse(url: &str, r: &Reply) -> Result<Fetched> {
     let list = v["servers"]
         .as_array()
         .ok_or_else(|| bad("the JSON listing has no servers array".into()))?;
-    let mut servers = Vec::with_capacity(list.len());
-    let mut weights = Vec::with_capacity(list.len());
-    let mut ttl_hint: Option<Duration> = None;
+    let mut instances = Vec::with_capacity(list.len());
     for s in list {
         let addr = s["addr"]
             .as_str()
             .ok_or_else(|| bad("a server has no addr".into()))?;
-        servers.push(addr.to_string());
-        weights.push(
-            s["weight"]
-                .as_u64()
-                .map_or(1, |w| w.clamp(1, 10_000) as u32),
-        );
-        if let Some(ms) = s["expires_in_ms"].as_u64() {
-            ttl_hint = Some(ttl_hint.unwrap_or_default().max(Duration::from_millis(ms)));
+        crate::protocol::validate_addr(addr)
+            .map_err(|e| bad(format!("the listing holds an {e}")))?;
+        let mut i = Instance::new(addr.to_string());
+        i.weight = s["weight"]
+            .as_u64()
+            .map_or(1, |w| w.clamp(1, 10_000) as u32);
+        if let Some(meta) = s["meta"].as_object() {
+            i.meta = meta
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect();
         }
+        // A status this client does not know takes no new work from it.
+        i.status = match s["status"].as_str() {
+            None => Status::Up,
+            Some(st) => st.parse().unwrap_or(Status::Draining),
+        };
+        i.expires_in = s["expires_in_ms"].as_u64().map(Duration::from_millis);
+        instances.push(i);
     }
-    validate_all(&servers).map_err(|e| bad(format!("the listing holds an {e}")))?;
+    let recovering = match (header_recovering, v["recovering"].as_bool()) {
+        (None, None) => None,
+        (h, j) => Some(h.unwrap_or(false) || j.unwrap_or(false)),
+    };
     Ok(Fetched {
-        servers,
-        weights,
+        instances,
         index: Some(index),
-        ttl_hint,
+        recovering,
     })
 }
 
 /// The JSON listing of `service` at `registry_url`, as the registry sends it
-/// (`?format=json`), with the registry's bearer token if it protects reads.
+/// (`?format=json`), with the token and certificate authority of `options`.
 ///
 /// # Errors
 ///
-/// [`Error::InvalidService`], [`Error::Unreachable`], [`Error::Status`].
-pub fn list_json(registry_url: &str, service: &str, token: Option<&str>) -> Result<String> {
-    let mut options = CallOptions::new();
-    if let Some(t) = token {
-        options = options.token(t);
-    }
-    list_json_with(registry_url, service, &options)
-}
-
-/// [`list_json`] with [`CallOptions`]: a token, and with the `tls` feature
-/// the certificate authority of an `https://` registry.
-///
-/// # Errors
-///
-/// As [`list_json`], and [`Error::InvalidConfig`] for a CA file that cannot
-/// be read or holds no certificate, or an `https://` URL in a build without
-/// the `tls` feature.
-pub fn list_json_with(registry_url: &str, service: &str, options: &CallOptions) -> Result<String> {
+/// [`Error::InvalidService`], [`Error::Unreachable`], [`Error::Status`];
+/// [`Error::InvalidConfig`] for a CA file that cannot be read or holds no
+/// certificate, or an `https://` URL in a build without the `tls` feature.
+pub(crate) fn list_json_with(
+    registry_url: &str,
+    service: &str,
+    options: &CallOptions,
+) -> Result<String> {
     let url = service_url(registry_url, service)?;
     let agent = options.agent(&url)?;
     let auth = client::bearer(options.token.as_deref());
@@ -684,12 +1056,13 @@ impl Discovery for RegistryDiscovery {
     }
 
     /// Replaces the list until the next fetch, a refresh period from now.
+    /// The list is used as given: filters do not apply to it.
     fn update(&self, servers: Vec<String>) -> Result<()> {
         validate_all(&servers)?;
         let now = Instant::now();
         let mut st = self.shared.state.lock();
-        let weights = vec![1; servers.len()];
-        st.picker.set(servers, weights);
+        st.picker
+            .set(servers.into_iter().map(Instance::new).collect());
         st.fetched = Some(now);
         st.next_attempt = Some(now + self.shared.period);
         Ok(())
@@ -704,6 +1077,7 @@ impl Discovery for RegistryDiscovery {
             self.ensure_fresh()?;
             st = self.shared.state.lock();
         }
+        st.never_fetched()?;
         st.release_hold();
         // The URL is only formatted for the error: picks stay allocation-free
         // but for the address itself.
@@ -715,7 +1089,32 @@ impl Discovery for RegistryDiscovery {
     fn get_all(&self) -> Result<Vec<String>> {
         self.ensure_fresh()?;
         let mut st = self.shared.state.lock();
+        st.never_fetched()?;
         st.release_hold();
-        Ok(st.picker.servers.clone())
+        Ok(st.picker.pickable_addrs())
+    }
+
+    fn instances(&self) -> Result<Vec<Instance>> {
+        self.ensure_fresh()?;
+        let mut st = self.shared.state.lock();
+        st.never_fetched()?;
+        st.release_hold();
+        Ok(st.picker.instances())
+    }
+
+    fn get_instance(&self, mode: SelectMode) -> Result<Instance> {
+        let mut st = self.shared.state.lock();
+        if st.due() {
+            drop(st);
+            self.ensure_fresh()?;
+            st = self.shared.state.lock();
+        }
+        st.never_fetched()?;
+        st.release_hold();
+        st.picker
+            .try_pick_instance(mode)
+            .ok_or_else(|| Error::NoServers {
+                source: self.url().to_string(),
+            })
     }
 }
