@@ -5,6 +5,7 @@ mod common;
 mod auth;
 mod cli;
 mod discovery;
+mod drain;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod hardening;

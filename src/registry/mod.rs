@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub use entries::TTL_LIMIT;
-use entries::{Key, Stamp, Tick};
+use entries::{Key, Labels, Stamp, Tick};
 pub use options::{
     DEFAULT_TTL, Footprint, MAX_WEIGHT, PutOptions, PutOutcome, RegistryBuilder, RegistryStats,
 };
@@ -30,7 +30,7 @@ use table::{Details, Inner, Locked, Raw, Service, announce};
 pub use table::{EntryInfo, Listing};
 
 use crate::error::{Error, Result};
-use crate::protocol::validate_service;
+use crate::protocol::{Status, validate_service};
 
 /// foldhash with a random seed per map: about three times faster than
 /// SipHash on short keys, and still seeded against crafted collisions.
@@ -135,15 +135,16 @@ impl Registry {
             ttl: None,
             weight: 1,
             meta: BTreeMap::new(),
+            status: None,
         };
         self.put_with(service, addr, &DEFAULTS)
     }
 
     /// Registers `addr` under `service`, or renews it.
     ///
-    /// A renewal with the same weight and metadata only moves the deadline
-    /// and leaves the modify index alone, so watchers are not woken by
-    /// heartbeats.
+    /// A renewal with the same weight, metadata and status (or none asked:
+    /// see [`PutOptions::status`]) only moves the deadline and leaves the
+    /// modify index alone, so watchers are not woken by heartbeats.
     ///
     /// # Errors
     ///
@@ -156,13 +157,18 @@ impl Registry {
         let key = Key::checked(addr)?;
         opts.validate()?;
         let ttl = self.effective_ttl(opts.ttl);
+        let labels = Labels {
+            weight: opts.weight,
+            meta: &opts.meta,
+            status: opts.status,
+        };
         let now = self.inner.now();
         let mut locked = self.locked(now);
         let t = &mut *locked;
         if let Some(svc) = t.services.get_mut(service)
             && let Some(i) = svc.entries.find(&key)
         {
-            let (changed, queued) = svc.entries.renew(i, ttl, opts.weight, &opts.meta, now);
+            let (changed, queued) = svc.entries.renew(i, ttl, &labels, now);
             t.stats.renewals += 1;
             if changed {
                 t.counter += 1;
@@ -187,7 +193,7 @@ impl Registry {
         }
         t.stats.registrations += 1;
         let index = t.add(service, key, &self.inner.wake, |entries, key| {
-            entries.insert(key, ttl, opts.weight, &opts.meta, now)
+            entries.insert(key, ttl, &labels, now)
         });
         // Logged once the lock is released: a logger writes, and every
         // heartbeat would wait for it.
@@ -221,14 +227,19 @@ impl Registry {
         Ok(removed)
     }
 
-    /// The alive addresses of `service`, sorted by byte order.
+    /// The addresses of `service` a client may pick, sorted by byte order:
+    /// the alive entries that are up. Draining ones are left out, as they
+    /// are of the seed's `X-Myrpc-Servers` header and of text listings;
+    /// [`instances`](Registry::instances) and [`entries`](Registry::entries)
+    /// list them with their [`status`](EntryInfo::status).
     ///
     /// An invalid or unknown service has none.
     pub fn alive(&self, service: &str) -> Vec<String> {
         self.listing(service).addrs().to_vec()
     }
 
-    /// The rendered listing of `service`: cheap to call, shared until the
+    /// The rendered listing of `service`, the addresses
+    /// [`alive`](Registry::alive) lists: cheap to call, shared until the
     /// service changes.
     pub fn listing(&self, service: &str) -> Arc<Listing> {
         let now = self.inner.now();
@@ -239,7 +250,14 @@ impl Registry {
                     listing: Some(listing),
                     ..
                 }) => return listing.clone(),
-                Some(svc) => (svc.index, svc.entries.iter().map(|e| e.key()).collect()),
+                Some(svc) => (
+                    svc.index,
+                    svc.entries
+                        .iter()
+                        .filter(|e| e.status() == Status::Up)
+                        .map(|e| e.key())
+                        .collect(),
+                ),
                 // An absent service reports the registry-wide counter: it is
                 // at least the index the service had before it emptied out,
                 // so a client never sees its index go backwards.

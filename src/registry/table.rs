@@ -13,9 +13,11 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use super::entries::{Entries, Key, Stamp, Tick};
 use super::{RandomState, RegistryStats};
 use crate::clock::Clock;
+use crate::protocol::Status;
 
-/// A service's alive servers at one modify index, rendered once per change
-/// and shared by reference.
+/// A service's alive servers that take new work (draining ones are left
+/// out: this is what the seed's clients pick from) at one modify index,
+/// rendered once per change and shared by reference.
 #[derive(Debug)]
 pub struct Listing {
     index: u64,
@@ -46,7 +48,7 @@ impl Listing {
         self.index
     }
 
-    /// The alive addresses, sorted by byte order.
+    /// The alive addresses that are up, sorted by byte order.
     pub fn addrs(&self) -> &[String] {
         &self.addrs
     }
@@ -81,6 +83,10 @@ pub struct EntryInfo {
     pub expires_in: Option<Duration>,
     /// Time since the last register or renewal.
     pub since_beat: Duration,
+    /// Whether it takes new work; a draining entry is left out of
+    /// [`Registry::alive`](crate::Registry::alive) and of the seed's and
+    /// text listings.
+    pub status: Status,
 }
 
 /// What the clones of a [`Registry`](crate::Registry) share.
@@ -239,7 +245,7 @@ impl Service {
             labels: Vec::new(),
         };
         for (at, e) in self.entries.iter().enumerate() {
-            raw.rows.push((e.key(), e.weight()));
+            raw.rows.push((e.key(), e.weight(), e.status()));
             if !e.meta().is_empty() {
                 raw.labels.push((at, e.meta().clone()));
             }
@@ -251,7 +257,7 @@ impl Service {
 /// Addresses and weights in the table's order, and the labels of those
 /// that have any: copied out to build [`Details`] without the lock.
 pub(super) struct Raw {
-    rows: Vec<(Key<'static>, u32)>,
+    rows: Vec<(Key<'static>, u32, Status)>,
     labels: Vec<(usize, BTreeMap<String, String>)>,
 }
 
@@ -266,6 +272,7 @@ pub(super) struct DetailRow {
     pub(super) addr: String,
     pub(super) weight: u32,
     pub(super) meta: BTreeMap<String, String>,
+    pub(super) status: Status,
     /// Position in the table's iteration order, which only inserts and
     /// removals change, and those invalidate the details.
     pub(super) at: usize,
@@ -278,10 +285,11 @@ impl Details {
             .rows
             .into_iter()
             .enumerate()
-            .map(|(at, (key, weight))| DetailRow {
+            .map(|(at, (key, weight, status))| DetailRow {
                 addr: key.to_string(),
                 weight,
                 meta: BTreeMap::new(),
+                status,
                 at,
             })
             .collect();
@@ -314,6 +322,7 @@ impl Details {
                         .deadline()
                         .map(|d| Duration::from_nanos(d.saturating_sub(now))),
                     since_beat: Duration::from_nanos(now.saturating_sub(t.last_beat())),
+                    status: r.status,
                 }
             })
             .collect()

@@ -114,6 +114,49 @@ fn index_never_goes_backwards_when_a_service_empties() {
 }
 
 #[test]
+fn a_drain_is_sticky_a_change_and_left_out_of_alive() {
+    use crate::protocol::Status;
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    reg.put("svc", "a").unwrap();
+    reg.put("svc", "b").unwrap();
+    let i0 = reg.index("svc");
+    let drain = PutOptions::new().status(Status::Draining);
+    let drained = reg.put_with("svc", "a", &drain).unwrap();
+    assert!(
+        drained.changed && drained.index > i0,
+        "a status change is a change"
+    );
+    assert_eq!(reg.alive("svc"), ["b"]);
+    assert_eq!(reg.listing("svc").joined(), "b");
+    assert_eq!(reg.listing("svc").index(), drained.index);
+    // It renews as usual; neither a renewal without a status nor one with
+    // the same status is a change.
+    clock.advance(4 * S);
+    let renewed = reg.put("svc", "a").unwrap();
+    assert!(!renewed.changed);
+    assert!(!reg.put_with("svc", "a", &drain).unwrap().changed);
+    assert_eq!(reg.index("svc"), drained.index);
+    let (_, infos) = reg.instances("svc");
+    let seen: Vec<(&str, Status)> = infos.iter().map(|e| (e.addr.as_str(), e.status)).collect();
+    assert_eq!(seen, [("a", Status::Draining), ("b", Status::Up)]);
+    // And expires as usual: b at 5 s, a 5 s after its renewal at 4 s.
+    clock.advance(4 * S);
+    assert!(reg.alive("svc").is_empty());
+    assert_eq!(reg.instances("svc").1.len(), 1, "a is draining, not gone");
+    clock.advance(S);
+    assert!(reg.entries().is_empty());
+    // A new entry may start draining; `up` brings it back.
+    reg.put_with("svc", "a", &drain).unwrap();
+    assert!(reg.alive("svc").is_empty());
+    let up = reg
+        .put_with("svc", "a", &PutOptions::new().status(Status::Up))
+        .unwrap();
+    assert!(up.changed);
+    assert_eq!(reg.alive("svc"), ["a"]);
+}
+
+#[test]
 fn requested_ttl_is_clamped_to_the_bounds() {
     let clock = ManualClock::new();
     let reg = registry(&clock);

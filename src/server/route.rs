@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::protocol::{
-    HEADER_INDEX, HEADER_META, HEADER_SERVER, HEADER_SERVERS, HEADER_TTL, HEADER_WEIGHT,
-    MAX_HEADER_VALUE, format_duration, parse_duration, parse_meta, validate_service,
+    HEADER_INDEX, HEADER_META, HEADER_SERVER, HEADER_SERVERS, HEADER_STATUS, HEADER_TTL,
+    HEADER_WEIGHT, MAX_HEADER_VALUE, Status, format_duration, parse_duration, parse_meta,
+    validate_service,
 };
 use crate::registry::{Listing, PutOptions, Registry};
 
@@ -245,7 +246,7 @@ pub(crate) enum Format {
     Seed,
     /// One address per line in the body.
     Text,
-    /// `{"service", "index", "servers": [{addr, weight, meta, expires_in_ms}]}`.
+    /// `{"service", "index", "servers": [{addr, weight, status, meta, expires_in_ms}]}`.
     Json,
 }
 
@@ -354,7 +355,10 @@ pub(crate) fn render(reg: &Registry, service: &str, format: Format) -> Response 
             }
             body.push_str("{\"addr\":");
             json_str(&mut body, &e.addr);
-            body.push_str(&format!(",\"weight\":{},\"meta\":{{", e.weight));
+            body.push_str(&format!(
+                ",\"weight\":{},\"status\":\"{}\",\"meta\":{{",
+                e.weight, e.status
+            ));
             for (j, (k, v)) in e.meta.iter().enumerate() {
                 if j > 0 {
                     body.push(',');
@@ -456,6 +460,21 @@ fn put_options(req: &Request) -> Result<PutOptions, Response> {
             ));
         };
         opts = opts.weight(weight);
+    }
+    if let Some(status) = bounded_header(req, HEADER_STATUS)? {
+        // Exactly the wire names: anything else is refused rather than
+        // guessed at, since a drain that silently did not happen keeps
+        // traffic flowing to a server that is going away.
+        let Ok(status) = status.parse::<Status>() else {
+            return Err(Response::text(
+                400,
+                format!(
+                    "invalid {HEADER_STATUS} {:?}: use up or draining, or leave it out to keep the status in force",
+                    clip(status)
+                ),
+            ));
+        };
+        opts = opts.status(status);
     }
     if let Some(meta) = bounded_header(req, HEADER_META)? {
         for (k, v) in parse_meta(meta)
@@ -701,6 +720,21 @@ mod tests {
                 "/myRPC/registry",
                 vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Meta", "k=%zz")],
             ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Status", "sleeping")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Status", "Draining")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Status", "")],
+            ),
             (Method::Delete, "/myRPC/registry", vec![]),
             (
                 Method::Delete,
@@ -788,5 +822,69 @@ mod tests {
             &[("X-Myrpc-Server", "a")],
         );
         assert_eq!(r.status, 200, "renewals are still accepted");
+    }
+
+    fn post_status(reg: &Registry, addr: &str, status: Option<&str>) -> Response {
+        let mut h = vec![("X-Myrpc-Server", addr)];
+        if let Some(st) = status {
+            h.push(("X-Myrpc-Status", st));
+        }
+        call(reg, Method::Post, "/myRPC/registry/s", &h)
+    }
+
+    #[test]
+    fn a_draining_server_is_left_out_of_seed_and_text_listings_but_shown_in_json() {
+        let reg = Registry::new();
+        assert_eq!(post_status(&reg, "tcp@a", None).status, 200);
+        assert_eq!(post_status(&reg, "tcp@b", None).status, 200);
+        let before = reg.index("s");
+        let r = post_status(&reg, "tcp@a", Some("draining"));
+        assert_eq!(r.status, 200);
+        let drained = reg.index("s");
+        assert!(drained > before, "a status change is a change");
+        assert_eq!(r.header(HEADER_INDEX), Some(drained.to_string().as_str()));
+        let seed = call(&reg, Method::Get, "/myRPC/registry/s", &[]);
+        assert_eq!(seed.header(HEADER_SERVERS), Some("tcp@b"));
+        let text = call(&reg, Method::Get, "/myRPC/registry/s?format=text", &[]);
+        assert_eq!(body(&text), "tcp@b\n");
+        let json = call(&reg, Method::Get, "/myRPC/registry/s?format=json", &[]);
+        let v: serde_json::Value = serde_json::from_str(body(&json)).unwrap();
+        assert_eq!(v["servers"][0]["addr"], "tcp@a");
+        assert_eq!(v["servers"][0]["status"], "draining");
+        assert_eq!(v["servers"][1]["status"], "up");
+        assert_eq!(v["servers"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_status_is_sticky_across_posts_without_the_header() {
+        let reg = Registry::new();
+        post_status(&reg, "tcp@a", Some("draining"));
+        assert!(reg.alive("s").is_empty(), "a new entry may start draining");
+        let drained = reg.index("s");
+        assert_eq!(post_status(&reg, "tcp@a", None).status, 200);
+        assert_eq!(post_status(&reg, "tcp@a", Some("draining")).status, 200);
+        assert!(reg.alive("s").is_empty());
+        assert_eq!(reg.index("s"), drained, "renewals with the same status");
+        // A refused status changes nothing, not even the weight beside it.
+        let r = call(
+            &reg,
+            Method::Post,
+            "/myRPC/registry/s",
+            &[
+                ("X-Myrpc-Server", "tcp@a"),
+                ("X-Myrpc-Status", "UP"),
+                ("X-Myrpc-Weight", "9"),
+            ],
+        );
+        assert_eq!(r.status, 400);
+        assert!(body(&r).contains("X-Myrpc-Status"), "{}", body(&r));
+        assert_eq!(reg.entries()[0].weight, 1);
+        assert_eq!(reg.index("s"), drained);
+        assert_eq!(post_status(&reg, "tcp@a", Some("up")).status, 200);
+        assert_eq!(reg.alive("s"), ["tcp@a"]);
+        assert!(reg.index("s") > drained);
+        // A new registration without the header is up.
+        post_status(&reg, "tcp@b", None);
+        assert_eq!(reg.alive("s"), ["tcp@a", "tcp@b"]);
     }
 }
