@@ -8,6 +8,7 @@ mod discovery;
 mod drain;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod filters;
 mod hardening;
 mod heartbeat;
 mod hostile;

@@ -157,14 +157,16 @@ impl Registry {
         let key = Key::checked(addr)?;
         opts.validate()?;
         let ttl = self.effective_ttl(opts.ttl);
+        let now = self.inner.now();
+        let mut locked = self.locked(now);
+        let t = &mut *locked;
         let labels = Labels {
             weight: opts.weight,
             meta: &opts.meta,
             status: opts.status,
+            // The index a change would get: the counter moves by one below.
+            index: t.counter + 1,
         };
-        let now = self.inner.now();
-        let mut locked = self.locked(now);
-        let t = &mut *locked;
         if let Some(svc) = t.services.get_mut(service)
             && let Some(i) = svc.entries.find(&key)
         {
@@ -173,6 +175,7 @@ impl Registry {
             if changed {
                 t.counter += 1;
                 svc.index = t.counter;
+                svc.bury(t.counter, &mut t.retired);
                 t.retired.extend(svc.invalidate());
                 announce(&mut t.changed, &svc.name);
             }
@@ -192,8 +195,8 @@ impl Registry {
             });
         }
         t.stats.registrations += 1;
-        let index = t.add(service, key, &self.inner.wake, |entries, key| {
-            entries.insert(key, ttl, &labels, now)
+        let index = t.add(service, key, &self.inner.wake, |entries, key, index| {
+            entries.insert(key, ttl, &Labels { index, ..labels }, now)
         });
         // Logged once the lock is released: a logger writes, and every
         // heartbeat would wait for it.
@@ -369,6 +372,44 @@ impl Registry {
         };
         let details = self.settle_details(service, index, cached);
         (index, details.infos(service, &times, now))
+    }
+
+    /// The entries of `service` whose metadata holds every pair of `filter`
+    /// (exact matches; not empty), sorted by address, and the index of
+    /// that filtered listing: one consistent snapshot. The index moves only
+    /// when the filtered listing may have changed, never backwards (see
+    /// `table::Details::index_matching`).
+    pub(crate) fn matching(
+        &self,
+        service: &str,
+        filter: &[(String, String)],
+    ) -> (u64, Vec<EntryInfo>) {
+        let now = self.inner.now();
+        let (index, cached, times) = {
+            let t = self.locked(now);
+            let Some(svc) = t.services.get(service) else {
+                return (t.vanished, Vec::new());
+            };
+            (svc.index, svc.details(), svc.times())
+        };
+        let details = self.settle_details(service, index, cached);
+        let infos = details.infos_matching(service, &times, now, filter);
+        (details.index_matching(filter), infos)
+    }
+
+    /// The index of the filtered listing [`matching`](Registry::matching)
+    /// answers.
+    pub(crate) fn index_matching(&self, service: &str, filter: &[(String, String)]) -> u64 {
+        let now = self.inner.now();
+        let (index, cached) = {
+            let t = self.locked(now);
+            let Some(svc) = t.services.get(service) else {
+                return t.vanished;
+            };
+            (svc.index, svc.details())
+        };
+        self.settle_details(service, index, cached)
+            .index_matching(filter)
     }
 
     /// The details from the cache, or built from `raw` without the lock and

@@ -126,7 +126,7 @@ impl Registry {
             true => parsed.counter,
             false => parsed.counter.saturating_add(UNCLEAN_GAP),
         };
-        t.counter = t.counter.max(floor);
+        t.raise_counter(floor);
         let mut loaded = 0;
         for mut e in parsed.entries {
             e.left = e.left.map(|l| l.saturating_sub(down));
@@ -159,9 +159,10 @@ impl Registry {
                 weight: e.weight,
                 meta: &e.meta,
                 status: Some(e.status),
+                index: 0,
             };
-            t.add(&e.service, key, &self.inner.wake, |entries, key| {
-                entries.insert_restored(key, ttl, e.left, &labels, now)
+            t.add(&e.service, key, &self.inner.wake, |entries, key, index| {
+                entries.insert_restored(key, ttl, e.left, &Labels { index, ..labels }, now)
             });
             loaded += 1;
         }
@@ -176,7 +177,7 @@ impl Registry {
     fn restore_counter(&self, damaged: &[u8]) -> Option<u64> {
         let read = header_counter(damaged);
         let mut t = self.locked(self.inner.now());
-        t.counter = t.counter.max(read.unwrap_or(0).saturating_add(UNCLEAN_GAP));
+        t.raise_counter(read.unwrap_or(0).saturating_add(UNCLEAN_GAP));
         read
     }
 }

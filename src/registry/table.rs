@@ -4,7 +4,7 @@
 //! under one lock that [`Locked`] holds and releases before anything slow
 //! (freeing, logging, telling watchers).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -194,6 +194,11 @@ pub(super) struct Table {
     pub(super) expired: Vec<(Arc<str>, Key<'static>)>,
     /// Registry-wide modify counter (docs/PROTOCOL.md, "Modify index").
     pub(super) counter: u64,
+    /// The latest index at which a service emptied out and left the table
+    /// with what it knew of its filtered listings (or the counter a
+    /// restore started from): the index of every filtered listing of an
+    /// absent service, and where a new service's knowledge starts.
+    pub(super) vanished: u64,
     pub(super) entries: usize,
     /// Cloned into each service: one seed per registry.
     hasher: RandomState,
@@ -215,7 +220,19 @@ pub(super) struct Service {
     pub(super) listing: Option<Arc<Listing>>,
     /// Likewise, for readers of the details (JSON listings, status page).
     pub(super) details: Option<Arc<Details>>,
+    /// The labels of entries that left (removed, expired, or relabelled)
+    /// with the index at which they left, oldest first, at most
+    /// [`TOMBS`]: what a filtered listing needs to see an entry leave it.
+    pub(super) tombs: VecDeque<(u64, Arc<BTreeMap<String, String>>)>,
+    /// Departures at or below this index may be missing from `tombs`
+    /// (dropped past the cap, or from before the service was created).
+    pub(super) horizon: u64,
 }
+
+/// Most departures a service remembers for its filtered listings; beyond
+/// them a filtered long-poll from before the oldest is answered at once
+/// (early, never late).
+pub(super) const TOMBS: usize = 1024;
 
 impl Service {
     /// After a change of membership or labels; returns the old caches,
@@ -225,6 +242,32 @@ impl Service {
             return None; // nothing to free, nothing to allocate
         }
         Some(Box::new((self.listing.take(), self.details.take())))
+    }
+
+    /// Files the labels of entries that left at `index` as departures,
+    /// keeping the latest [`TOMBS`]; what is dropped goes to `retired`.
+    pub(super) fn bury(&mut self, index: u64, retired: &mut Vec<Box<dyn Send>>) {
+        let gone = self.entries.take_gone();
+        if gone.is_empty() {
+            return;
+        }
+        // A mass expiry can bring 100 000 at once: only the latest are
+        // kept, and the horizon passes the rest.
+        let skip = gone.len().saturating_sub(TOMBS);
+        let mut gone = gone.into_iter();
+        let dropped: Vec<BTreeMap<String, String>> = gone.by_ref().take(skip).collect();
+        if skip > 0 {
+            self.horizon = self.horizon.max(index);
+        }
+        self.tombs.extend(gone.map(|meta| (index, Arc::new(meta))));
+        let excess = self.tombs.len().saturating_sub(TOMBS);
+        let aged: Vec<(u64, Arc<BTreeMap<String, String>>)> = self.tombs.drain(..excess).collect();
+        if let Some((at, _)) = aged.last() {
+            self.horizon = self.horizon.max(*at);
+        }
+        if !dropped.is_empty() || !aged.is_empty() {
+            retired.push(Box::new((dropped, aged)));
+        }
     }
 
     /// What renewals move, for every entry in the table's order: one
@@ -243,9 +286,12 @@ impl Service {
         let mut raw = Raw {
             rows: Vec::with_capacity(self.entries.len()),
             labels: Vec::new(),
+            tombs: self.tombs.iter().cloned().collect(),
+            horizon: self.horizon,
         };
         for (at, e) in self.entries.iter().enumerate() {
-            raw.rows.push((e.key(), e.weight(), e.status()));
+            raw.rows
+                .push((e.key(), e.weight(), e.status(), e.changed()));
             if !e.meta().is_empty() {
                 raw.labels.push((at, e.meta().clone()));
             }
@@ -257,8 +303,10 @@ impl Service {
 /// Addresses and weights in the table's order, and the labels of those
 /// that have any: copied out to build [`Details`] without the lock.
 pub(super) struct Raw {
-    rows: Vec<(Key<'static>, u32, Status)>,
+    rows: Vec<(Key<'static>, u32, Status, u64)>,
     labels: Vec<(usize, BTreeMap<String, String>)>,
+    tombs: Vec<(u64, Arc<BTreeMap<String, String>>)>,
+    horizon: u64,
 }
 
 /// A service's entries sorted by address with what only changes with its
@@ -266,6 +314,9 @@ pub(super) struct Raw {
 /// the table lock for 60 ms when it was built per request.
 pub(super) struct Details {
     pub(super) rows: Vec<DetailRow>,
+    /// The service's departures and horizon, as `Service` holds them.
+    tombs: Vec<(u64, Arc<BTreeMap<String, String>>)>,
+    horizon: u64,
 }
 
 pub(super) struct DetailRow {
@@ -273,6 +324,8 @@ pub(super) struct DetailRow {
     pub(super) weight: u32,
     pub(super) meta: BTreeMap<String, String>,
     pub(super) status: Status,
+    /// The modify index of its registration or last change.
+    pub(super) changed: u64,
     /// Position in the table's iteration order, which only inserts and
     /// removals change, and those invalidate the details.
     pub(super) at: usize,
@@ -285,11 +338,12 @@ impl Details {
             .rows
             .into_iter()
             .enumerate()
-            .map(|(at, (key, weight, status))| DetailRow {
+            .map(|(at, (key, weight, status, changed))| DetailRow {
                 addr: key.to_string(),
                 weight,
                 meta: BTreeMap::new(),
                 status,
+                changed,
                 at,
             })
             .collect();
@@ -297,12 +351,71 @@ impl Details {
             rows[at].meta = meta;
         }
         rows.sort_unstable_by(|a, b| a.addr.cmp(&b.addr));
-        Details { rows }
+        Details {
+            rows,
+            tombs: raw.tombs,
+            horizon: raw.horizon,
+        }
+    }
+
+    /// The index of the listing of the entries whose labels hold every
+    /// pair of `filter` (not empty): the latest change it shows or could
+    /// have lost. A filtered long-poll parks while this is not past its
+    /// `index`, and answers it.
+    ///
+    /// Why this is correct: every change to the filtered listing after an
+    /// index N leaves a trace above N that this finds. An entry that came
+    /// into the listing, or changed in it (weight, labels, status), shows
+    /// its `changed` above N while it matches; one that left it (removed,
+    /// expired, relabelled out) left a departure with its old labels,
+    /// which match, at the index it left; a departure dropped past the
+    /// cap moved the `horizon` to at least its index; a service that
+    /// emptied out and came back starts from a `horizon` at the index it
+    /// vanished or later (`Table::vanished`). So a result not past N means
+    /// the listing is the one the client had at N, and parking cannot hide
+    /// a change; a result past N may be a departure of an entry that came
+    /// and went, or a dropped one, which answers the same list early, with
+    /// a new index: early, never stale. And the result never goes down:
+    /// `changed` only grows, an entry's departure is above its `changed`,
+    /// the horizon only grows and passes what it drops, and an absent
+    /// service reports `Table::vanished`, which is at least the last index
+    /// of every service that left; so the index a client sees never goes
+    /// backwards.
+    ///
+    /// Why not compare the filtered list itself at each wake-up: a long-poll
+    /// arrives with only an index, so telling whether the list changed
+    /// since that index needs what changed since then, which is this; and
+    /// a comparison would still have to answer a new index whenever the
+    /// service moved, waking watchers for other zones' changes.
+    pub(super) fn index_matching(&self, filter: &[(String, String)]) -> u64 {
+        let rows = self
+            .rows
+            .iter()
+            .filter(|r| matches(&r.meta, filter))
+            .map(|r| r.changed);
+        let tombs = self
+            .tombs
+            .iter()
+            .filter(|(_, meta)| matches(meta, filter))
+            .map(|(at, _)| *at);
+        rows.chain(tombs).fold(self.horizon, u64::max)
     }
 
     /// The entries as [`Registry::entries`](crate::Registry::entries)
     /// reports them at `now`.
     pub(super) fn infos(&self, service: &str, times: &[Stamp], now: Tick) -> Vec<EntryInfo> {
+        self.infos_matching(service, times, now, &[])
+    }
+
+    /// The entries whose labels hold every pair of `filter`, as
+    /// [`infos`](Details::infos) reports them.
+    pub(super) fn infos_matching(
+        &self,
+        service: &str,
+        times: &[Stamp],
+        now: Tick,
+        filter: &[(String, String)],
+    ) -> Vec<EntryInfo> {
         debug_assert_eq!(
             times.len(),
             self.rows.len(),
@@ -310,6 +423,7 @@ impl Details {
         );
         self.rows
             .iter()
+            .filter(|r| matches(&r.meta, filter))
             .map(|r| {
                 let t = times[r.at];
                 EntryInfo {
@@ -327,6 +441,11 @@ impl Details {
             })
             .collect()
     }
+}
+
+/// Whether `meta` holds every pair of `filter` (exact match).
+fn matches(meta: &BTreeMap<String, String>, filter: &[(String, String)]) -> bool {
+    filter.iter().all(|(k, v)| meta.get(k) == Some(v))
 }
 
 /// Room of the service map below which it is not shrunk.
@@ -401,6 +520,9 @@ impl Table {
         }
         if svc.entries.is_empty() {
             if let Some(gone) = self.services.remove(service) {
+                // Its departures go with it: every filtered listing of it
+                // reports this index from now on (see `vanished`).
+                self.vanished = self.vanished.max(gone.index);
                 self.retired.push(Box::new(gone));
             }
             // Services that came and went leave no room behind.
@@ -413,14 +535,14 @@ impl Table {
     }
 
     /// Adds an absent entry with `insert`, which queues its expiry and
-    /// returns its deadline: a new index for its service, the caches
-    /// retired, the change announced. Returns the index.
+    /// returns its deadline, given the new index for its service: the
+    /// caches retired, the change announced. Returns the index.
     pub(super) fn add<'k>(
         &mut self,
         service: &str,
         key: Key<'k>,
         wake: &Condvar,
-        insert: impl FnOnce(&mut Entries, Key<'k>) -> Option<Tick>,
+        insert: impl FnOnce(&mut Entries, Key<'k>, u64) -> Option<Tick>,
     ) -> u64 {
         self.counter += 1;
         self.entries += 1;
@@ -428,7 +550,7 @@ impl Table {
         let svc = self.service_mut(service);
         svc.index = index;
         let old = svc.invalidate();
-        let deadline = insert(&mut svc.entries, key);
+        let deadline = insert(&mut svc.entries, key, index);
         let name = svc.name.clone();
         self.retired.extend(old);
         announce(&mut self.changed, &name);
@@ -449,6 +571,10 @@ impl Table {
                 due: None,
                 listing: None,
                 details: None,
+                tombs: VecDeque::new(),
+                // What it may have had before it was created is unknown
+                // past the last time a service left the table.
+                horizon: self.vanished,
             };
             self.services.insert(name, svc);
         }
@@ -477,9 +603,22 @@ impl Table {
         self.counter += n as u64;
         announce(&mut self.changed, &svc.name);
         svc.index = self.counter;
+        svc.bury(self.counter, &mut self.retired);
         self.retired.extend(svc.invalidate());
         // Only ever later: the sweeper need not be woken.
         self.settle(service);
+    }
+
+    /// Moves the counter to at least `floor` (a restore), and forgets the
+    /// history of filtered listings below it: changes a restart lost are
+    /// unknown, so a filtered long-poll from before is answered at once.
+    pub(super) fn raise_counter(&mut self, floor: u64) {
+        self.counter = self.counter.max(floor);
+        self.vanished = self.vanished.max(self.counter);
+        for svc in self.services.values_mut() {
+            svc.horizon = svc.horizon.max(self.counter);
+            self.retired.extend(svc.invalidate());
+        }
     }
 
     /// Expires every entry whose deadline has passed, service by service

@@ -436,3 +436,187 @@ fn registry_and_handles_are_send_and_sync() {
     check::<Sweeper>();
     check::<Listing>();
 }
+
+/// What a filtered listing shows of each entry: a change to any of it is a
+/// change of the listing.
+type Shown = Vec<(
+    String,
+    u32,
+    BTreeMap<String, String>,
+    crate::protocol::Status,
+)>;
+
+fn shown(reg: &Registry, service: &str, filter: &[(String, String)]) -> (u64, Shown) {
+    let (index, infos) = reg.matching(service, filter);
+    let shown = infos
+        .into_iter()
+        .map(|e| (e.addr, e.weight, e.meta, e.status))
+        .collect();
+    (index, shown)
+}
+
+fn filter(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_filtered_index_moves_with_its_listing_only() {
+    use crate::protocol::Status;
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    let eu = filter(&[("zone", "eu")]);
+    let zone = |z: &str| PutOptions::new().meta("zone", z);
+    reg.put_with("svc", "a", &zone("eu")).unwrap();
+    reg.put_with("svc", "b", &zone("us")).unwrap();
+    let (i0, list) = shown(&reg, "svc", &eu);
+    assert_eq!(list.len(), 1);
+    assert_eq!(reg.index_matching("svc", &eu), i0);
+    // Changes in another zone, or outside any: the eu listing stays put.
+    reg.put_with("svc", "b", &zone("us").weight(3)).unwrap();
+    reg.put_with("svc", "c", &zone("us")).unwrap();
+    reg.put("svc", "d").unwrap();
+    reg.remove("svc", "c").unwrap();
+    reg.remove("svc", "d").unwrap();
+    reg.put_with("svc", "b", &zone("us").status(Status::Draining))
+        .unwrap();
+    assert!(reg.index("svc") > i0);
+    assert_eq!(reg.index_matching("svc", &eu), i0);
+    // A change in it, a server joining it, and servers leaving it do move it.
+    let mut last = i0;
+    let mut moved = |what: &str| {
+        let now = reg.index_matching("svc", &eu);
+        assert!(now > last, "{what}: {now} after {last}");
+        assert!(now <= reg.counter());
+        last = now;
+    };
+    reg.put_with("svc", "a", &zone("eu").status(Status::Draining))
+        .unwrap();
+    moved("a status change");
+    reg.put_with("svc", "b", &zone("eu")).unwrap();
+    moved("b relabelled into eu");
+    reg.put_with("svc", "b", &zone("us")).unwrap();
+    moved("b relabelled out of eu");
+    reg.remove("svc", "a").unwrap();
+    moved("a deregistered");
+    reg.put_with("svc", "e", &zone("eu").ttl(S)).unwrap();
+    moved("e registered");
+    clock.advance(S);
+    reg.sweep();
+    moved("e expired");
+    // The service empties out and leaves the table, then comes back in
+    // another zone: never backwards, and not moved by the other zone.
+    reg.remove("svc", "b").unwrap();
+    moved("the service emptied out");
+    let gone = reg.index_matching("svc", &eu);
+    reg.put_with("svc", "f", &zone("us")).unwrap();
+    assert_eq!(reg.index_matching("svc", &eu), gone);
+    reg.put_with("svc", "g", &zone("eu")).unwrap();
+    assert!(reg.index_matching("svc", &eu) > gone);
+}
+
+#[test]
+fn more_departures_than_are_kept_still_move_a_filtered_index() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    let eu = filter(&[("zone", "eu")]);
+    reg.put_with("svc", "keep", &PutOptions::new().meta("zone", "us"))
+        .unwrap();
+    reg.put_with("svc", "eu", &PutOptions::new().meta("zone", "eu"))
+        .unwrap();
+    let n = reg.index_matching("svc", &eu);
+    reg.remove("svc", "eu").unwrap();
+    // The eu departure is pushed out by more than a service keeps.
+    let many = super::table::TOMBS + 10;
+    for i in 0..many {
+        let addr = format!("us{i}");
+        reg.put_with("svc", &addr, &PutOptions::new().meta("zone", "us"))
+            .unwrap();
+        reg.remove("svc", &addr).unwrap();
+    }
+    let (now, list) = shown(&reg, "svc", &eu);
+    assert!(list.is_empty());
+    assert!(now > n, "the lost departure is covered: {now} after {n}");
+    // In one mass expiry too.
+    let before = reg.index_matching("svc", &eu);
+    reg.put_with("svc", "eu2", &PutOptions::new().meta("zone", "eu").ttl(S))
+        .unwrap();
+    let joined = reg.index_matching("svc", &eu);
+    assert!(joined > before);
+    for i in 0..many {
+        let opts = PutOptions::new().meta("zone", "us").ttl(S);
+        reg.put_with("svc", &format!("x{i}"), &opts).unwrap();
+    }
+    clock.advance(S);
+    reg.sweep();
+    assert!(reg.index_matching("svc", &eu) > joined);
+}
+
+/// Filtered indexes over random operations: they never go backwards, stay
+/// within the counter, and move whenever what their listing shows changed.
+#[test]
+fn filtered_indexes_follow_their_listings_over_random_operations() {
+    use crate::protocol::Status;
+    let filters = [
+        filter(&[("zone", "x")]),
+        filter(&[("zone", "y")]),
+        filter(&[("v", "1"), ("zone", "x")]),
+    ];
+    let services = ["", "a"];
+    for seed in 1..=6u64 {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let clock = ManualClock::new();
+        let mut reg = registry(&clock);
+        let mut seen: HashMap<(&str, usize), (u64, Shown)> = HashMap::new();
+        for step in 0..2000 {
+            let service = services[next(services.len())];
+            let addr = format!("tcp@10.0.0.{}:1", next(12));
+            match next(12) {
+                0..=6 => {
+                    let mut opts = PutOptions::new().weight(1 + next(2) as u32);
+                    match next(4) {
+                        0 => {}
+                        1 => opts = opts.meta("zone", "y"),
+                        _ => opts = opts.meta("zone", "x").meta("v", ["1", "2"][next(2)]),
+                    }
+                    opts = match next(4) {
+                        0 => opts.status(Status::Draining),
+                        1 => opts.status(Status::Up),
+                        _ => opts,
+                    };
+                    reg.put_with(service, &addr, &opts).unwrap();
+                }
+                7 | 8 => drop(reg.remove(service, &addr).unwrap()),
+                9 | 10 => clock.advance(Duration::from_millis(500 * next(8) as u64)),
+                _ => {
+                    let text = reg.snapshot();
+                    reg = registry(&clock);
+                    reg.restore(&text).unwrap();
+                }
+            }
+            for s in services {
+                for (f, filter) in filters.iter().enumerate() {
+                    let (index, list) = shown(&reg, s, filter);
+                    let at = format!("seed {seed} step {step} service {s:?} filter {filter:?}");
+                    assert!(index <= reg.counter(), "{at}");
+                    assert_eq!(reg.index_matching(s, filter), index, "{at}");
+                    if let Some((before, old)) = seen.get(&(s, f)) {
+                        assert!(index >= *before, "{at}: {index} after {before}");
+                        if *old != list {
+                            assert!(index > *before, "{at}: changed at {index}");
+                        }
+                    }
+                    seen.insert((s, f), (index, list));
+                }
+            }
+        }
+    }
+}

@@ -312,7 +312,7 @@ impl RegistryServerBuilder {
             front: front.clone(),
             registry: registry.clone(),
             cfg,
-            watchers: Watchers::new(max_watchers),
+            watchers: Watchers::new(max_watchers, registry.clone()),
             lanes: lanes::Lanes::default(),
             pool,
             metrics,

@@ -9,8 +9,9 @@
 //! hash table, which holds what it reads: the address (an IPv4 `tcp@`
 //! address packed in 6 bytes, other short ones inline), the deadline, the
 //! TTL, the weight and the status; 4 MB for 100 000 entries. Labels and the place of
-//! the entry in the expiry queue live in `cold`, which a plain heartbeat
-//! does not read; the text of an address too long to pack lives in
+//! the entry in the expiry queue live in `cold` (with the index of the
+//! entry's last change, which filtered listings read), which a plain
+//! heartbeat does not read; the text of an address too long to pack lives in
 //! `texts`, where its slot points straight at it.
 //!
 //! The expiry queue is a heap of (deadline, cold place) in which each cold
@@ -118,6 +119,9 @@ pub(super) struct Labels<'a> {
     /// `None` keeps the status in force (up for a new entry): the seed's
     /// heartbeats never send one, and must not undo a drain.
     pub(super) status: Option<Status>,
+    /// The modify index the entry records as its last change if this put
+    /// registers or changes it.
+    pub(super) index: u64,
 }
 
 /// What only registrations, label changes, TTL cuts and expiry touch.
@@ -126,6 +130,10 @@ struct Cold {
     hash: u64,
     /// Position of the entry's item in the expiry queue, or `NOT_QUEUED`.
     queued: u32,
+    /// The modify index of the entry's registration or last change of
+    /// weight, labels or status: a filtered listing's index is the latest
+    /// of those it shows (see `table::Details::index_matching`).
+    changed: u64,
     #[allow(
         clippy::box_collection,
         reason = "8 bytes instead of 24; labels are rare"
@@ -138,6 +146,7 @@ impl Default for Cold {
         Cold {
             hash: 0,
             queued: NOT_QUEUED,
+            changed: 0,
             meta: None,
         }
     }
@@ -179,6 +188,10 @@ pub(super) struct Entries {
     /// A binary heap by `at`, the earliest first; see the module docs.
     queue: Vec<Item>,
     hasher: RandomState,
+    /// The labels of entries removed or relabelled since the table last
+    /// took them ([`take_gone`](Entries::take_gone)): what filtered
+    /// listings need to see an entry leave them.
+    gone: Vec<BTreeMap<String, String>>,
 }
 
 /// One entry, read-only.
@@ -228,6 +241,11 @@ impl View<'_> {
         self.hot.status()
     }
 
+    /// The modify index of its registration or last change.
+    pub(super) fn changed(&self) -> u64 {
+        self.cold.changed
+    }
+
     /// `None` for an entry that never expires.
     #[cfg(test)] // the table copies times with `raw_times`
     pub(super) fn deadline(&self) -> Option<Tick> {
@@ -275,7 +293,13 @@ impl Entries {
             texts: Texts::default(),
             queue: Vec::new(),
             hasher,
+            gone: Vec::new(),
         }
+    }
+
+    /// The labels that left since the last call (see `gone`).
+    pub(super) fn take_gone(&mut self) -> Vec<BTreeMap<String, String>> {
+        std::mem::take(&mut self.gone)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -363,6 +387,7 @@ impl Entries {
             weight,
             meta,
             status,
+            index,
         } = *labels;
         let hot = self
             .table
@@ -383,9 +408,16 @@ impl Entries {
                 && self.cold[cold].meta.as_deref().unwrap_or(&NO_META) != meta);
         if relabelled {
             let (hot, cold) = self.slot(bucket);
-            set_labels(hot, cold, weight, meta);
+            if let Some(old) = set_labels(hot, cold, weight, meta)
+                && *old != *meta
+            {
+                self.gone.push(*old);
+            }
         }
         let changed = moved || relabelled;
+        if changed {
+            self.cold[cold].changed = index;
+        }
         let mut queued = false;
         if ns != 0 && (old_ttl == 0 || ns < old_ttl) {
             let deadline = now + ns;
@@ -461,6 +493,7 @@ impl Entries {
         let cold = &mut self.cold[index as usize];
         *cold = Cold {
             hash,
+            changed: labels.index,
             ..Cold::default()
         };
         set_labels(&mut hot, cold, labels.weight, labels.meta);
@@ -497,7 +530,8 @@ impl Entries {
         if pos != NOT_QUEUED {
             self.dequeue(pos as usize);
         }
-        self.cold[hot.cold as usize] = Cold::default();
+        let cold = std::mem::take(&mut self.cold[hot.cold as usize]);
+        self.gone.extend(cold.meta.map(|meta| *meta));
         self.free.push(hot.cold);
         let sparse_texts = self.texts.free(&hot.packed);
         let len = self.table.len();
@@ -644,12 +678,25 @@ impl Entries {
     }
 }
 
-fn set_labels(hot: &mut Hot, cold: &mut Cold, weight: u32, meta: &BTreeMap<String, String>) {
+/// Sets the weight and labels; returns the labels replaced, if any.
+#[allow(
+    clippy::box_collection,
+    reason = "the cold part's own box, handed back as it was"
+)]
+fn set_labels(
+    hot: &mut Hot,
+    cold: &mut Cold,
+    weight: u32,
+    meta: &BTreeMap<String, String>,
+) -> Option<Box<BTreeMap<String, String>>> {
     debug_assert!(u64::from(weight) <= WEIGHT_MASK, "weights are validated");
     let flag = if meta.is_empty() { 0 } else { HAS_META };
     hot.ttl_weight =
         (hot.ttl_weight & !(WEIGHT_MASK | HAS_META)) | flag | (u64::from(weight) & WEIGHT_MASK);
-    cold.meta = (!meta.is_empty()).then(|| Box::new(meta.clone()));
+    std::mem::replace(
+        &mut cold.meta,
+        (!meta.is_empty()).then(|| Box::new(meta.clone())),
+    )
 }
 
 /// Nanoseconds of a TTL the registry accepted (at most [`TTL_LIMIT`]).
