@@ -13,5 +13,6 @@ mod hardening;
 mod heartbeat;
 mod hostile;
 mod operations;
+mod recovery;
 mod server;
 mod watch;

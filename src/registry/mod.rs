@@ -114,6 +114,57 @@ impl Registry {
         self.inner.notifiers.lock().retain(|(i, _)| *i != id);
     }
 
+    /// Whether this table is recovering: a
+    /// [`RegistryServer`](crate::RegistryServer) started serving it without
+    /// restoring a snapshot, and its maximum TTL (the
+    /// [`max_ttl`](RegistryBuilder::max_ttl) bound) has not passed since.
+    /// Until then servers registered before the start may still be on their
+    /// way back (a heartbeat may wait up to its TTL), so a listing may be
+    /// short of servers that are alive; clients keep their last list beside
+    /// it. Listings say so (`X-Myrpc-Recovering: true`, JSON
+    /// `"recovering"`). A table never served, or
+    /// [`restore`](Registry::restore)d, is not recovering.
+    pub fn recovering(&self) -> bool {
+        let until = self.inner.recovery.load(Ordering::Relaxed);
+        if until == table::NOT_RECOVERING || until == table::NEVER_SERVED {
+            return false; // the usual case: no clock read
+        }
+        if self.inner.now() < until {
+            return true;
+        }
+        // Over for good: later calls need not read the clock.
+        let _ = self.inner.recovery.compare_exchange(
+            until,
+            table::NOT_RECOVERING,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        false
+    }
+
+    /// A server starts serving this table: unless a snapshot was restored
+    /// into it (or it recovers already), it recovers for its maximum TTL
+    /// from now.
+    pub(crate) fn begin_recovery(&self) {
+        let max_ttl =
+            u64::try_from(self.inner.max_ttl.as_nanos()).expect("max_ttl is at most 72 h");
+        let until = self.inner.now().saturating_add(max_ttl);
+        let _ = self.inner.recovery.compare_exchange(
+            table::NEVER_SERVED,
+            until,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A snapshot was restored into this table: it knows what it had, and
+    /// is not recovering.
+    fn recovered(&self) {
+        self.inner
+            .recovery
+            .store(table::NOT_RECOVERING, Ordering::Relaxed);
+    }
+
     /// The TTL applied when a server asks for `requested` (or for none).
     pub fn effective_ttl(&self, requested: Option<Duration>) -> Duration {
         match requested {

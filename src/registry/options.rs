@@ -281,6 +281,7 @@ impl RegistryBuilder {
                     },
                 },
                 notifiers: Mutex::new(Vec::new()),
+                recovery: std::sync::atomic::AtomicU64::new(super::table::NEVER_SERVED),
             }),
         })
     }

@@ -104,7 +104,8 @@ impl Registry {
     /// marked clean (written while the registry ran, or by a version that
     /// did not mark them) moves the counter a further 2^40 forward, past
     /// every index the changes lost with the crash could have been given.
-    /// Returns how many entries were loaded.
+    /// Returns how many entries were loaded. A restored table is not
+    /// [`recovering`](Registry::recovering).
     ///
     /// # Errors
     ///
@@ -166,6 +167,7 @@ impl Registry {
             });
             loaded += 1;
         }
+        self.recovered();
         Ok(loaded)
     }
 

@@ -103,7 +103,18 @@ pub(super) struct Inner {
     /// Called with the services that changed, after the table lock is
     /// released (the server answers its parked watchers there).
     pub(super) notifiers: Mutex<Vec<(u64, Notifier)>>,
+    /// Until when the table is recovering, a table time (never 0: the
+    /// maximum TTL is above zero), or [`NEVER_SERVED`] or
+    /// [`NOT_RECOVERING`] (see
+    /// [`Registry::recovering`](crate::Registry::recovering)).
+    pub(super) recovery: std::sync::atomic::AtomicU64,
 }
+
+/// [`Inner::recovery`] of a table no server started on yet, nor restored.
+pub(super) const NEVER_SERVED: u64 = 0;
+/// [`Inner::recovery`] of a table that is not recovering: restored from a
+/// snapshot, or past its deadline.
+pub(super) const NOT_RECOVERING: u64 = u64::MAX;
 
 /// A callback told which services changed.
 pub(crate) type Notifier = Arc<dyn Fn(&[Arc<str>]) + Send + Sync>;

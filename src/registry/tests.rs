@@ -620,3 +620,33 @@ fn filtered_indexes_follow_their_listings_over_random_operations() {
         }
     }
 }
+
+#[test]
+fn a_served_table_recovers_for_its_max_ttl_unless_restored() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    assert!(!reg.recovering(), "never served");
+    clock.advance(10 * S);
+    reg.begin_recovery();
+    assert!(reg.recovering());
+    reg.begin_recovery(); // a second start does not move the deadline
+    clock.advance(60 * S - Duration::from_nanos(1));
+    assert!(reg.recovering());
+    clock.advance(Duration::from_nanos(1));
+    assert!(!reg.recovering(), "the maximum TTL, 60 s, has passed");
+    reg.begin_recovery();
+    assert!(!reg.recovering(), "over for good");
+
+    let restored = registry(&clock);
+    restored.restore(&reg.snapshot()).unwrap();
+    restored.begin_recovery();
+    assert!(!restored.recovering());
+    // A failed restore restores nothing.
+    let failed = registry(&clock);
+    assert!(failed.restore("not a snapshot").is_err());
+    failed.begin_recovery();
+    assert!(failed.recovering());
+    // Restored while recovering: it knows its table now.
+    failed.restore(&reg.snapshot()).unwrap();
+    assert!(!failed.recovering());
+}

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::protocol::{
-    HEADER_INDEX, HEADER_META, HEADER_SERVER, HEADER_SERVERS, HEADER_STATUS, HEADER_TTL,
-    HEADER_WEIGHT, MAX_HEADER_VALUE, Status, format_duration, parse_duration, parse_meta,
-    parse_meta_param, validate_service,
+    HEADER_INDEX, HEADER_META, HEADER_RECOVERING, HEADER_SERVER, HEADER_SERVERS, HEADER_STATUS,
+    HEADER_TTL, HEADER_WEIGHT, MAX_HEADER_VALUE, Status, format_duration, parse_duration,
+    parse_meta, parse_meta_param, validate_service,
 };
 use crate::registry::{EntryInfo, Listing, PutOptions, Registry};
 
@@ -246,7 +246,7 @@ pub(crate) enum Format {
     Seed,
     /// One address per line in the body.
     Text,
-    /// `{"service", "index", "servers": [{addr, weight, status, meta, expires_in_ms}]}`.
+    /// `{"service", "index", "recovering", "servers": [{addr, weight, status, meta, expires_in_ms}]}`.
     Json,
 }
 
@@ -375,19 +375,37 @@ fn list(reg: &Registry, service: &str, query: &str, accept: Option<&str>) -> Out
 }
 
 /// The listing of `service` in `format`, of the entries whose metadata
-/// holds every pair of `filter` (all of them when it is empty).
+/// holds every pair of `filter` (all of them when it is empty). While the
+/// registry is recovering, every format says so.
 pub(crate) fn render(
     reg: &Registry,
     service: &str,
     format: Format,
     filter: &[(String, String)],
 ) -> Response {
+    // Read before the listing is taken: recovering only ends, so a listing
+    // taken while the registry recovered is never said to be complete.
+    let recovering = reg.recovering();
+    let r = listing_of(reg, service, format, filter, recovering);
+    match recovering {
+        true => r.with_header(HEADER_RECOVERING, "true"),
+        false => r,
+    }
+}
+
+fn listing_of(
+    reg: &Registry,
+    service: &str,
+    format: Format,
+    filter: &[(String, String)],
+    recovering: bool,
+) -> Response {
     if !filter.is_empty() {
-        return render_matching(reg, service, format, filter);
+        return render_matching(reg, service, format, filter, recovering);
     }
     if format == Format::Json {
         let (index, entries) = reg.instances(service);
-        return json_listing(service, index, &entries);
+        return json_listing(service, index, recovering, &entries);
     }
     let listing = reg.listing(service);
     let index = listing.index().to_string();
@@ -416,13 +434,14 @@ fn render_matching(
     service: &str,
     format: Format,
     filter: &[(String, String)],
+    recovering: bool,
 ) -> Response {
     let (index, entries) = reg.matching(service, filter);
     // Draining entries are left out of the seed's and text listings, as
     // in unfiltered ones.
     let up = || entries.iter().filter(|e| e.status == Status::Up);
     match format {
-        Format::Json => json_listing(service, index, &entries),
+        Format::Json => json_listing(service, index, recovering, &entries),
         Format::Seed => {
             let joined: Vec<&str> = up().map(|e| e.addr.as_str()).collect();
             Response::empty(200)
@@ -448,11 +467,13 @@ fn render_matching(
 }
 
 /// The JSON listing of `entries` at `index`.
-fn json_listing(service: &str, index: u64, entries: &[EntryInfo]) -> Response {
+fn json_listing(service: &str, index: u64, recovering: bool, entries: &[EntryInfo]) -> Response {
     let mut body = String::with_capacity(64 + entries.len() * 96);
     body.push_str("{\"service\":");
     json_str(&mut body, service);
-    body.push_str(&format!(",\"index\":{index},\"servers\":["));
+    body.push_str(&format!(
+        ",\"index\":{index},\"recovering\":{recovering},\"servers\":["
+    ));
     for (i, e) in entries.iter().enumerate() {
         if i > 0 {
             body.push(',');
@@ -1102,5 +1123,72 @@ mod tests {
         let m = r.header(HEADER_INDEX).unwrap();
         assert!(m.parse::<u64>().unwrap() > n.parse::<u64>().unwrap());
         assert!(matches!(poll(m), Outcome::Park(_)));
+    }
+
+    #[test]
+    fn every_listing_says_it_while_the_registry_recovers() {
+        let clock = crate::clock::ManualClock::new();
+        let reg = Registry::builder()
+            .max_ttl(Duration::from_secs(30))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        reg.put_with("s", "tcp@a", &PutOptions::new().meta("zone", "eu"))
+            .unwrap();
+        let queries = [
+            "",
+            "?format=text",
+            "?format=json",
+            "?meta.zone=eu",
+            "?meta.zone=eu&format=text",
+            "?meta.zone=eu&format=json",
+            "?index=1&wait=0s",
+        ];
+        let says = |reg: &Registry| -> Vec<(Option<String>, Option<bool>)> {
+            queries
+                .iter()
+                .map(|q| {
+                    let r = call(reg, Method::Get, &format!("/myRPC/registry/s{q}"), &[]);
+                    let json = serde_json::from_str::<serde_json::Value>(body(&r)).ok();
+                    (
+                        r.header(HEADER_RECOVERING).map(str::to_string),
+                        json.map(|v| v["recovering"].as_bool().expect("always present")),
+                    )
+                })
+                .collect()
+        };
+        let json_at = [2, 5];
+        let expect = |on: bool| -> Vec<(Option<String>, Option<bool>)> {
+            (0..queries.len())
+                .map(|i| {
+                    (
+                        on.then(|| "true".to_string()),
+                        json_at.contains(&i).then_some(on),
+                    )
+                })
+                .collect()
+        };
+        // A table no server started on is not recovering.
+        assert_eq!(says(&reg), expect(false));
+        reg.begin_recovery();
+        assert_eq!(says(&reg), expect(true));
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(says(&reg), expect(true));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(says(&reg), expect(false));
+        // Writes do not say it.
+        let r = call(
+            &reg,
+            Method::Post,
+            "/myRPC/registry/s",
+            &[("X-Myrpc-Server", "b")],
+        );
+        assert!(r.header(HEADER_RECOVERING).is_none());
+
+        // A restored table is not recovering, whenever the server starts.
+        let restored = Registry::builder().clock(clock.clone()).build().unwrap();
+        restored.restore(&reg.snapshot()).unwrap();
+        restored.begin_recovery();
+        assert_eq!(says(&restored), expect(false));
     }
 }
