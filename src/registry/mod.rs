@@ -8,6 +8,7 @@
 //! (the table as text, [`Registry::snapshot`] and [`Registry::restore`],
 //! and the file that keeps it across restarts).
 
+mod departed;
 mod entries;
 mod options;
 pub(crate) mod snapshot;
@@ -427,40 +428,66 @@ impl Registry {
 
     /// The entries of `service` whose metadata holds every pair of `filter`
     /// (exact matches; not empty), sorted by address, and the index of
-    /// that filtered listing: one consistent snapshot. The index moves only
-    /// when the filtered listing may have changed, never backwards (see
-    /// `table::Details::index_matching`).
+    /// that filtered listing: one consistent snapshot.
+    ///
+    /// The index is the latest change the filtered listing shows, or may
+    /// have lost: the latest index at which an entry it shows registered
+    /// or changed (weight, labels, status; each entry keeps it), or at
+    /// which one that matched left (deregistered, expired, relabelled out;
+    /// the service keeps a bound per label pair, `departed.rs`).
+    ///
+    /// Why that is enough: every change to the filtered listing after an
+    /// index N leaves a trace above N here. An entry that came into it or
+    /// changed in it shows its own index above N while it matches; one
+    /// that left it raised the bound of every pair of the filter above N;
+    /// a service that emptied out and left the table reports
+    /// `Table::vanished`, at least its last index, and one created again
+    /// starts its bounds there. So an index not past N says the listing is
+    /// the one a client had at N, and a long-poll parked on it misses
+    /// nothing; an index past N without a visible change (an entry that
+    /// came and went, a bound shared with other entries) answers the same
+    /// list early, never a stale one as new. And it never goes down: an
+    /// entry's index only grows, one that stops matching left a bound above
+    /// its index, bounds only grow, and `vanished` passes every index of a
+    /// service that left.
+    ///
+    /// Why not compare the filtered list at wake-up with the one a watcher
+    /// parked on: a long-poll arrives with nothing but an index, so the
+    /// registry must tell from the index alone whether the list changed
+    /// since, and with the service's own index every change in another
+    /// zone would look like one.
     pub(crate) fn matching(
         &self,
         service: &str,
         filter: &[(String, String)],
     ) -> (u64, Vec<EntryInfo>) {
         let now = self.inner.now();
-        let (index, cached, times) = {
+        let (index, cached, times, departed) = {
             let t = self.locked(now);
             let Some(svc) = t.services.get(service) else {
                 return (t.vanished, Vec::new());
             };
-            (svc.index, svc.details(), svc.times())
+            let departed = svc.departed_matching(filter);
+            (svc.index, svc.details(), svc.times(), departed)
         };
         let details = self.settle_details(service, index, cached);
         let infos = details.infos_matching(service, &times, now, filter);
-        (details.index_matching(filter), infos)
+        (details.changed_matching(filter).max(departed), infos)
     }
 
     /// The index of the filtered listing [`matching`](Registry::matching)
     /// answers.
     pub(crate) fn index_matching(&self, service: &str, filter: &[(String, String)]) -> u64 {
         let now = self.inner.now();
-        let (index, cached) = {
+        let (index, cached, departed) = {
             let t = self.locked(now);
             let Some(svc) = t.services.get(service) else {
                 return t.vanished;
             };
-            (svc.index, svc.details())
+            (svc.index, svc.details(), svc.departed_matching(filter))
         };
-        self.settle_details(service, index, cached)
-            .index_matching(filter)
+        let details = self.settle_details(service, index, cached);
+        details.changed_matching(filter).max(departed)
     }
 
     /// The details from the cache, or built from `raw` without the lock and

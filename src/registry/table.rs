@@ -4,12 +4,13 @@
 //! under one lock that [`Locked`] holds and releases before anything slow
 //! (freeing, logging, telling watchers).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use super::departed::Departed;
 use super::entries::{Entries, Key, Stamp, Tick};
 use super::{RandomState, RegistryStats};
 use crate::clock::Clock;
@@ -231,19 +232,9 @@ pub(super) struct Service {
     pub(super) listing: Option<Arc<Listing>>,
     /// Likewise, for readers of the details (JSON listings, status page).
     pub(super) details: Option<Arc<Details>>,
-    /// The labels of entries that left (removed, expired, or relabelled)
-    /// with the index at which they left, oldest first, at most
-    /// [`TOMBS`]: what a filtered listing needs to see an entry leave it.
-    pub(super) tombs: VecDeque<(u64, Arc<BTreeMap<String, String>>)>,
-    /// Departures at or below this index may be missing from `tombs`
-    /// (dropped past the cap, or from before the service was created).
-    pub(super) horizon: u64,
+    /// What left it, for the indexes of its filtered listings.
+    pub(super) departed: Departed,
 }
-
-/// Most departures a service remembers for its filtered listings; beyond
-/// them a filtered long-poll from before the oldest is answered at once
-/// (early, never late).
-pub(super) const TOMBS: usize = 1024;
 
 impl Service {
     /// After a change of membership or labels; returns the old caches,
@@ -255,30 +246,24 @@ impl Service {
         Some(Box::new((self.listing.take(), self.details.take())))
     }
 
-    /// Files the labels of entries that left at `index` as departures,
-    /// keeping the latest [`TOMBS`]; what is dropped goes to `retired`.
+    /// Notes the labels of the entries that left at `index` (removed,
+    /// expired, relabelled) for its filtered listings; the labels are
+    /// freed after the lock, with what a change replaced.
     pub(super) fn bury(&mut self, index: u64, retired: &mut Vec<Box<dyn Send>>) {
         let gone = self.entries.take_gone();
         if gone.is_empty() {
             return;
         }
-        // A mass expiry can bring 100 000 at once: only the latest are
-        // kept, and the horizon passes the rest.
-        let skip = gone.len().saturating_sub(TOMBS);
-        let mut gone = gone.into_iter();
-        let dropped: Vec<BTreeMap<String, String>> = gone.by_ref().take(skip).collect();
-        if skip > 0 {
-            self.horizon = self.horizon.max(index);
-        }
-        self.tombs.extend(gone.map(|meta| (index, Arc::new(meta))));
-        let excess = self.tombs.len().saturating_sub(TOMBS);
-        let aged: Vec<(u64, Arc<BTreeMap<String, String>>)> = self.tombs.drain(..excess).collect();
-        if let Some((at, _)) = aged.last() {
-            self.horizon = self.horizon.max(*at);
-        }
-        if !dropped.is_empty() || !aged.is_empty() {
-            retired.push(Box::new((dropped, aged)));
-        }
+        self.departed.note(&gone, index, self.entries.len());
+        retired.push(Box::new(gone));
+    }
+
+    /// The latest index at which the listing of the entries whose labels
+    /// hold every pair of `filter` (not empty) changed, or a later one, as
+    /// far as departures go: what left it is in `departed`; what is in it
+    /// the caller reads from the details ([`Details::changed_matching`]).
+    pub(super) fn departed_matching(&self, filter: &[(String, String)]) -> u64 {
+        self.departed.bound(filter)
     }
 
     /// What renewals move, for every entry in the table's order: one
@@ -297,8 +282,6 @@ impl Service {
         let mut raw = Raw {
             rows: Vec::with_capacity(self.entries.len()),
             labels: Vec::new(),
-            tombs: self.tombs.iter().cloned().collect(),
-            horizon: self.horizon,
         };
         for (at, e) in self.entries.iter().enumerate() {
             raw.rows
@@ -316,8 +299,6 @@ impl Service {
 pub(super) struct Raw {
     rows: Vec<(Key<'static>, u32, Status, u64)>,
     labels: Vec<(usize, BTreeMap<String, String>)>,
-    tombs: Vec<(u64, Arc<BTreeMap<String, String>>)>,
-    horizon: u64,
 }
 
 /// A service's entries sorted by address with what only changes with its
@@ -325,9 +306,6 @@ pub(super) struct Raw {
 /// the table lock for 60 ms when it was built per request.
 pub(super) struct Details {
     pub(super) rows: Vec<DetailRow>,
-    /// The service's departures and horizon, as `Service` holds them.
-    tombs: Vec<(u64, Arc<BTreeMap<String, String>>)>,
-    horizon: u64,
 }
 
 pub(super) struct DetailRow {
@@ -362,54 +340,18 @@ impl Details {
             rows[at].meta = meta;
         }
         rows.sort_unstable_by(|a, b| a.addr.cmp(&b.addr));
-        Details {
-            rows,
-            tombs: raw.tombs,
-            horizon: raw.horizon,
-        }
+        Details { rows }
     }
 
-    /// The index of the listing of the entries whose labels hold every
-    /// pair of `filter` (not empty): the latest change it shows or could
-    /// have lost. A filtered long-poll parks while this is not past its
-    /// `index`, and answers it.
-    ///
-    /// Why this is correct: every change to the filtered listing after an
-    /// index N leaves a trace above N that this finds. An entry that came
-    /// into the listing, or changed in it (weight, labels, status), shows
-    /// its `changed` above N while it matches; one that left it (removed,
-    /// expired, relabelled out) left a departure with its old labels,
-    /// which match, at the index it left; a departure dropped past the
-    /// cap moved the `horizon` to at least its index; a service that
-    /// emptied out and came back starts from a `horizon` at the index it
-    /// vanished or later (`Table::vanished`). So a result not past N means
-    /// the listing is the one the client had at N, and parking cannot hide
-    /// a change; a result past N may be a departure of an entry that came
-    /// and went, or a dropped one, which answers the same list early, with
-    /// a new index: early, never stale. And the result never goes down:
-    /// `changed` only grows, an entry's departure is above its `changed`,
-    /// the horizon only grows and passes what it drops, and an absent
-    /// service reports `Table::vanished`, which is at least the last index
-    /// of every service that left; so the index a client sees never goes
-    /// backwards.
-    ///
-    /// Why not compare the filtered list itself at each wake-up: a long-poll
-    /// arrives with only an index, so telling whether the list changed
-    /// since that index needs what changed since then, which is this; and
-    /// a comparison would still have to answer a new index whenever the
-    /// service moved, waking watchers for other zones' changes.
-    pub(super) fn index_matching(&self, filter: &[(String, String)]) -> u64 {
-        let rows = self
-            .rows
+    /// The latest index at which an entry whose labels hold every pair of
+    /// `filter` registered or changed, of those in the service; 0 for none.
+    pub(super) fn changed_matching(&self, filter: &[(String, String)]) -> u64 {
+        self.rows
             .iter()
             .filter(|r| matches(&r.meta, filter))
-            .map(|r| r.changed);
-        let tombs = self
-            .tombs
-            .iter()
-            .filter(|(_, meta)| matches(meta, filter))
-            .map(|(at, _)| *at);
-        rows.chain(tombs).fold(self.horizon, u64::max)
+            .map(|r| r.changed)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The entries as [`Registry::entries`](crate::Registry::entries)
@@ -582,10 +524,9 @@ impl Table {
                 due: None,
                 listing: None,
                 details: None,
-                tombs: VecDeque::new(),
                 // What it may have had before it was created is unknown
                 // past the last time a service left the table.
-                horizon: self.vanished,
+                departed: Departed::new(self.hasher.clone(), self.vanished),
             };
             self.services.insert(name, svc);
         }
@@ -627,8 +568,7 @@ impl Table {
         self.counter = self.counter.max(floor);
         self.vanished = self.vanished.max(self.counter);
         for svc in self.services.values_mut() {
-            svc.horizon = svc.horizon.max(self.counter);
-            self.retired.extend(svc.invalidate());
+            svc.departed.raise(self.counter);
         }
     }
 
