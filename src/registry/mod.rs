@@ -8,9 +8,9 @@
 //! (the table as text, [`Registry::snapshot`] and [`Registry::restore`],
 //! and the file that keeps it across restarts).
 
-mod departed;
 mod entries;
 mod options;
+mod pairs;
 pub(crate) mod snapshot;
 mod sweeper;
 mod table;
@@ -216,8 +216,6 @@ impl Registry {
             weight: opts.weight,
             meta: &opts.meta,
             status: opts.status,
-            // The index a change would get: the counter moves by one below.
-            index: t.counter + 1,
         };
         if let Some(svc) = t.services.get_mut(service)
             && let Some(i) = svc.entries.find(&key)
@@ -227,7 +225,7 @@ impl Registry {
             if changed {
                 t.counter += 1;
                 svc.index = t.counter;
-                svc.bury(t.counter, &mut t.retired);
+                svc.record(t.counter, Some(&opts.meta), &mut t.retired);
                 t.retired.extend(svc.invalidate());
                 announce(&mut t.changed, &svc.name);
             }
@@ -247,9 +245,13 @@ impl Registry {
             });
         }
         t.stats.registrations += 1;
-        let index = t.add(service, key, &self.inner.wake, |entries, key, index| {
-            entries.insert(key, ttl, &Labels { index, ..labels }, now)
-        });
+        let index = t.add(
+            service,
+            key,
+            &opts.meta,
+            &self.inner.wake,
+            |entries, key| entries.insert(key, ttl, &labels, now),
+        );
         // Logged once the lock is released: a logger writes, and every
         // heartbeat would wait for it.
         drop(locked);
@@ -430,31 +432,28 @@ impl Registry {
     /// (exact matches; not empty), sorted by address, and the index of
     /// that filtered listing: one consistent snapshot.
     ///
-    /// The index is the latest change the filtered listing shows, or may
-    /// have lost: the latest index at which an entry it shows registered
-    /// or changed (weight, labels, status; each entry keeps it), or at
-    /// which one that matched left (deregistered, expired, relabelled out;
-    /// the service keeps a bound per label pair, `departed.rs`).
+    /// The index is an index at or after the filtered listing's last
+    /// change: for each label pair, the service keeps the latest index at
+    /// which an entry carrying it registered, changed or left, and an entry
+    /// that came into the listing, changed in it or left it carried every
+    /// pair of the filter (`pairs.rs`).
     ///
     /// Why that is enough: every change to the filtered listing after an
-    /// index N leaves a trace above N here. An entry that came into it or
-    /// changed in it shows its own index above N while it matches; one
-    /// that left it raised the bound of every pair of the filter above N;
-    /// a service that emptied out and left the table reports
-    /// `Table::vanished`, at least its last index, and one created again
-    /// starts its bounds there. So an index not past N says the listing is
-    /// the one a client had at N, and a long-poll parked on it misses
-    /// nothing; an index past N without a visible change (an entry that
-    /// came and went, a bound shared with other entries) answers the same
-    /// list early, never a stale one as new. And it never goes down: an
-    /// entry's index only grows, one that stops matching left a bound above
-    /// its index, bounds only grow, and `vanished` passes every index of a
-    /// service that left.
+    /// index N raises each pair of the filter above N, so an index not past
+    /// N says the listing is the one a client had at N, and a long-poll
+    /// parked on it misses nothing. A service that emptied out and left the
+    /// table reports `Table::vanished`, at least its last index, and one
+    /// created again starts its pairs there. An index past N without a
+    /// visible change (an entry that came and went, a pair shared with
+    /// entries the filter does not show) answers the same list early,
+    /// never a stale one as new. And it never goes down: the index of a
+    /// pair only grows, a pair shed passes its bound to its key's, and
+    /// `vanished` passes every index of a service that left.
     ///
     /// Why not compare the filtered list at wake-up with the one a watcher
     /// parked on: a long-poll arrives with nothing but an index, so the
     /// registry must tell from the index alone whether the list changed
-    /// since, and with the service's own index every change in another
+    /// since; and with the service's own index every change in another
     /// zone would look like one.
     pub(crate) fn matching(
         &self,
@@ -462,32 +461,34 @@ impl Registry {
         filter: &[(String, String)],
     ) -> (u64, Vec<EntryInfo>) {
         let now = self.inner.now();
-        let (index, cached, times, departed) = {
+        let (index, cached, times, matching) = {
             let t = self.locked(now);
             let Some(svc) = t.services.get(service) else {
                 return (t.vanished, Vec::new());
             };
-            let departed = svc.departed_matching(filter);
-            (svc.index, svc.details(), svc.times(), departed)
+            (
+                svc.index,
+                svc.details(),
+                svc.times(),
+                svc.index_matching(filter),
+            )
         };
         let details = self.settle_details(service, index, cached);
-        let infos = details.infos_matching(service, &times, now, filter);
-        (details.changed_matching(filter).max(departed), infos)
+        (
+            matching,
+            details.infos_matching(service, &times, now, filter),
+        )
     }
 
     /// The index of the filtered listing [`matching`](Registry::matching)
-    /// answers.
+    /// answers: a lookup of each pair of `filter`.
     pub(crate) fn index_matching(&self, service: &str, filter: &[(String, String)]) -> u64 {
         let now = self.inner.now();
-        let (index, cached, departed) = {
-            let t = self.locked(now);
-            let Some(svc) = t.services.get(service) else {
-                return t.vanished;
-            };
-            (svc.index, svc.details(), svc.departed_matching(filter))
-        };
-        let details = self.settle_details(service, index, cached);
-        details.changed_matching(filter).max(departed)
+        let t = self.locked(now);
+        let vanished = t.vanished;
+        t.services
+            .get(service)
+            .map_or(vanished, |svc| svc.index_matching(filter))
     }
 
     /// The details from the cache, or built from `raw` without the lock and

@@ -160,11 +160,14 @@ impl Registry {
                 weight: e.weight,
                 meta: &e.meta,
                 status: Some(e.status),
-                index: 0,
             };
-            t.add(&e.service, key, &self.inner.wake, |entries, key, index| {
-                entries.insert_restored(key, ttl, e.left, &Labels { index, ..labels }, now)
-            });
+            t.add(
+                &e.service,
+                key,
+                &e.meta,
+                &self.inner.wake,
+                |entries, key| entries.insert_restored(key, ttl, e.left, &labels, now),
+            );
             loaded += 1;
         }
         self.recovered();

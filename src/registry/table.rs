@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use super::departed::Departed;
 use super::entries::{Entries, Key, Stamp, Tick};
+use super::pairs::Pairs;
 use super::{RandomState, RegistryStats};
 use crate::clock::Clock;
 use crate::protocol::Status;
@@ -232,8 +232,8 @@ pub(super) struct Service {
     pub(super) listing: Option<Arc<Listing>>,
     /// Likewise, for readers of the details (JSON listings, status page).
     pub(super) details: Option<Arc<Details>>,
-    /// What left it, for the indexes of its filtered listings.
-    pub(super) departed: Departed,
+    /// The indexes of its filtered listings.
+    pub(super) pairs: Pairs,
 }
 
 impl Service {
@@ -246,24 +246,32 @@ impl Service {
         Some(Box::new((self.listing.take(), self.details.take())))
     }
 
-    /// Notes the labels of the entries that left at `index` (removed,
-    /// expired, relabelled) for its filtered listings; the labels are
+    /// Notes for its filtered listings a change at `index`: the labels of
+    /// an entry that registered or changed (`labels`, if any), and those of
+    /// the entries that left or were relabelled. The labels that left are
     /// freed after the lock, with what a change replaced.
-    pub(super) fn bury(&mut self, index: u64, retired: &mut Vec<Box<dyn Send>>) {
+    pub(super) fn record(
+        &mut self,
+        index: u64,
+        labels: Option<&BTreeMap<String, String>>,
+        retired: &mut Vec<Box<dyn Send>>,
+    ) {
         let gone = self.entries.take_gone();
-        if gone.is_empty() {
-            return;
+        let entries = self.entries.len();
+        let labels = labels.filter(|l| !l.is_empty());
+        if labels.is_some() || !gone.is_empty() {
+            self.pairs
+                .note(labels.into_iter().chain(&gone), index, entries);
         }
-        self.departed.note(&gone, index, self.entries.len());
-        retired.push(Box::new(gone));
+        if !gone.is_empty() {
+            retired.push(Box::new(gone));
+        }
     }
 
-    /// The latest index at which the listing of the entries whose labels
-    /// hold every pair of `filter` (not empty) changed, or a later one, as
-    /// far as departures go: what left it is in `departed`; what is in it
-    /// the caller reads from the details ([`Details::changed_matching`]).
-    pub(super) fn departed_matching(&self, filter: &[(String, String)]) -> u64 {
-        self.departed.bound(filter)
+    /// The index of the listing of the entries whose labels hold every
+    /// pair of `filter` (not empty); see `pairs.rs`.
+    pub(super) fn index_matching(&self, filter: &[(String, String)]) -> u64 {
+        self.pairs.bound(filter)
     }
 
     /// What renewals move, for every entry in the table's order: one
@@ -284,8 +292,7 @@ impl Service {
             labels: Vec::new(),
         };
         for (at, e) in self.entries.iter().enumerate() {
-            raw.rows
-                .push((e.key(), e.weight(), e.status(), e.changed()));
+            raw.rows.push((e.key(), e.weight(), e.status()));
             if !e.meta().is_empty() {
                 raw.labels.push((at, e.meta().clone()));
             }
@@ -297,7 +304,7 @@ impl Service {
 /// Addresses and weights in the table's order, and the labels of those
 /// that have any: copied out to build [`Details`] without the lock.
 pub(super) struct Raw {
-    rows: Vec<(Key<'static>, u32, Status, u64)>,
+    rows: Vec<(Key<'static>, u32, Status)>,
     labels: Vec<(usize, BTreeMap<String, String>)>,
 }
 
@@ -313,8 +320,6 @@ pub(super) struct DetailRow {
     pub(super) weight: u32,
     pub(super) meta: BTreeMap<String, String>,
     pub(super) status: Status,
-    /// The modify index of its registration or last change.
-    pub(super) changed: u64,
     /// Position in the table's iteration order, which only inserts and
     /// removals change, and those invalidate the details.
     pub(super) at: usize,
@@ -327,12 +332,11 @@ impl Details {
             .rows
             .into_iter()
             .enumerate()
-            .map(|(at, (key, weight, status, changed))| DetailRow {
+            .map(|(at, (key, weight, status))| DetailRow {
                 addr: key.to_string(),
                 weight,
                 meta: BTreeMap::new(),
                 status,
-                changed,
                 at,
             })
             .collect();
@@ -341,17 +345,6 @@ impl Details {
         }
         rows.sort_unstable_by(|a, b| a.addr.cmp(&b.addr));
         Details { rows }
-    }
-
-    /// The latest index at which an entry whose labels hold every pair of
-    /// `filter` registered or changed, of those in the service; 0 for none.
-    pub(super) fn changed_matching(&self, filter: &[(String, String)]) -> u64 {
-        self.rows
-            .iter()
-            .filter(|r| matches(&r.meta, filter))
-            .map(|r| r.changed)
-            .max()
-            .unwrap_or(0)
     }
 
     /// The entries as [`Registry::entries`](crate::Registry::entries)
@@ -487,15 +480,16 @@ impl Table {
         soonest
     }
 
-    /// Adds an absent entry with `insert`, which queues its expiry and
-    /// returns its deadline, given the new index for its service: the
+    /// Adds an absent entry labelled `meta` with `insert`, which queues its
+    /// expiry and returns its deadline: a new index for its service, the
     /// caches retired, the change announced. Returns the index.
     pub(super) fn add<'k>(
         &mut self,
         service: &str,
         key: Key<'k>,
+        meta: &BTreeMap<String, String>,
         wake: &Condvar,
-        insert: impl FnOnce(&mut Entries, Key<'k>, u64) -> Option<Tick>,
+        insert: impl FnOnce(&mut Entries, Key<'k>) -> Option<Tick>,
     ) -> u64 {
         self.counter += 1;
         self.entries += 1;
@@ -503,9 +497,13 @@ impl Table {
         let svc = self.service_mut(service);
         svc.index = index;
         let old = svc.invalidate();
-        let deadline = insert(&mut svc.entries, key, index);
+        let deadline = insert(&mut svc.entries, key);
+        // A new entry replaced nothing: nothing to retire but `old`.
+        let mut retired = Vec::new();
+        svc.record(index, Some(meta), &mut retired);
         let name = svc.name.clone();
         self.retired.extend(old);
+        self.retired.append(&mut retired);
         announce(&mut self.changed, &name);
         if deadline.is_some() && self.settle(service) {
             wake.notify_all();
@@ -526,7 +524,7 @@ impl Table {
                 details: None,
                 // What it may have had before it was created is unknown
                 // past the last time a service left the table.
-                departed: Departed::new(self.hasher.clone(), self.vanished),
+                pairs: Pairs::new(self.hasher.clone(), self.vanished),
             };
             self.services.insert(name, svc);
         }
@@ -555,7 +553,7 @@ impl Table {
         self.counter += n as u64;
         announce(&mut self.changed, &svc.name);
         svc.index = self.counter;
-        svc.bury(self.counter, &mut self.retired);
+        svc.record(self.counter, None, &mut self.retired);
         self.retired.extend(svc.invalidate());
         // Only ever later: the sweeper need not be woken.
         self.settle(service);
@@ -568,7 +566,7 @@ impl Table {
         self.counter = self.counter.max(floor);
         self.vanished = self.vanished.max(self.counter);
         for svc in self.services.values_mut() {
-            svc.departed.raise(self.counter);
+            svc.pairs.raise(self.counter);
         }
     }
 

@@ -9,9 +9,8 @@
 //! hash table, which holds what it reads: the address (an IPv4 `tcp@`
 //! address packed in 6 bytes, other short ones inline), the deadline, the
 //! TTL, the weight and the status; 4 MB for 100 000 entries. Labels and the place of
-//! the entry in the expiry queue live in `cold` (with the index of the
-//! entry's last change, which filtered listings read), which a plain
-//! heartbeat does not read; the text of an address too long to pack lives in
+//! the entry in the expiry queue live in `cold`, which a plain heartbeat
+//! does not read; the text of an address too long to pack lives in
 //! `texts`, where its slot points straight at it.
 //!
 //! The expiry queue is a heap of (deadline, cold place) in which each cold
@@ -119,9 +118,6 @@ pub(super) struct Labels<'a> {
     /// `None` keeps the status in force (up for a new entry): the seed's
     /// heartbeats never send one, and must not undo a drain.
     pub(super) status: Option<Status>,
-    /// The modify index the entry records as its last change if this put
-    /// registers or changes it.
-    pub(super) index: u64,
 }
 
 /// What only registrations, label changes, TTL cuts and expiry touch.
@@ -130,10 +126,6 @@ struct Cold {
     hash: u64,
     /// Position of the entry's item in the expiry queue, or `NOT_QUEUED`.
     queued: u32,
-    /// The modify index of the entry's registration or last change of
-    /// weight, labels or status: a filtered listing's index is the latest
-    /// of those it shows (see `table::Details::index_matching`).
-    changed: u64,
     #[allow(
         clippy::box_collection,
         reason = "8 bytes instead of 24; labels are rare"
@@ -146,7 +138,6 @@ impl Default for Cold {
         Cold {
             hash: 0,
             queued: NOT_QUEUED,
-            changed: 0,
             meta: None,
         }
     }
@@ -190,7 +181,7 @@ pub(super) struct Entries {
     hasher: RandomState,
     /// The labels of entries removed or relabelled since the table last
     /// took them ([`take_gone`](Entries::take_gone)): what filtered
-    /// listings need to see an entry leave them.
+    /// listings need to see an entry leave them (`registry/pairs.rs`).
     gone: Vec<BTreeMap<String, String>>,
 }
 
@@ -239,11 +230,6 @@ impl View<'_> {
 
     pub(super) fn status(&self) -> Status {
         self.hot.status()
-    }
-
-    /// The modify index of its registration or last change.
-    pub(super) fn changed(&self) -> u64 {
-        self.cold.changed
     }
 
     /// `None` for an entry that never expires.
@@ -387,7 +373,6 @@ impl Entries {
             weight,
             meta,
             status,
-            index,
         } = *labels;
         let hot = self
             .table
@@ -415,9 +400,6 @@ impl Entries {
             }
         }
         let changed = moved || relabelled;
-        if changed {
-            self.cold[cold].changed = index;
-        }
         let mut queued = false;
         if ns != 0 && (old_ttl == 0 || ns < old_ttl) {
             let deadline = now + ns;
@@ -493,7 +475,6 @@ impl Entries {
         let cold = &mut self.cold[index as usize];
         *cold = Cold {
             hash,
-            changed: labels.index,
             ..Cold::default()
         };
         set_labels(&mut hot, cold, labels.weight, labels.meta);

@@ -14,7 +14,6 @@ fn l(weight: u32, meta: &BTreeMap<String, String>) -> Labels<'_> {
         weight,
         meta,
         status: None,
-        index: 0,
     }
 }
 
@@ -340,7 +339,6 @@ fn the_status_stays_unless_asked_and_keeps_apart_from_the_weight() {
         weight: max,
         meta: &NO_META,
         status: Some(Status::Draining),
-        index: 0,
     };
     e.insert(key.clone(), ttl, &draining, 10);
     let i = e.find(&key).unwrap();

@@ -1,20 +1,22 @@
-//! What a service remembers of the entries that left it (deregistered,
-//! expired, or relabelled: their old labels left), so that the index of a
-//! filtered listing moves when one of its entries leaves it, and only then.
+//! The index of a service's filtered listings (`?meta.KEY=VALUE`): for
+//! each label pair (`zone=eu`), the latest index at which an entry
+//! carrying it registered, changed (weight, labels, status) or left
+//! (deregistered, expired, or relabelled: its old labels left).
 //!
-//! Not a log of departures, whose length would follow the churn: for each
-//! label pair (`zone=eu`) the latest index at which an entry carrying it
-//! left. An entry a filter showed carried every pair of the filter, so it
-//! left at or before the least of those pairs' indexes: that least one is
-//! a bound on the filter's departures (see [`Departed::bound`]), exact
-//! while one pair is rare to the filter (a zone), early at worst.
+//! Every change to the listing of a filter is a change to an entry that
+//! carried every pair of the filter, before or after: so each of those
+//! pairs has an index at least as late, and the least of them is an index
+//! at or after the listing's last change ([`Pairs::bound`]). It is exact
+//! while one pair of the filter belongs only to the entries it shows (a
+//! zone), early at worst, and a change in another zone leaves it where it
+//! is. No entry keeps anything for it, and a renewal touches none of it.
 //!
-//! The pairs are bounded too, by twice the service's entries (at least
-//! 64): beyond it the pairs of the key with the most pairs go (labels
-//! unique to each server, such as an id, before a zone), leaving one bound
-//! for that key; beyond 64 keys, one bound for all. A bound only ever
-//! passes what it replaces, so every answer is early or exact, never late,
-//! and none goes down.
+//! The pairs are bounded by twice the service's entries (at least 64):
+//! beyond it the pairs of the key with the most pairs go (labels unique
+//! to each server, such as an id, before a zone), leaving one bound for
+//! that key; beyond 64 keys, one bound for all. A bound only ever passes
+//! what it replaces, so every index is early or exact, never late, and
+//! none goes down.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -26,22 +28,23 @@ const MIN_PAIRS: usize = 64;
 /// Most keys with a bound of their own.
 const MAX_KEYS: usize = 64;
 
-pub(super) struct Departed {
+pub(super) struct Pairs {
     hasher: RandomState,
     /// By the hash of a pair: the hash of its key, and the latest index at
-    /// which an entry carrying the pair left.
+    /// which an entry carrying the pair registered, changed or left.
     pairs: HashMap<u64, (u64, u64), RandomState>,
     /// By the hash of a key: a bound for its pairs shed from `pairs`.
     keys: HashMap<u64, u64, RandomState>,
-    /// A bound for every pair: what left at or below it may be forgotten
-    /// (shed past `MAX_KEYS`, or from before the service was created).
+    /// A bound for every pair: what happened at or below it may be
+    /// forgotten (shed past `MAX_KEYS`, or from before the service was
+    /// created).
     floor: u64,
 }
 
-impl Departed {
+impl Pairs {
     /// Nothing remembered, and nothing known at or below `floor`.
-    pub(super) fn new(hasher: RandomState, floor: u64) -> Departed {
-        Departed {
+    pub(super) fn new(hasher: RandomState, floor: u64) -> Pairs {
+        Pairs {
             pairs: HashMap::with_hasher(hasher.clone()),
             keys: HashMap::with_hasher(hasher.clone()),
             hasher,
@@ -49,9 +52,14 @@ impl Departed {
         }
     }
 
-    /// Entries with `labels` left at `index` (the latest index yet); the
-    /// service keeps `entries`.
-    pub(super) fn note(&mut self, labels: &[BTreeMap<String, String>], index: u64, entries: usize) {
+    /// Entries with `labels` registered, changed or left at `index` (the
+    /// latest index yet); the service keeps `entries`.
+    pub(super) fn note<'a>(
+        &mut self,
+        labels: impl IntoIterator<Item = &'a BTreeMap<String, String>>,
+        index: u64,
+        entries: usize,
+    ) {
         for meta in labels {
             for (k, v) in meta {
                 let key = self.hasher.hash_one(k.as_str());
@@ -116,9 +124,9 @@ impl Departed {
         self.keys.clear();
     }
 
-    /// An index at or after the latest at which an entry whose labels
-    /// hold every pair of `filter` (not empty) left, or the floor: it only
-    /// ever grows.
+    /// An index at or after the last change of the listing of the entries
+    /// whose labels hold every pair of `filter` (not empty), or the floor:
+    /// it only ever grows.
     pub(super) fn bound(&self, filter: &[(String, String)]) -> u64 {
         filter
             .iter()
@@ -156,8 +164,8 @@ mod tests {
     }
 
     #[test]
-    fn a_bound_is_the_latest_departure_that_could_match() {
-        let mut d = Departed::new(RandomState::default(), 3);
+    fn a_bound_is_the_latest_change_that_could_match() {
+        let mut d = Pairs::new(RandomState::default(), 3);
         let eu = filter(&[("zone", "eu")]);
         let eu_v2 = filter(&[("v", "2"), ("zone", "eu")]);
         assert_eq!(d.bound(&eu), 3, "nothing left: the floor");
@@ -165,23 +173,23 @@ mod tests {
         d.note(&[labels(&[("zone", "us"), ("v", "2")])], 11, 5);
         assert_eq!(d.bound(&eu), 10);
         assert_eq!(d.bound(&filter(&[("zone", "us")])), 11);
-        // No eu server with v=2 left; the bound may say 10 (early), not 11.
+        // No eu server with v=2 changed; the bound may say 10 (early), not 11.
         assert_eq!(d.bound(&eu_v2), 10);
         assert_eq!(d.bound(&filter(&[("zone", "ap")])), 3);
         d.note(&[labels(&[("zone", "us")])], 12, 5);
-        assert_eq!(d.bound(&eu), 10, "another zone's departure");
+        assert_eq!(d.bound(&eu), 10, "another zone's change");
         d.raise(20);
         assert_eq!(d.bound(&eu), 20);
     }
 
     #[test]
     fn pairs_stay_bounded_and_bounds_never_go_down() {
-        let mut d = Departed::new(RandomState::default(), 0);
+        let mut d = Pairs::new(RandomState::default(), 0);
         let eu = filter(&[("zone", "eu")]);
         d.note(&[labels(&[("zone", "eu"), ("id", "e")])], 1, 10);
         let mut last = d.bound(&eu);
-        // Servers with an id each leave from another zone: their ids are
-        // shed, the zone stays exact.
+        // Servers with an id each come and go in another zone: their ids
+        // are shed, the zone stays exact.
         for i in 0..10_000u64 {
             let id = format!("x{i}");
             d.note(&[labels(&[("zone", "us"), ("id", &id)])], 2 + i, 10);
