@@ -3,10 +3,11 @@
 //! This file holds the [`Registry`] API; the rest is one file a job:
 //! `table` (the table under its lock, its caches and listings), `entries`
 //! (a service's entries and their expiry queue), `options` (what a put
-//! carries, the builder, the counts), `sweeper` (the thread that expires
-//! entries on time, started by [`Registry::start_sweeper`]) and `snapshot`
-//! (the table as text, [`Registry::snapshot`] and [`Registry::restore`],
-//! and the file that keeps it across restarts).
+//! carries, the builder, the counts), `pairs` (the indexes of filtered
+//! listings, from the label pairs that changed), `sweeper` (the thread
+//! that expires entries on time, started by [`Registry::start_sweeper`])
+//! and `snapshot` (the table as text, [`Registry::snapshot`] and
+//! [`Registry::restore`], and the file that keeps it across restarts).
 
 mod entries;
 mod options;

@@ -1,10 +1,10 @@
 //! Parked long-polls: `GET …?index=N&wait=D` waits here, holding no thread,
 //! until its listing changes (its service's, or with `meta.KEY=VALUE`
 //! filters the filtered listing's), its wait passes, a request arrives
-//! behind it on its connection, or its client leaves. This module only keeps them;
-//! whoever takes one out hands it to the server's threads to answer
-//! (`worker.rs`), so that no thread committing a change and no timer ever
-//! writes to a watcher's socket.
+//! behind it on its connection, or its client leaves. This module only
+//! keeps them; whoever takes one out hands it to the server's threads to
+//! answer (`worker.rs`), so that no thread committing a change and no
+//! timer ever writes to a watcher's socket.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
