@@ -384,6 +384,31 @@ pub(crate) fn parse_meta(s: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// Reads one `meta.KEY=VALUE` parameter of a listing's query, the filter
+/// of docs/PROTOCOL.md ("Filters"): KEY and VALUE percent-decoded (`+` is
+/// a space, as in `X-Myrpc-Meta`). `None` when `param` is not one.
+///
+/// # Errors
+///
+/// A one-line reason when the `=` is missing, KEY is empty, or either
+/// does not decode to UTF-8.
+pub(crate) fn parse_meta_param(param: &str) -> Option<Result<(String, String), String>> {
+    let rest = param.strip_prefix("meta.")?;
+    let Some((key, value)) = rest.split_once('=') else {
+        return Some(Err(format!(
+            "filter {:?} has no value: write meta.KEY=VALUE",
+            truncate_for_message(param)
+        )));
+    };
+    Some(match (percent_decode(key), percent_decode(value)) {
+        (Ok(key), _) if key.is_empty() => {
+            Err("a filter's KEY is empty: write meta.KEY=VALUE".to_string())
+        }
+        (Ok(key), Ok(value)) => Ok((key, value)),
+        (Err(reason), _) | (_, Err(reason)) => Err(format!("invalid filter: {reason}")),
+    })
+}
+
 fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -603,6 +628,26 @@ mod tests {
     fn splits_seed_lists_like_the_go_client() {
         assert_eq!(split_servers("a, b,,c "), ["a", "b", "c"]);
         assert!(split_servers("").is_empty());
+    }
+
+    #[test]
+    fn meta_params_decode_and_refuse_a_missing_value_or_key() {
+        let p = parse_meta_param;
+        assert_eq!(p("format=json"), None);
+        assert_eq!(p("metadata=x"), None);
+        assert_eq!(
+            p("meta.zone=eu+west"),
+            Some(Ok(("zone".into(), "eu west".into())))
+        );
+        assert_eq!(
+            p("meta.a%26b=1%3D2"),
+            Some(Ok(("a&b".into(), "1=2".into())))
+        );
+        assert_eq!(p("meta.v="), Some(Ok(("v".into(), String::new()))));
+        for bad in ["meta.zone", "meta.=eu", "meta.", "meta.%zz=1", "meta.k=%ff"] {
+            let reason = p(bad).unwrap().unwrap_err();
+            assert!(!reason.contains('\n'), "{bad}: {reason}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod discovery;
 mod drain;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod filters;
 mod hardening;
 mod heartbeat;
 mod hostile;
@@ -21,6 +22,8 @@ mod operations;
 mod prometheus;
 mod recovery;
 mod server;
+mod server_drain;
+mod server_recovery;
 mod status;
 #[cfg(feature = "tls")]
 mod tls;

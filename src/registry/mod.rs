@@ -3,15 +3,18 @@
 //! This file holds the [`Registry`] API; the rest is one file a job:
 //! `table` (the table under its lock, its caches and listings), `entries`
 //! (a service's entries and their expiry queue), `options` (what a put
-//! carries, the builder, the counts), `sweeper` (the thread that expires
-//! entries on time, started by [`Registry::start_sweeper`]) and `snapshot`
-//! (the table as text, [`Registry::snapshot`] and [`Registry::restore`],
-//! and the file that keeps it across restarts), `history` (the last
-//! removals and the counts per second the status page shows).
+//! carries, the builder, the counts), `pairs` (the indexes of filtered
+//! listings, from the label pairs that changed), `sweeper` (the thread
+//! that expires entries on time, started by [`Registry::start_sweeper`]),
+//! `snapshot` (the table as text, [`Registry::snapshot`] and
+//! [`Registry::restore`], and the file that keeps it across restarts) and
+//! `history` (the last removals and the counts per second the status page
+//! shows).
 
 mod entries;
 mod history;
 mod options;
+mod pairs;
 pub(crate) mod snapshot;
 mod sweeper;
 mod table;
@@ -22,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub use entries::TTL_LIMIT;
-use entries::{Key, Stamp, Tick};
+use entries::{Key, Labels, Stamp, Tick};
 use history::Event;
 pub(crate) use history::{Lately, REMOVALS_KEPT, Removal, Second};
 pub use options::{
@@ -34,7 +37,7 @@ use table::{Details, Inner, Locked, Raw, Service, announce};
 pub use table::{EntryInfo, Listing};
 
 use crate::error::{Error, Result};
-use crate::protocol::validate_service;
+use crate::protocol::{Status, validate_service};
 
 /// How log lines name a service: `service "arith"`, and the default
 /// service (the empty name) as `the default service`, not `service ""`.
@@ -131,6 +134,57 @@ impl Registry {
         self.inner.notifiers.lock().retain(|(i, _)| *i != id);
     }
 
+    /// Whether this table is recovering: a
+    /// [`RegistryServer`](crate::RegistryServer) started serving it without
+    /// restoring a snapshot, and its maximum TTL (the
+    /// [`max_ttl`](RegistryBuilder::max_ttl) bound) has not passed since.
+    /// Until then servers registered before the start may still be on their
+    /// way back (a heartbeat may wait up to its TTL), so a listing may be
+    /// short of servers that are alive; clients keep their last list beside
+    /// it. Listings say so (`X-Myrpc-Recovering: true`, JSON
+    /// `"recovering"`). A table never served, or
+    /// [`restore`](Registry::restore)d, is not recovering.
+    pub fn recovering(&self) -> bool {
+        let until = self.inner.recovery.load(Ordering::Relaxed);
+        if until == table::NOT_RECOVERING || until == table::NEVER_SERVED {
+            return false; // the usual case: no clock read
+        }
+        if self.inner.now() < until {
+            return true;
+        }
+        // Over for good: later calls need not read the clock.
+        let _ = self.inner.recovery.compare_exchange(
+            until,
+            table::NOT_RECOVERING,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        false
+    }
+
+    /// A server starts serving this table: unless a snapshot was restored
+    /// into it (or it recovers already), it recovers for its maximum TTL
+    /// from now.
+    pub(crate) fn begin_recovery(&self) {
+        let max_ttl =
+            u64::try_from(self.inner.max_ttl.as_nanos()).expect("max_ttl is at most 72 h");
+        let until = self.inner.now().saturating_add(max_ttl);
+        let _ = self.inner.recovery.compare_exchange(
+            table::NEVER_SERVED,
+            until,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A snapshot was restored into this table: it knows what it had, and
+    /// is not recovering.
+    fn recovered(&self) {
+        self.inner
+            .recovery
+            .store(table::NOT_RECOVERING, Ordering::Relaxed);
+    }
+
     /// The TTL applied when a server asks for `requested` (or for none).
     pub fn effective_ttl(&self, requested: Option<Duration>) -> Duration {
         match requested {
@@ -152,15 +206,16 @@ impl Registry {
             ttl: None,
             weight: 1,
             meta: BTreeMap::new(),
+            status: None,
         };
         self.put_with(service, addr, &DEFAULTS)
     }
 
     /// Registers `addr` under `service`, or renews it.
     ///
-    /// A renewal with the same weight and metadata only moves the deadline
-    /// and leaves the modify index alone, so watchers are not woken by
-    /// heartbeats.
+    /// A renewal with the same weight, metadata and status (or none asked:
+    /// see [`PutOptions::status`]) only moves the deadline and leaves the
+    /// modify index alone, so watchers are not woken by heartbeats.
     ///
     /// # Errors
     ///
@@ -180,15 +235,21 @@ impl Registry {
         let now = self.inner.now();
         let mut locked = self.locked(now);
         let t = &mut *locked;
+        let labels = Labels {
+            weight: opts.weight,
+            meta: &opts.meta,
+            status: opts.status,
+        };
         if let Some(svc) = t.services.get_mut(service)
             && let Some(i) = svc.entries.find(&key)
         {
-            let (changed, queued) = svc.entries.renew(i, ttl, opts.weight, &opts.meta, now);
+            let (changed, queued) = svc.entries.renew(i, ttl, &labels, now);
             t.stats.renewals += 1;
             t.history.count(now, Event::Renewal, 1);
             if changed {
                 t.counter += 1;
                 svc.index = t.counter;
+                svc.record(t.counter, Some(&opts.meta), &mut t.retired);
                 t.retired.extend(svc.invalidate());
                 announce(&mut t.changed, &svc.name);
             }
@@ -209,9 +270,13 @@ impl Registry {
         }
         t.stats.registrations += 1;
         t.history.count(now, Event::Registration, 1);
-        let index = t.add(service, key, &self.inner.wake, |entries, key| {
-            entries.insert(key, ttl, opts.weight, &opts.meta, now)
-        });
+        let index = t.add(
+            service,
+            key,
+            &opts.meta,
+            &self.inner.wake,
+            |entries, key| entries.insert(key, ttl, &labels, now),
+        );
         // Logged once the lock is released: a logger writes, and every
         // heartbeat would wait for it.
         drop(locked);
@@ -247,14 +312,19 @@ impl Registry {
         Ok(removed)
     }
 
-    /// The alive addresses of `service`, sorted by byte order.
+    /// The addresses of `service` a client may pick, sorted by byte order:
+    /// the alive entries that are up. Draining ones are left out, as they
+    /// are of the seed's `X-Myrpc-Servers` header and of text listings;
+    /// [`instances`](Registry::instances) and [`entries`](Registry::entries)
+    /// list them with their [`status`](EntryInfo::status).
     ///
     /// An invalid or unknown service has none.
     pub fn alive(&self, service: &str) -> Vec<String> {
         self.listing(service).addrs().to_vec()
     }
 
-    /// The rendered listing of `service`: cheap to call, shared until the
+    /// The rendered listing of `service`, the addresses
+    /// [`alive`](Registry::alive) lists: cheap to call, shared until the
     /// service changes.
     pub fn listing(&self, service: &str) -> Arc<Listing> {
         let now = self.inner.now();
@@ -265,7 +335,14 @@ impl Registry {
                     listing: Some(listing),
                     ..
                 }) => return listing.clone(),
-                Some(svc) => (svc.index, svc.entries.iter().map(|e| e.key()).collect()),
+                Some(svc) => (
+                    svc.index,
+                    svc.entries
+                        .iter()
+                        .filter(|e| e.status() == Status::Up)
+                        .map(|e| e.key())
+                        .collect(),
+                ),
                 // An absent service reports the registry-wide counter: it is
                 // at least the index the service had before it emptied out,
                 // so a client never sees its index go backwards.
@@ -377,6 +454,69 @@ impl Registry {
         };
         let details = self.settle_details(service, index, cached);
         (index, details.infos(service, &times, now))
+    }
+
+    /// The entries of `service` whose metadata holds every pair of `filter`
+    /// (exact matches; not empty), sorted by address, and the index of
+    /// that filtered listing: one consistent snapshot.
+    ///
+    /// The index is an index at or after the filtered listing's last
+    /// change: for each label pair, the service keeps the latest index at
+    /// which an entry carrying it registered, changed or left, and an entry
+    /// that came into the listing, changed in it or left it carried every
+    /// pair of the filter (`pairs.rs`).
+    ///
+    /// Why that is enough: every change to the filtered listing after an
+    /// index N raises each pair of the filter above N, so an index not past
+    /// N says the listing is the one a client had at N, and a long-poll
+    /// parked on it misses nothing. A service that emptied out and left the
+    /// table reports `Table::vanished`, at least its last index, and one
+    /// created again starts its pairs there. An index past N without a
+    /// visible change (an entry that came and went, a pair shared with
+    /// entries the filter does not show) answers the same list early,
+    /// never a stale one as new. And it never goes down: the index of a
+    /// pair only grows, a pair shed passes its bound to its key's, and
+    /// `vanished` passes every index of a service that left.
+    ///
+    /// Why not compare the filtered list at wake-up with the one a watcher
+    /// parked on: a long-poll arrives with nothing but an index, so the
+    /// registry must tell from the index alone whether the list changed
+    /// since; and with the service's own index every change in another
+    /// zone would look like one.
+    pub(crate) fn matching(
+        &self,
+        service: &str,
+        filter: &[(String, String)],
+    ) -> (u64, Vec<EntryInfo>) {
+        let now = self.inner.now();
+        let (index, cached, times, matching) = {
+            let t = self.locked(now);
+            let Some(svc) = t.services.get(service) else {
+                return (t.vanished, Vec::new());
+            };
+            (
+                svc.index,
+                svc.details(),
+                svc.times(),
+                svc.index_matching(filter),
+            )
+        };
+        let details = self.settle_details(service, index, cached);
+        (
+            matching,
+            details.infos_matching(service, &times, now, filter),
+        )
+    }
+
+    /// The index of the filtered listing [`matching`](Registry::matching)
+    /// answers: a lookup of each pair of `filter`.
+    pub(crate) fn index_matching(&self, service: &str, filter: &[(String, String)]) -> u64 {
+        let now = self.inner.now();
+        let t = self.locked(now);
+        let vanished = t.vanished;
+        t.services
+            .get(service)
+            .map_or(vanished, |svc| svc.index_matching(filter))
     }
 
     /// The details from the cache, or built from `raw` without the lock and

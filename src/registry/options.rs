@@ -13,7 +13,7 @@ use super::entries::TTL_LIMIT;
 use super::table::{Inner, Table, Time};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::protocol::format_duration;
+use crate::protocol::{Status, format_duration};
 
 /// Default TTL of an entry, as in the seed (`defaultTimeout = 5 * time.Second`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
@@ -42,6 +42,7 @@ pub struct PutOptions {
     pub(super) ttl: Option<Duration>,
     pub(super) weight: u32,
     pub(super) meta: BTreeMap<String, String>,
+    pub(super) status: Option<Status>,
 }
 
 impl Default for PutOptions {
@@ -50,12 +51,14 @@ impl Default for PutOptions {
             ttl: None,
             weight: 1,
             meta: BTreeMap::new(),
+            status: None,
         }
     }
 }
 
 impl PutOptions {
-    /// Default options: the registry's default TTL, weight 1, no metadata.
+    /// Default options: the registry's default TTL, weight 1, no metadata,
+    /// the status in force kept.
     pub fn new() -> PutOptions {
         PutOptions::default()
     }
@@ -79,6 +82,17 @@ impl PutOptions {
         self
     }
 
+    /// The status to set: [`Status::Draining`] takes the entry out of
+    /// [`Registry::alive`] and the seed's listings while it keeps renewing,
+    /// [`Status::Up`] brings it back. Sticky: a put without a status keeps
+    /// the one in force, so heartbeats that never send one (the seed's) do
+    /// not undo a drain. Defaults to none: the status in force, up for a new
+    /// entry.
+    pub fn status(mut self, status: Status) -> PutOptions {
+        self.status = Some(status);
+        self
+    }
+
     /// The TTL asked for, if any.
     pub fn ttl_value(&self) -> Option<Duration> {
         self.ttl
@@ -92,6 +106,11 @@ impl PutOptions {
     /// The metadata labels.
     pub fn meta_map(&self) -> &BTreeMap<String, String> {
         &self.meta
+    }
+
+    /// The status asked for, if any (`None`: keep the one in force).
+    pub fn status_value(&self) -> Option<Status> {
+        self.status
     }
 
     pub(super) fn validate(&self) -> Result<()> {
@@ -123,8 +142,8 @@ pub struct PutOutcome {
     pub ttl: Duration,
     /// The service's modify index after the put.
     pub index: u64,
-    /// Whether the put changed the listing (a new address, or a new weight
-    /// or metadata); `false` for a plain renewal.
+    /// Whether the put changed the listing (a new address, or a new weight,
+    /// metadata or status); `false` for a plain renewal.
     pub changed: bool,
 }
 
@@ -276,6 +295,7 @@ impl RegistryBuilder {
                     },
                 },
                 notifiers: Mutex::new(Vec::new()),
+                recovery: std::sync::atomic::AtomicU64::new(super::table::NEVER_SERVED),
             }),
         })
     }

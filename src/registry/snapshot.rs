@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::Registry;
-use super::entries::{Key, Stamp};
+use super::entries::{Key, Labels, Stamp};
 use super::options::MAX_WEIGHT;
 use super::table::{Details, Raw};
 use crate::error::{Error, Result};
-use crate::protocol::{validate_addr, validate_service};
+use crate::protocol::{Status, validate_addr, validate_service};
 
 impl Registry {
     /// The table as text, with each entry's remaining TTL: what
@@ -84,11 +84,12 @@ impl Registry {
                     .collect();
                 let _ = writeln!(
                     out,
-                    "{service}\t{}\t{}\t{}\t{left}\t{}",
+                    "{service}\t{}\t{}\t{}\t{left}\t{}\t{}",
                     row.addr,
                     row.weight,
                     t.ttl().as_millis(),
-                    crate::protocol::encode_meta(&meta)
+                    crate::protocol::encode_meta(&meta),
+                    row.status
                 );
                 n += 1;
             }
@@ -104,7 +105,8 @@ impl Registry {
     /// marked clean (written while the registry ran, or by a version that
     /// did not mark them) moves the counter a further 2^40 forward, past
     /// every index the changes lost with the crash could have been given.
-    /// Returns how many entries were loaded.
+    /// Returns how many entries were loaded. A restored table is not
+    /// [`recovering`](Registry::recovering).
     ///
     /// # Errors
     ///
@@ -126,7 +128,7 @@ impl Registry {
             true => parsed.counter,
             false => parsed.counter.saturating_add(UNCLEAN_GAP),
         };
-        t.counter = t.counter.max(floor);
+        t.raise_counter(floor);
         let mut loaded = 0;
         for mut e in parsed.entries {
             e.left = e.left.map(|l| l.saturating_sub(down));
@@ -155,11 +157,21 @@ impl Registry {
             };
             // The counter is above the snapshot's already: no index a client
             // saw before the restart comes back.
-            t.add(&e.service, key, &self.inner.wake, |entries, key| {
-                entries.insert_restored(key, ttl, e.left, e.weight, &e.meta, now)
-            });
+            let labels = Labels {
+                weight: e.weight,
+                meta: &e.meta,
+                status: Some(e.status),
+            };
+            t.add(
+                &e.service,
+                key,
+                &e.meta,
+                &self.inner.wake,
+                |entries, key| entries.insert_restored(key, ttl, e.left, &labels, now),
+            );
             loaded += 1;
         }
+        self.recovered();
         Ok(loaded)
     }
 
@@ -171,7 +183,7 @@ impl Registry {
     fn restore_counter(&self, damaged: &[u8]) -> Option<u64> {
         let read = header_counter(damaged);
         let mut t = self.locked(self.inner.now());
-        t.counter = t.counter.max(read.unwrap_or(0).saturating_add(UNCLEAN_GAP));
+        t.raise_counter(read.unwrap_or(0).saturating_add(UNCLEAN_GAP));
         read
     }
 }
@@ -544,9 +556,11 @@ impl Writer {
 }
 
 /// First line of a snapshot: the format and its version. Version 2 added
-/// the `clean` line; version 1 files still load, as not clean.
+/// the `clean` line; version 1 files still load, as not clean. Version 3
+/// added a seventh field to each entry, its status (`up`, `draining`);
+/// entries of older files load as up.
 const SNAPSHOT_MAGIC: &str = "regcenter-snapshot";
-const SNAPSHOT_VERSION: u32 = 2;
+const SNAPSHOT_VERSION: u32 = 3;
 
 /// How far the modify counter moves forward when a snapshot is restored
 /// that was not written at a clean shutdown (a crash, `kill -9`, power
@@ -568,6 +582,7 @@ struct SnapshotEntry {
     ttl: Duration,
     left: Option<Duration>,
     meta: BTreeMap<String, String>,
+    status: Status,
 }
 
 struct Snapshot {
@@ -603,7 +618,8 @@ fn parse_snapshot(text: &str) -> Result<Snapshot> {
     let version = match lines.next().map(|(_, l)| l.split_once(' ')) {
         Some(Some((SNAPSHOT_MAGIC, "1"))) => 1,
         Some(Some((SNAPSHOT_MAGIC, "2"))) => 2,
-        _ => return Err(bad(1, "not a regcenter snapshot (version 1 or 2)")),
+        Some(Some((SNAPSHOT_MAGIC, "3"))) => 3,
+        _ => return Err(bad(1, "not a regcenter snapshot (version 1 to 3)")),
     };
     let counter = match lines.next() {
         Some((_, l)) => l
@@ -645,8 +661,18 @@ fn parse_snapshot(text: &str) -> Result<Snapshot> {
             });
         }
         let f: Vec<&str> = line.split('\t').collect();
-        let [service, addr, weight, ttl, left, meta] = f[..] else {
-            return Err(bad(n, "expected six tab-separated fields"));
+        let (service, addr, weight, ttl, left, meta, status) = match (version, &f[..]) {
+            (1 | 2, &[service, addr, weight, ttl, left, meta]) => {
+                (service, addr, weight, ttl, left, meta, Status::Up)
+            }
+            (1 | 2, _) => return Err(bad(n, "expected six tab-separated fields")),
+            (_, &[service, addr, weight, ttl, left, meta, status]) => {
+                let status = status
+                    .parse::<Status>()
+                    .map_err(|_| bad(n, "bad status (up or draining)"))?;
+                (service, addr, weight, ttl, left, meta, status)
+            }
+            _ => return Err(bad(n, "expected seven tab-separated fields")),
         };
         validate_service(service).map_err(|e| bad(n, &e.to_string()))?;
         validate_addr(addr).map_err(|e| bad(n, &e.to_string()))?;
@@ -672,6 +698,7 @@ fn parse_snapshot(text: &str) -> Result<Snapshot> {
             ttl,
             left,
             meta,
+            status,
         });
     }
     Err(bad(

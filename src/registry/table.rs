@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::entries::{Entries, Key, Stamp, Tick};
+use super::pairs::Pairs;
 use super::{RandomState, RegistryStats, ServiceName};
 use crate::clock::Clock;
+use crate::protocol::Status;
 
-/// A service's alive servers at one modify index, rendered once per change
-/// and shared by reference.
+/// A service's alive servers that take new work (draining ones are left
+/// out: this is what the seed's clients pick from) at one modify index,
+/// rendered once per change and shared by reference.
 #[derive(Debug)]
 pub struct Listing {
     index: u64,
@@ -46,7 +49,7 @@ impl Listing {
         self.index
     }
 
-    /// The alive addresses, sorted by byte order.
+    /// The alive addresses that are up, sorted by byte order.
     pub fn addrs(&self) -> &[String] {
         &self.addrs
     }
@@ -81,6 +84,10 @@ pub struct EntryInfo {
     pub expires_in: Option<Duration>,
     /// Time since the last register or renewal.
     pub since_beat: Duration,
+    /// Whether it takes new work; a draining entry is left out of
+    /// [`Registry::alive`](crate::Registry::alive) and of the seed's and
+    /// text listings.
+    pub status: Status,
 }
 
 /// What the clones of a [`Registry`](crate::Registry) share.
@@ -99,7 +106,18 @@ pub(super) struct Inner {
     /// Called with the services that changed, after the table lock is
     /// released (the server answers its parked watchers there).
     pub(super) notifiers: Mutex<Vec<(u64, Notifier)>>,
+    /// Until when the table is recovering, a table time (never 0: the
+    /// maximum TTL is above zero), or [`NEVER_SERVED`] or
+    /// [`NOT_RECOVERING`] (see
+    /// [`Registry::recovering`](crate::Registry::recovering)).
+    pub(super) recovery: std::sync::atomic::AtomicU64,
 }
+
+/// [`Inner::recovery`] of a table no server started on yet, nor restored.
+pub(super) const NEVER_SERVED: u64 = 0;
+/// [`Inner::recovery`] of a table that is not recovering: restored from a
+/// snapshot, or past its deadline.
+pub(super) const NOT_RECOVERING: u64 = u64::MAX;
 
 /// A callback told which services changed.
 pub(crate) type Notifier = Arc<dyn Fn(&[Arc<str>]) + Send + Sync>;
@@ -190,6 +208,11 @@ pub(super) struct Table {
     pub(super) expired: Vec<(Arc<str>, Key<'static>)>,
     /// Registry-wide modify counter (docs/PROTOCOL.md, "Modify index").
     pub(super) counter: u64,
+    /// The latest index at which a service emptied out and left the table
+    /// with what it knew of its filtered listings (or the counter a
+    /// restore started from): the index of every filtered listing of an
+    /// absent service, and where a new service's knowledge starts.
+    pub(super) vanished: u64,
     pub(super) entries: usize,
     /// Cloned into each service: one seed per registry.
     hasher: RandomState,
@@ -213,6 +236,8 @@ pub(super) struct Service {
     pub(super) listing: Option<Arc<Listing>>,
     /// Likewise, for readers of the details (JSON listings, status page).
     pub(super) details: Option<Arc<Details>>,
+    /// The indexes of its filtered listings.
+    pub(super) pairs: Pairs,
 }
 
 impl Service {
@@ -223,6 +248,34 @@ impl Service {
             return None; // nothing to free, nothing to allocate
         }
         Some(Box::new((self.listing.take(), self.details.take())))
+    }
+
+    /// Notes for its filtered listings a change at `index`: the labels of
+    /// an entry that registered or changed (`labels`, if any), and those of
+    /// the entries that left or were relabelled. The labels that left are
+    /// freed after the lock, with what a change replaced.
+    pub(super) fn record(
+        &mut self,
+        index: u64,
+        labels: Option<&BTreeMap<String, String>>,
+        retired: &mut Vec<Box<dyn Send>>,
+    ) {
+        let gone = self.entries.take_gone();
+        let entries = self.entries.len();
+        let labels = labels.filter(|l| !l.is_empty());
+        if labels.is_some() || !gone.is_empty() {
+            self.pairs
+                .note(labels.into_iter().chain(&gone), index, entries);
+        }
+        if !gone.is_empty() {
+            retired.push(Box::new(gone));
+        }
+    }
+
+    /// The index of the listing of the entries whose labels hold every
+    /// pair of `filter` (not empty); see `pairs.rs`.
+    pub(super) fn index_matching(&self, filter: &[(String, String)]) -> u64 {
+        self.pairs.bound(filter)
     }
 
     /// What renewals move, for every entry in the table's order: one
@@ -243,7 +296,7 @@ impl Service {
             labels: Vec::new(),
         };
         for (at, e) in self.entries.iter().enumerate() {
-            raw.rows.push((e.key(), e.weight()));
+            raw.rows.push((e.key(), e.weight(), e.status()));
             if !e.meta().is_empty() {
                 raw.labels.push((at, e.meta().clone()));
             }
@@ -255,7 +308,7 @@ impl Service {
 /// Addresses and weights in the table's order, and the labels of those
 /// that have any: copied out to build [`Details`] without the lock.
 pub(super) struct Raw {
-    rows: Vec<(Key<'static>, u32)>,
+    rows: Vec<(Key<'static>, u32, Status)>,
     labels: Vec<(usize, BTreeMap<String, String>)>,
 }
 
@@ -270,6 +323,7 @@ pub(super) struct DetailRow {
     pub(super) addr: String,
     pub(super) weight: u32,
     pub(super) meta: BTreeMap<String, String>,
+    pub(super) status: Status,
     /// Position in the table's iteration order, which only inserts and
     /// removals change, and those invalidate the details.
     pub(super) at: usize,
@@ -282,10 +336,11 @@ impl Details {
             .rows
             .into_iter()
             .enumerate()
-            .map(|(at, (key, weight))| DetailRow {
+            .map(|(at, (key, weight, status))| DetailRow {
                 addr: key.to_string(),
                 weight,
                 meta: BTreeMap::new(),
+                status,
                 at,
             })
             .collect();
@@ -299,6 +354,18 @@ impl Details {
     /// The entries as [`Registry::entries`](crate::Registry::entries)
     /// reports them at `now`.
     pub(super) fn infos(&self, service: &str, times: &[Stamp], now: Tick) -> Vec<EntryInfo> {
+        self.infos_matching(service, times, now, &[])
+    }
+
+    /// The entries whose labels hold every pair of `filter`, as
+    /// [`infos`](Details::infos) reports them.
+    pub(super) fn infos_matching(
+        &self,
+        service: &str,
+        times: &[Stamp],
+        now: Tick,
+        filter: &[(String, String)],
+    ) -> Vec<EntryInfo> {
         debug_assert_eq!(
             times.len(),
             self.rows.len(),
@@ -306,6 +373,7 @@ impl Details {
         );
         self.rows
             .iter()
+            .filter(|r| matches(&r.meta, filter))
             .map(|r| {
                 let t = times[r.at];
                 EntryInfo {
@@ -318,10 +386,16 @@ impl Details {
                         .deadline()
                         .map(|d| Duration::from_nanos(d.saturating_sub(now))),
                     since_beat: Duration::from_nanos(now.saturating_sub(t.last_beat())),
+                    status: r.status,
                 }
             })
             .collect()
     }
+}
+
+/// Whether `meta` holds every pair of `filter` (exact match).
+fn matches(meta: &BTreeMap<String, String>, filter: &[(String, String)]) -> bool {
+    filter.iter().all(|(k, v)| meta.get(k) == Some(v))
 }
 
 /// Room of the service map below which it is not shrunk.
@@ -396,6 +470,9 @@ impl Table {
         }
         if svc.entries.is_empty() {
             if let Some(gone) = self.services.remove(service) {
+                // Its departures go with it: every filtered listing of it
+                // reports this index from now on (see `vanished`).
+                self.vanished = self.vanished.max(gone.index);
                 self.retired.push(Box::new(gone));
             }
             // Services that came and went leave no room behind.
@@ -407,13 +484,14 @@ impl Table {
         soonest
     }
 
-    /// Adds an absent entry with `insert`, which queues its expiry and
-    /// returns its deadline: a new index for its service, the caches
-    /// retired, the change announced. Returns the index.
+    /// Adds an absent entry labelled `meta` with `insert`, which queues its
+    /// expiry and returns its deadline: a new index for its service, the
+    /// caches retired, the change announced. Returns the index.
     pub(super) fn add<'k>(
         &mut self,
         service: &str,
         key: Key<'k>,
+        meta: &BTreeMap<String, String>,
         wake: &Condvar,
         insert: impl FnOnce(&mut Entries, Key<'k>) -> Option<Tick>,
     ) -> u64 {
@@ -424,8 +502,12 @@ impl Table {
         svc.index = index;
         let old = svc.invalidate();
         let deadline = insert(&mut svc.entries, key);
+        // A new entry replaced nothing: nothing to retire but `old`.
+        let mut retired = Vec::new();
+        svc.record(index, Some(meta), &mut retired);
         let name = svc.name.clone();
         self.retired.extend(old);
+        self.retired.append(&mut retired);
         announce(&mut self.changed, &name);
         if deadline.is_some() && self.settle(service) {
             wake.notify_all();
@@ -444,6 +526,9 @@ impl Table {
                 due: None,
                 listing: None,
                 details: None,
+                // What it may have had before it was created is unknown
+                // past the last time a service left the table.
+                pairs: Pairs::new(self.hasher.clone(), self.vanished),
             };
             self.services.insert(name, svc);
         }
@@ -472,9 +557,21 @@ impl Table {
         self.counter += n as u64;
         announce(&mut self.changed, &svc.name);
         svc.index = self.counter;
+        svc.record(self.counter, None, &mut self.retired);
         self.retired.extend(svc.invalidate());
         // Only ever later: the sweeper need not be woken.
         self.settle(service);
+    }
+
+    /// Moves the counter to at least `floor` (a restore), and forgets the
+    /// history of filtered listings below it: changes a restart lost are
+    /// unknown, so a filtered long-poll from before is answered at once.
+    pub(super) fn raise_counter(&mut self, floor: u64) {
+        self.counter = self.counter.max(floor);
+        self.vanished = self.vanished.max(self.counter);
+        for svc in self.services.values_mut() {
+            svc.pairs.raise(self.counter);
+        }
     }
 
     /// Expires every entry whose deadline has passed, service by service

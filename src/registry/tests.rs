@@ -119,6 +119,49 @@ fn index_never_goes_backwards_when_a_service_empties() {
 }
 
 #[test]
+fn a_drain_is_sticky_a_change_and_left_out_of_alive() {
+    use crate::protocol::Status;
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    reg.put("svc", "a").unwrap();
+    reg.put("svc", "b").unwrap();
+    let i0 = reg.index("svc");
+    let drain = PutOptions::new().status(Status::Draining);
+    let drained = reg.put_with("svc", "a", &drain).unwrap();
+    assert!(
+        drained.changed && drained.index > i0,
+        "a status change is a change"
+    );
+    assert_eq!(reg.alive("svc"), ["b"]);
+    assert_eq!(reg.listing("svc").joined(), "b");
+    assert_eq!(reg.listing("svc").index(), drained.index);
+    // It renews as usual; neither a renewal without a status nor one with
+    // the same status is a change.
+    clock.advance(4 * S);
+    let renewed = reg.put("svc", "a").unwrap();
+    assert!(!renewed.changed);
+    assert!(!reg.put_with("svc", "a", &drain).unwrap().changed);
+    assert_eq!(reg.index("svc"), drained.index);
+    let (_, infos) = reg.instances("svc");
+    let seen: Vec<(&str, Status)> = infos.iter().map(|e| (e.addr.as_str(), e.status)).collect();
+    assert_eq!(seen, [("a", Status::Draining), ("b", Status::Up)]);
+    // And expires as usual: b at 5 s, a 5 s after its renewal at 4 s.
+    clock.advance(4 * S);
+    assert!(reg.alive("svc").is_empty());
+    assert_eq!(reg.instances("svc").1.len(), 1, "a is draining, not gone");
+    clock.advance(S);
+    assert!(reg.entries().is_empty());
+    // A new entry may start draining; `up` brings it back.
+    reg.put_with("svc", "a", &drain).unwrap();
+    assert!(reg.alive("svc").is_empty());
+    let up = reg
+        .put_with("svc", "a", &PutOptions::new().status(Status::Up))
+        .unwrap();
+    assert!(up.changed);
+    assert_eq!(reg.alive("svc"), ["a"]);
+}
+
+#[test]
 fn requested_ttl_is_clamped_to_the_bounds() {
     let clock = ManualClock::new();
     let reg = registry(&clock);
@@ -408,4 +451,223 @@ fn registry_and_handles_are_send_and_sync() {
     check::<Registry>();
     check::<Sweeper>();
     check::<Listing>();
+}
+
+/// What a filtered listing shows of each entry: a change to any of it is a
+/// change of the listing.
+type Shown = Vec<(
+    String,
+    u32,
+    BTreeMap<String, String>,
+    crate::protocol::Status,
+)>;
+
+fn shown(reg: &Registry, service: &str, filter: &[(String, String)]) -> (u64, Shown) {
+    let (index, infos) = reg.matching(service, filter);
+    let shown = infos
+        .into_iter()
+        .map(|e| (e.addr, e.weight, e.meta, e.status))
+        .collect();
+    (index, shown)
+}
+
+fn filter(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_filtered_index_moves_with_its_listing_only() {
+    use crate::protocol::Status;
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    let eu = filter(&[("zone", "eu")]);
+    let zone = |z: &str| PutOptions::new().meta("zone", z);
+    reg.put_with("svc", "a", &zone("eu")).unwrap();
+    reg.put_with("svc", "b", &zone("us")).unwrap();
+    let (i0, list) = shown(&reg, "svc", &eu);
+    assert_eq!(list.len(), 1);
+    assert_eq!(reg.index_matching("svc", &eu), i0);
+    // Changes in another zone, or outside any: the eu listing stays put.
+    reg.put_with("svc", "b", &zone("us").weight(3)).unwrap();
+    reg.put_with("svc", "c", &zone("us")).unwrap();
+    reg.put("svc", "d").unwrap();
+    reg.remove("svc", "c").unwrap();
+    reg.remove("svc", "d").unwrap();
+    reg.put_with("svc", "b", &zone("us").status(Status::Draining))
+        .unwrap();
+    assert!(reg.index("svc") > i0);
+    assert_eq!(reg.index_matching("svc", &eu), i0);
+    // A change in it, a server joining it, and servers leaving it do move it.
+    let mut last = i0;
+    let mut moved = |what: &str| {
+        let now = reg.index_matching("svc", &eu);
+        assert!(now > last, "{what}: {now} after {last}");
+        assert!(now <= reg.counter());
+        last = now;
+    };
+    reg.put_with("svc", "a", &zone("eu").status(Status::Draining))
+        .unwrap();
+    moved("a status change");
+    reg.put_with("svc", "b", &zone("eu")).unwrap();
+    moved("b relabelled into eu");
+    reg.put_with("svc", "b", &zone("us")).unwrap();
+    moved("b relabelled out of eu");
+    reg.remove("svc", "a").unwrap();
+    moved("a deregistered");
+    reg.put_with("svc", "e", &zone("eu").ttl(S)).unwrap();
+    moved("e registered");
+    clock.advance(S);
+    reg.sweep();
+    moved("e expired");
+    // The service empties out and leaves the table, then comes back in
+    // another zone: never backwards, and not moved by the other zone.
+    reg.remove("svc", "b").unwrap();
+    moved("the service emptied out");
+    let gone = reg.index_matching("svc", &eu);
+    reg.put_with("svc", "f", &zone("us")).unwrap();
+    assert_eq!(reg.index_matching("svc", &eu), gone);
+    reg.put_with("svc", "g", &zone("eu")).unwrap();
+    assert!(reg.index_matching("svc", &eu) > gone);
+}
+
+#[test]
+fn churn_in_another_zone_leaves_a_filtered_index_alone_however_long() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    let eu = filter(&[("zone", "eu")]);
+    let us = |id: &str| PutOptions::new().meta("zone", "us").meta("id", id);
+    reg.put_with("svc", "keep", &PutOptions::new().meta("zone", "eu"))
+        .unwrap();
+    reg.put_with("svc", "gone", &PutOptions::new().meta("zone", "eu"))
+        .unwrap();
+    reg.remove("svc", "gone").unwrap();
+    let n = reg.index_matching("svc", &eu);
+    // Servers with an id each come and go in another zone, far more than
+    // a service keeps label pairs for; then expire in a mass.
+    for i in 0..5_000 {
+        let id = format!("x{i}");
+        reg.put_with("svc", &id, &us(&id)).unwrap();
+        reg.remove("svc", &id).unwrap();
+    }
+    for i in 0..5_000 {
+        let id = format!("y{i}");
+        reg.put_with("svc", &id, &us(&id).ttl(S)).unwrap();
+    }
+    clock.advance(S);
+    assert_eq!(reg.sweep(), 5_000);
+    assert_eq!(reg.index_matching("svc", &eu), n);
+    // Its own departure still moves it, in a mass expiry too.
+    reg.put_with("svc", "eu2", &PutOptions::new().meta("zone", "eu").ttl(S))
+        .unwrap();
+    let joined = reg.index_matching("svc", &eu);
+    assert!(joined > n);
+    for i in 0..5_000 {
+        let id = format!("z{i}");
+        reg.put_with("svc", &id, &us(&id).ttl(S)).unwrap();
+    }
+    clock.advance(S);
+    reg.sweep();
+    assert!(reg.index_matching("svc", &eu) > joined);
+    let (_, list) = shown(&reg, "svc", &eu);
+    assert_eq!(list.len(), 1);
+}
+
+/// Filtered indexes over random operations: they never go backwards, stay
+/// within the counter, and move whenever what their listing shows changed.
+#[test]
+fn filtered_indexes_follow_their_listings_over_random_operations() {
+    use crate::protocol::Status;
+    let filters = [
+        filter(&[("zone", "x")]),
+        filter(&[("zone", "y")]),
+        filter(&[("v", "1"), ("zone", "x")]),
+    ];
+    let services = ["", "a"];
+    for seed in 1..=6u64 {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let clock = ManualClock::new();
+        let mut reg = registry(&clock);
+        let mut seen: HashMap<(&str, usize), (u64, Shown)> = HashMap::new();
+        for step in 0..2000 {
+            let service = services[next(services.len())];
+            let addr = format!("tcp@10.0.0.{}:1", next(12));
+            match next(12) {
+                0..=6 => {
+                    let mut opts = PutOptions::new().weight(1 + next(2) as u32);
+                    match next(4) {
+                        0 => {}
+                        1 => opts = opts.meta("zone", "y"),
+                        _ => opts = opts.meta("zone", "x").meta("v", ["1", "2"][next(2)]),
+                    }
+                    opts = match next(4) {
+                        0 => opts.status(Status::Draining),
+                        1 => opts.status(Status::Up),
+                        _ => opts,
+                    };
+                    reg.put_with(service, &addr, &opts).unwrap();
+                }
+                7 | 8 => drop(reg.remove(service, &addr).unwrap()),
+                9 | 10 => clock.advance(Duration::from_millis(500 * next(8) as u64)),
+                _ => {
+                    let text = reg.snapshot();
+                    reg = registry(&clock);
+                    reg.restore(&text).unwrap();
+                }
+            }
+            for s in services {
+                for (f, filter) in filters.iter().enumerate() {
+                    let (index, list) = shown(&reg, s, filter);
+                    let at = format!("seed {seed} step {step} service {s:?} filter {filter:?}");
+                    assert!(index <= reg.counter(), "{at}");
+                    assert_eq!(reg.index_matching(s, filter), index, "{at}");
+                    if let Some((before, old)) = seen.get(&(s, f)) {
+                        assert!(index >= *before, "{at}: {index} after {before}");
+                        if *old != list {
+                            assert!(index > *before, "{at}: changed at {index}");
+                        }
+                    }
+                    seen.insert((s, f), (index, list));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_served_table_recovers_for_its_max_ttl_unless_restored() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    assert!(!reg.recovering(), "never served");
+    clock.advance(10 * S);
+    reg.begin_recovery();
+    assert!(reg.recovering());
+    reg.begin_recovery(); // a second start does not move the deadline
+    clock.advance(60 * S - Duration::from_nanos(1));
+    assert!(reg.recovering());
+    clock.advance(Duration::from_nanos(1));
+    assert!(!reg.recovering(), "the maximum TTL, 60 s, has passed");
+    reg.begin_recovery();
+    assert!(!reg.recovering(), "over for good");
+
+    let restored = registry(&clock);
+    restored.restore(&reg.snapshot()).unwrap();
+    restored.begin_recovery();
+    assert!(!restored.recovering());
+    // A failed restore restores nothing.
+    let failed = registry(&clock);
+    assert!(failed.restore("not a snapshot").is_err());
+    failed.begin_recovery();
+    assert!(failed.recovering());
+    // Restored while recovering: it knows its table now.
+    failed.restore(&reg.snapshot()).unwrap();
+    assert!(!failed.recovering());
 }

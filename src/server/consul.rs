@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::prom::{self, HostPort};
+use super::prom::HostPort;
 use super::route::{Body, Format, Method, Outcome, Request, Response, RouteConfig, Watch};
 use super::watch::ANY_SERVICE;
 use crate::protocol::{parse_duration, validate_service};
@@ -126,6 +126,7 @@ pub(super) fn route(
             index,
             wait: q.wait,
             format: Format::Consul(view),
+            filter: Vec::new().into(),
         });
     }
     render(reg, &service, view).into()
@@ -159,7 +160,7 @@ pub(super) fn render(reg: &Registry, service: &str, view: View) -> Response {
         Kind::Health { passing } => {
             let (index, entries) = reg.instances(service);
             let list = instances(&entries)
-                .filter(|(e, _)| !passing || prom::status(e) == crate::Status::Up)
+                .filter(|(e, _)| !passing || e.status == crate::Status::Up)
                 .map(|(e, hp)| health_entry(e, hp, index, view.node))
                 .collect();
             answer(index, Value::Array(list))
@@ -263,7 +264,7 @@ fn health_entry(e: &EntryInfo, hp: HostPort<'_>, index: u64, node: IpAddr) -> Va
     let node_check = check("serfHealth", "Serf Health Status", "passing", "", false);
     // A draining entry is in maintenance, as Consul marks an instance that
     // takes no new work: a critical check under Consul's own ID.
-    let service_check = match prom::status(e) {
+    let service_check = match e.status {
         crate::Status::Draining => check(
             &format!("_service_maintenance:{id}"),
             "Service Maintenance Mode",

@@ -107,7 +107,9 @@ impl RegistryServerBuilder {
     /// as `FILE.corrupt`, and the registry starts empty; `start` fails when
     /// it cannot be kept aside), written atomically every
     /// [`snapshot_interval`](Self::snapshot_interval) and at shutdown.
-    /// Defaults to none.
+    /// A server that restores none (none set, none found, or one set aside)
+    /// says in its listings, for its maximum TTL, that it is
+    /// [`recovering`](Registry::recovering). Defaults to none.
     pub fn snapshot(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.snapshot = Some(path.into());
         self
@@ -372,7 +374,7 @@ impl RegistryServerBuilder {
             front: front.clone(),
             registry: registry.clone(),
             cfg,
-            watchers: Watchers::new(max_watchers),
+            watchers: Watchers::new(max_watchers, registry.clone()),
             lanes: lanes::Lanes::default(),
             pool,
             metrics,
@@ -404,6 +406,10 @@ impl RegistryServerBuilder {
                 .spawn(move || c.watchers.run_timer(|due| worker::answer_parked(&c, due)))
                 .map_err(|e| Error::io("spawn the watch timer thread", e))?,
         );
+        // Unless a snapshot was restored into it, the table lacks the
+        // servers registered before this start until they beat again: its
+        // listings say so for its maximum TTL (`Registry::recovering`).
+        registry.begin_recovery();
         worker::start_intake(&ctx, front.current())
             .map_err(|e| Error::io("spawn the intake thread", e))?;
         let guard_cfg = http::GuardConfig {

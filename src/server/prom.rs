@@ -7,7 +7,7 @@
 use serde_json::{Map, Value, json};
 
 use super::route::{Method, Request, Response, RouteConfig, method_not_allowed};
-use crate::protocol::{HEADER_INDEX, Status, validate_service};
+use crate::protocol::{HEADER_INDEX, validate_service};
 use crate::registry::{EntryInfo, Registry};
 
 /// Where Prometheus reads its targets.
@@ -65,7 +65,7 @@ fn labels(e: &EntryInfo) -> Map<String, Value> {
     label("service", &e.service);
     label("address", &e.addr);
     label("weight", &e.weight.to_string());
-    label("status", status(e).as_str());
+    label("status", e.status.as_str());
     // Keys in byte order: of two keys that make one label name, the first
     // is kept.
     for (k, v) in &e.meta {
@@ -81,12 +81,6 @@ pub(super) fn label_name(key: &str) -> String {
     key.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
-}
-
-/// The status of an entry.
-// FIXME: Up until `EntryInfo` carries its status; then `e.status`.
-pub(super) fn status(_e: &EntryInfo) -> Status {
-    Status::Up
 }
 
 /// The host and port of a `proto@host:port` address: `proto` not empty,

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::protocol::{
-    HEADER_INDEX, HEADER_META, HEADER_SERVER, HEADER_SERVERS, HEADER_TTL, HEADER_WEIGHT,
-    MAX_HEADER_VALUE, format_duration, parse_duration, parse_meta, validate_service,
+    HEADER_INDEX, HEADER_META, HEADER_RECOVERING, HEADER_SERVER, HEADER_SERVERS, HEADER_STATUS,
+    HEADER_TTL, HEADER_WEIGHT, MAX_HEADER_VALUE, Status, format_duration, parse_duration,
+    parse_meta, parse_meta_param, validate_service,
 };
-use crate::registry::{Listing, PutOptions, Registry};
+use crate::registry::{EntryInfo, Listing, PutOptions, Registry};
 
 /// The request methods the routes tell apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,7 +190,7 @@ pub(crate) fn dispatch(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Outc
 pub(crate) fn handle(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Response {
     match dispatch(reg, cfg, req) {
         Outcome::Answer(r) => r,
-        Outcome::Park(w) => render(reg, &w.service, w.format),
+        Outcome::Park(w) => render(reg, &w.service, w.format, &w.filter),
     }
 }
 
@@ -266,7 +267,7 @@ pub(crate) enum Format {
     Seed,
     /// One address per line in the body.
     Text,
-    /// `{"service", "index", "servers": [{addr, weight, meta, expires_in_ms}]}`.
+    /// `{"service", "index", "recovering", "servers": [{addr, weight, status, meta, expires_in_ms}]}`.
     Json,
     /// A Consul API read (`consul.rs`).
     Consul(super::consul::View),
@@ -276,13 +277,30 @@ pub(crate) enum Format {
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(600);
 
-/// A long-poll to park until the service's index passes `index`.
+/// The `meta.KEY=VALUE` pairs of a listing, sorted and without repeats (so
+/// that equal filters compare equal); empty: no filter.
+pub(crate) type Filter = Arc<[(String, String)]>;
+
+/// A long-poll to park until its listing's index passes `index`: the
+/// service's, or with a filter the filtered listing's
+/// ([`Registry::index_matching`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Watch {
     pub(crate) service: String,
     pub(crate) index: u64,
     pub(crate) wait: Duration,
     pub(crate) format: Format,
+    pub(crate) filter: Filter,
+}
+
+/// The index a long-poll of `service` with `filter` waits to see pass its
+/// own.
+pub(crate) fn current_index(reg: &Registry, service: &str, filter: &[(String, String)]) -> u64 {
+    if filter.is_empty() {
+        reg.index(service)
+    } else {
+        reg.index_matching(service, filter)
+    }
 }
 
 /// What to do with a request: answer it now, or park it.
@@ -305,7 +323,16 @@ fn list(reg: &Registry, service: &str, query: &str, accept: Option<&str>) -> Out
         Format::Seed
     };
     let (mut index, mut wait) = (None, None);
+    let mut filter = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match parse_meta_param(pair) {
+            Some(Ok(kv)) => {
+                filter.push(kv);
+                continue;
+            }
+            Some(Err(reason)) => return Response::text(400, reason).into(),
+            None => {}
+        }
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "format" => {
@@ -346,63 +373,65 @@ fn list(reg: &Registry, service: &str, query: &str, accept: Option<&str>) -> Out
             _ => {}
         }
     }
+    filter.sort_unstable();
+    filter.dedup();
+    let filter: Filter = filter.into();
     if let Some(index) = index {
         let wait = wait.unwrap_or(DEFAULT_WAIT);
-        // Answer at once when the service moved past the index, when the
+        // Answer at once when the listing moved past the index, when the
         // index is from before a restart (beyond the counter), or when the
         // client asked not to wait.
-        if reg.index(service) <= index && index <= reg.counter() && !wait.is_zero() {
+        if current_index(reg, service, &filter) <= index
+            && index <= reg.counter()
+            && !wait.is_zero()
+        {
             return Outcome::Park(Watch {
                 service: service.to_string(),
                 index,
                 wait,
                 format,
+                filter,
             });
         }
     }
-    render(reg, service, format).into()
+    render(reg, service, format, &filter).into()
 }
 
-/// The listing of `service` in `format`.
-pub(crate) fn render(reg: &Registry, service: &str, format: Format) -> Response {
+/// The listing of `service` in `format`, of the entries whose metadata
+/// holds every pair of `filter` (all of them when it is empty). While the
+/// registry is recovering, every format says so.
+pub(crate) fn render(
+    reg: &Registry,
+    service: &str,
+    format: Format,
+    filter: &[(String, String)],
+) -> Response {
     if let Format::Consul(view) = format {
         return super::consul::render(reg, service, view);
     }
+    // Read before the listing is taken: recovering only ends, so a listing
+    // taken while the registry recovered is never said to be complete.
+    let recovering = reg.recovering();
+    let r = listing_of(reg, service, format, filter, recovering);
+    match recovering {
+        true => r.with_header(HEADER_RECOVERING, "true"),
+        false => r,
+    }
+}
+
+fn listing_of(
+    reg: &Registry,
+    service: &str,
+    format: Format,
+    filter: &[(String, String)],
+    recovering: bool,
+) -> Response {
+    if !filter.is_empty() {
+        return render_matching(reg, service, format, filter, recovering);
+    }
     if format == Format::Json {
         let (index, entries) = reg.instances(service);
-        let mut body = String::with_capacity(64 + entries.len() * 96);
-        body.push_str("{\"service\":");
-        json_str(&mut body, service);
-        body.push_str(&format!(",\"index\":{index},\"servers\":["));
-        for (i, e) in entries.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str("{\"addr\":");
-            json_str(&mut body, &e.addr);
-            body.push_str(&format!(",\"weight\":{},\"meta\":{{", e.weight));
-            for (j, (k, v)) in e.meta.iter().enumerate() {
-                if j > 0 {
-                    body.push(',');
-                }
-                json_str(&mut body, k);
-                body.push(':');
-                json_str(&mut body, v);
-            }
-            match e.expires_in {
-                Some(d) => body.push_str(&format!("}},\"expires_in_ms\":{}}}", d.as_millis())),
-                None => body.push_str("},\"expires_in_ms\":null}"),
-            }
-        }
-        body.push_str("]}\n");
-        return Response {
-            status: 200,
-            headers: vec![
-                ("Content-Type", "application/json".into()),
-                (HEADER_INDEX, index.to_string()),
-            ],
-            body: Body::Text(body),
-        };
+        return json_listing(service, index, recovering, &entries);
     }
     let listing = reg.listing(service);
     let index = listing.index().to_string();
@@ -420,6 +449,90 @@ pub(crate) fn render(reg: &Registry, service: &str, format: Format) -> Response 
             ],
             body: Body::Listing(listing),
         },
+    }
+}
+
+/// A filtered listing: printed per request, where an unfiltered one is
+/// shared ([`Registry::listing`]), since filters are many and each
+/// listing of one is small.
+fn render_matching(
+    reg: &Registry,
+    service: &str,
+    format: Format,
+    filter: &[(String, String)],
+    recovering: bool,
+) -> Response {
+    let (index, entries) = reg.matching(service, filter);
+    // Draining entries are left out of the seed's and text listings, as
+    // in unfiltered ones.
+    let up = || entries.iter().filter(|e| e.status == Status::Up);
+    match format {
+        // Answered before any filter is read (`render`).
+        Format::Consul(view) => super::consul::render(reg, service, view),
+        Format::Json => json_listing(service, index, recovering, &entries),
+        Format::Seed => {
+            let joined: Vec<&str> = up().map(|e| e.addr.as_str()).collect();
+            Response::empty(200)
+                .with_header(HEADER_SERVERS, joined.join(","))
+                .with_header(HEADER_INDEX, index.to_string())
+        }
+        Format::Text => {
+            let mut text = String::new();
+            for e in up() {
+                text.push_str(&e.addr);
+                text.push('\n');
+            }
+            Response {
+                status: 200,
+                headers: vec![
+                    ("Content-Type", "text/plain; charset=utf-8".into()),
+                    (HEADER_INDEX, index.to_string()),
+                ],
+                body: Body::Text(text),
+            }
+        }
+    }
+}
+
+/// The JSON listing of `entries` at `index`.
+fn json_listing(service: &str, index: u64, recovering: bool, entries: &[EntryInfo]) -> Response {
+    let mut body = String::with_capacity(64 + entries.len() * 96);
+    body.push_str("{\"service\":");
+    json_str(&mut body, service);
+    body.push_str(&format!(
+        ",\"index\":{index},\"recovering\":{recovering},\"servers\":["
+    ));
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str("{\"addr\":");
+        json_str(&mut body, &e.addr);
+        body.push_str(&format!(
+            ",\"weight\":{},\"status\":\"{}\",\"meta\":{{",
+            e.weight, e.status
+        ));
+        for (j, (k, v)) in e.meta.iter().enumerate() {
+            if j > 0 {
+                body.push(',');
+            }
+            json_str(&mut body, k);
+            body.push(':');
+            json_str(&mut body, v);
+        }
+        match e.expires_in {
+            Some(d) => body.push_str(&format!("}},\"expires_in_ms\":{}}}", d.as_millis())),
+            None => body.push_str("},\"expires_in_ms\":null}"),
+        }
+    }
+    body.push_str("]}\n");
+    Response {
+        status: 200,
+        headers: vec![
+            ("Content-Type", "application/json".into()),
+            (HEADER_INDEX, index.to_string()),
+        ],
+        body: Body::Text(body),
     }
 }
 
@@ -482,6 +595,21 @@ fn put_options(req: &Request) -> Result<PutOptions, Response> {
             ));
         };
         opts = opts.weight(weight);
+    }
+    if let Some(status) = bounded_header(req, HEADER_STATUS)? {
+        // Exactly the wire names: anything else is refused rather than
+        // guessed at, since a drain that silently did not happen keeps
+        // traffic flowing to a server that is going away.
+        let Ok(status) = status.parse::<Status>() else {
+            return Err(Response::text(
+                400,
+                format!(
+                    "invalid {HEADER_STATUS} {:?}: use up or draining, or leave it out to keep the status in force",
+                    clip(status)
+                ),
+            ));
+        };
+        opts = opts.status(status);
     }
     if let Some(meta) = bounded_header(req, HEADER_META)? {
         for (k, v) in parse_meta(meta)
@@ -737,6 +865,21 @@ mod tests {
                 "/myRPC/registry",
                 vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Meta", "k=%zz")],
             ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Status", "sleeping")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Status", "Draining")],
+            ),
+            (
+                Method::Post,
+                "/myRPC/registry",
+                vec![("X-Myrpc-Server", "a"), ("X-Myrpc-Status", "")],
+            ),
             (Method::Delete, "/myRPC/registry", vec![]),
             (
                 Method::Delete,
@@ -834,5 +977,266 @@ mod tests {
             &[("X-Myrpc-Server", "a")],
         );
         assert_eq!(r.status, 200, "renewals are still accepted");
+    }
+
+    fn post_status(reg: &Registry, addr: &str, status: Option<&str>) -> Response {
+        let mut h = vec![("X-Myrpc-Server", addr)];
+        if let Some(st) = status {
+            h.push(("X-Myrpc-Status", st));
+        }
+        call(reg, Method::Post, "/myRPC/registry/s", &h)
+    }
+
+    #[test]
+    fn a_draining_server_is_left_out_of_seed_and_text_listings_but_shown_in_json() {
+        let reg = Registry::new();
+        assert_eq!(post_status(&reg, "tcp@a", None).status, 200);
+        assert_eq!(post_status(&reg, "tcp@b", None).status, 200);
+        let before = reg.index("s");
+        let r = post_status(&reg, "tcp@a", Some("draining"));
+        assert_eq!(r.status, 200);
+        let drained = reg.index("s");
+        assert!(drained > before, "a status change is a change");
+        assert_eq!(r.header(HEADER_INDEX), Some(drained.to_string().as_str()));
+        let seed = call(&reg, Method::Get, "/myRPC/registry/s", &[]);
+        assert_eq!(seed.header(HEADER_SERVERS), Some("tcp@b"));
+        let text = call(&reg, Method::Get, "/myRPC/registry/s?format=text", &[]);
+        assert_eq!(body(&text), "tcp@b\n");
+        let json = call(&reg, Method::Get, "/myRPC/registry/s?format=json", &[]);
+        let v: serde_json::Value = serde_json::from_str(body(&json)).unwrap();
+        assert_eq!(v["servers"][0]["addr"], "tcp@a");
+        assert_eq!(v["servers"][0]["status"], "draining");
+        assert_eq!(v["servers"][1]["status"], "up");
+        assert_eq!(v["servers"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_status_is_sticky_across_posts_without_the_header() {
+        let reg = Registry::new();
+        post_status(&reg, "tcp@a", Some("draining"));
+        assert!(reg.alive("s").is_empty(), "a new entry may start draining");
+        let drained = reg.index("s");
+        assert_eq!(post_status(&reg, "tcp@a", None).status, 200);
+        assert_eq!(post_status(&reg, "tcp@a", Some("draining")).status, 200);
+        assert!(reg.alive("s").is_empty());
+        assert_eq!(reg.index("s"), drained, "renewals with the same status");
+        // A refused status changes nothing, not even the weight beside it.
+        let r = call(
+            &reg,
+            Method::Post,
+            "/myRPC/registry/s",
+            &[
+                ("X-Myrpc-Server", "tcp@a"),
+                ("X-Myrpc-Status", "UP"),
+                ("X-Myrpc-Weight", "9"),
+            ],
+        );
+        assert_eq!(r.status, 400);
+        assert!(body(&r).contains("X-Myrpc-Status"), "{}", body(&r));
+        assert_eq!(reg.entries()[0].weight, 1);
+        assert_eq!(reg.index("s"), drained);
+        assert_eq!(post_status(&reg, "tcp@a", Some("up")).status, 200);
+        assert_eq!(reg.alive("s"), ["tcp@a"]);
+        assert!(reg.index("s") > drained);
+        // A new registration without the header is up.
+        post_status(&reg, "tcp@b", None);
+        assert_eq!(reg.alive("s"), ["tcp@a", "tcp@b"]);
+    }
+
+    fn zoned(reg: &Registry, addr: &str, meta: &str) {
+        let h = [("X-Myrpc-Server", addr), ("X-Myrpc-Meta", meta)];
+        assert_eq!(call(reg, Method::Post, "/myRPC/registry/s", &h).status, 200);
+    }
+
+    #[test]
+    fn a_filter_without_a_value_or_key_is_a_400_with_one_line() {
+        let reg = Registry::new();
+        zoned(&reg, "tcp@a", "zone=eu");
+        for query in [
+            "meta.zone",
+            "meta.=eu",
+            "meta.",
+            "meta.zone=eu&meta.v",
+            "meta.zone=%zz",
+            "meta.zone=eu&format=json&meta.=x",
+            "meta.zone&index=1&wait=10s",
+        ] {
+            let r = call(
+                &reg,
+                Method::Get,
+                &format!("/myRPC/registry/s?{query}"),
+                &[],
+            );
+            assert_eq!(r.status, 400, "{query}");
+            assert!(
+                body(&r).ends_with('\n') && body(&r).lines().count() == 1,
+                "{query}: {}",
+                body(&r)
+            );
+            assert!(r.header(HEADER_SERVERS).is_none());
+        }
+    }
+
+    #[test]
+    fn filters_match_labels_exactly_in_every_format() {
+        let reg = Registry::new();
+        zoned(&reg, "tcp@a", "zone=eu&v=1");
+        zoned(&reg, "tcp@b", "zone=us");
+        zoned(&reg, "tcp@c", "zone=eu&v=2");
+        zoned(&reg, "tcp@d", "zone=eu+west");
+        zoned(&reg, "tcp@e", "zone=eu");
+        reg.put("s", "tcp@f").unwrap();
+        reg.put_with(
+            "s",
+            "tcp@e",
+            &PutOptions::new()
+                .meta("zone", "eu")
+                .status(Status::Draining),
+        )
+        .unwrap();
+        let get = |query: &str| {
+            call(
+                &reg,
+                Method::Get,
+                &format!("/myRPC/registry/s?{query}"),
+                &[],
+            )
+        };
+        let seed = |query: &str| get(query).header(HEADER_SERVERS).unwrap().to_string();
+        assert_eq!(seed("meta.zone=eu"), "tcp@a,tcp@c", "e is draining");
+        assert_eq!(seed("meta.zone=eu&meta.v=1"), "tcp@a");
+        assert_eq!(seed("meta.v=1&meta.zone=eu&meta.v=1"), "tcp@a");
+        assert_eq!(seed("meta.zone=eu&meta.zone=us"), "");
+        assert_eq!(seed("meta.zone=eu%20west"), "tcp@d");
+        assert_eq!(seed("meta.z%6Fne=eu+west"), "tcp@d", "KEY is decoded too");
+        assert_eq!(seed("meta.zone=EU"), "", "values match exactly");
+        assert_eq!(seed("meta.none=x"), "");
+        assert_eq!(seed(""), "tcp@a,tcp@b,tcp@c,tcp@d,tcp@f");
+        assert_eq!(body(&get("meta.zone=eu&format=text")), "tcp@a\ntcp@c\n");
+        let json = get("format=json&meta.zone=eu");
+        let v: serde_json::Value = serde_json::from_str(body(&json)).unwrap();
+        let addrs: Vec<(&str, &str)> = v["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["addr"].as_str().unwrap(), s["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            addrs,
+            [("tcp@a", "up"), ("tcp@c", "up"), ("tcp@e", "draining")]
+        );
+        // Every format answers the filtered listing's index.
+        let index = reg.index_matching("s", &[("zone".into(), "eu".into())]);
+        for query in [
+            "meta.zone=eu",
+            "meta.zone=eu&format=text",
+            "meta.zone=eu&format=json",
+        ] {
+            assert_eq!(
+                get(query).header(HEADER_INDEX),
+                Some(index.to_string().as_str())
+            );
+        }
+        assert_eq!(v["index"], index);
+    }
+
+    #[test]
+    fn a_filtered_long_poll_parks_until_its_own_listing_moves() {
+        let reg = Registry::new();
+        zoned(&reg, "tcp@a", "zone=eu");
+        zoned(&reg, "tcp@b", "zone=us");
+        let n = call(&reg, Method::Get, "/myRPC/registry/s?meta.zone=eu", &[])
+            .header(HEADER_INDEX)
+            .unwrap()
+            .to_string();
+        let poll = |n: &str| {
+            let url = format!("/myRPC/registry/s?meta.zone=eu&index={n}&wait=30s");
+            dispatch(&reg, &cfg(), &req(Method::Get, &url, &[]))
+        };
+        assert!(
+            matches!(poll(&n), Outcome::Park(w) if *w.filter == [("zone".to_string(), "eu".to_string())])
+        );
+        zoned(&reg, "tcp@b", "zone=us&v=2");
+        zoned(&reg, "tcp@c", "zone=us");
+        assert!(reg.index("s").to_string() != n);
+        assert!(
+            matches!(poll(&n), Outcome::Park(_)),
+            "moved by another zone"
+        );
+        zoned(&reg, "tcp@c", "zone=eu");
+        let Outcome::Answer(r) = poll(&n) else {
+            panic!("not answered after a change in its zone");
+        };
+        assert_eq!(r.header(HEADER_SERVERS), Some("tcp@a,tcp@c"));
+        let m = r.header(HEADER_INDEX).unwrap();
+        assert!(m.parse::<u64>().unwrap() > n.parse::<u64>().unwrap());
+        assert!(matches!(poll(m), Outcome::Park(_)));
+    }
+
+    #[test]
+    fn every_listing_says_it_while_the_registry_recovers() {
+        let clock = crate::clock::ManualClock::new();
+        let reg = Registry::builder()
+            .max_ttl(Duration::from_secs(30))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        reg.put_with("s", "tcp@a", &PutOptions::new().meta("zone", "eu"))
+            .unwrap();
+        let queries = [
+            "",
+            "?format=text",
+            "?format=json",
+            "?meta.zone=eu",
+            "?meta.zone=eu&format=text",
+            "?meta.zone=eu&format=json",
+            "?index=1&wait=0s",
+        ];
+        let says = |reg: &Registry| -> Vec<(Option<String>, Option<bool>)> {
+            queries
+                .iter()
+                .map(|q| {
+                    let r = call(reg, Method::Get, &format!("/myRPC/registry/s{q}"), &[]);
+                    let json = serde_json::from_str::<serde_json::Value>(body(&r)).ok();
+                    (
+                        r.header(HEADER_RECOVERING).map(str::to_string),
+                        json.map(|v| v["recovering"].as_bool().expect("always present")),
+                    )
+                })
+                .collect()
+        };
+        let json_at = [2, 5];
+        let expect = |on: bool| -> Vec<(Option<String>, Option<bool>)> {
+            (0..queries.len())
+                .map(|i| {
+                    (
+                        on.then(|| "true".to_string()),
+                        json_at.contains(&i).then_some(on),
+                    )
+                })
+                .collect()
+        };
+        // A table no server started on is not recovering.
+        assert_eq!(says(&reg), expect(false));
+        reg.begin_recovery();
+        assert_eq!(says(&reg), expect(true));
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(says(&reg), expect(true));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(says(&reg), expect(false));
+        // Writes do not say it.
+        let r = call(
+            &reg,
+            Method::Post,
+            "/myRPC/registry/s",
+            &[("X-Myrpc-Server", "b")],
+        );
+        assert!(r.header(HEADER_RECOVERING).is_none());
+
+        // A restored table is not recovering, whenever the server starts.
+        let restored = Registry::builder().clock(clock.clone()).build().unwrap();
+        restored.restore(&reg.snapshot()).unwrap();
+        restored.begin_recovery();
+        assert_eq!(says(&restored), expect(false));
     }
 }

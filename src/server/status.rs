@@ -163,10 +163,9 @@ fn service(out: &mut String, name: &str, index: u64, entries: &[EntryInfo]) {
     out.push_str("</tbody></table></section>\n");
 }
 
-/// An entry's status as the page shows it. Every entry is `up` until
-/// [`EntryInfo`] carries its status (`up` or `draining`).
-fn status_of(_entry: &EntryInfo) -> &'static str {
-    "up"
+/// An entry's status as the page shows it: `up` or `draining`.
+fn status_of(entry: &EntryInfo) -> &'static str {
+    entry.status.as_str()
 }
 
 fn history(out: &mut String, lately: &Lately) {

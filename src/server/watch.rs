@@ -1,19 +1,22 @@
 //! Parked long-polls: `GET …?index=N&wait=D` waits here, holding no thread,
-//! until its service changes, its wait passes, a request arrives behind it
-//! on its connection, or its client leaves. This module only keeps them;
-//! whoever takes one out hands it to the server's threads to answer
-//! (`worker.rs`), so that no thread committing a change and no timer ever
-//! writes to a watcher's socket.
+//! until its listing changes (its service's, or with `meta.KEY=VALUE`
+//! filters the filtered listing's), its wait passes, a request arrives
+//! behind it on its connection, or its client leaves. This module only
+//! keeps them; whoever takes one out hands it to the server's threads to
+//! answer (`worker.rs`), so that no thread committing a change and no
+//! timer ever writes to a watcher's socket.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use super::http::Exchange;
-use super::route::{Format, Watch};
+use super::route::{Filter, Format, Watch};
 use crate::rand;
+use crate::registry::Registry;
 
 /// The service key of watchers that any change wakes (Consul's
 /// `catalog/services`); no service can be named `*`.
@@ -24,6 +27,9 @@ pub(crate) struct Parked {
     pub(crate) rq: Exchange,
     pub(crate) service: String,
     pub(crate) format: Format,
+    pub(crate) filter: Filter,
+    /// The index it waits to see passed.
+    index: u64,
     deadline: Instant,
     pub(crate) peer: Option<SocketAddr>,
 }
@@ -62,20 +68,23 @@ pub(crate) struct Watchers {
     state: Mutex<State>,
     wake: Condvar,
     max: usize,
+    /// Tells whether a filtered watcher's listing moved.
+    registry: Registry,
 }
 
 impl Watchers {
-    /// Room for `max` parked requests.
-    pub(crate) fn new(max: usize) -> Watchers {
+    /// Room for `max` parked requests on listings of `registry`.
+    pub(crate) fn new(max: usize, registry: Registry) -> Watchers {
         Watchers {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             max,
+            registry,
         }
     }
 
-    /// Parks `rq` until `watch.service` moves past `watch.index`; gives it
-    /// back when the registry is stopping or `max` requests are parked.
+    /// Parks `rq` until its listing moves past `watch.index`; gives it back
+    /// when the registry is stopping or `max` requests are parked.
     pub(crate) fn park(&self, rq: Exchange, watch: &Watch) -> Option<Exchange> {
         // A small random extra wait (up to 1/16) spreads the wake-ups of
         // watchers that started together, as Consul does.
@@ -105,6 +114,8 @@ impl Watchers {
                 rq,
                 service: watch.service.clone(),
                 format: watch.format,
+                filter: watch.filter.clone(),
+                index: watch.index,
                 deadline,
                 peer,
             },
@@ -115,16 +126,52 @@ impl Watchers {
         None
     }
 
-    /// Takes every watcher of the changed services, and those of
-    /// [`ANY_SERVICE`].
-    pub(crate) fn take_services(&self, services: &[std::sync::Arc<str>]) -> Vec<Parked> {
-        let mut st = self.state.lock();
+    /// Takes the watchers of the changed services whose listing moved:
+    /// every unfiltered one (those of [`ANY_SERVICE`] too), and each
+    /// filtered one whose filtered listing's index is now past the index it
+    /// waits on, so a change to a server in another zone leaves a watcher
+    /// of `meta.zone=eu` parked.
+    ///
+    /// The filtered indexes are read without this lock, once per service
+    /// and filter. A change committed after one was read is announced
+    /// after it was committed, and its own call reads it: no change is
+    /// missed.
+    pub(crate) fn take_services(&self, services: &[Arc<str>]) -> Vec<Parked> {
         let mut out = Vec::new();
-        let any = (!services.is_empty()).then_some(ANY_SERVICE);
-        for s in services.iter().map(|s| &**s).chain(any) {
-            for id in st.by_service.get(s).cloned().unwrap_or_default() {
-                out.extend(st.take(id));
+        let mut filtered = Vec::new();
+        let any: Option<Arc<str>> = (!services.is_empty()).then(|| Arc::from(ANY_SERVICE));
+        {
+            let mut st = self.state.lock();
+            for s in services.iter().chain(any.iter()) {
+                for id in st.by_service.get(&**s).cloned().unwrap_or_default() {
+                    match st.parked.get(&id) {
+                        Some(p) if !p.filter.is_empty() => {
+                            filtered.push((id, s.clone(), p.filter.clone(), p.index));
+                        }
+                        _ => out.extend(st.take(id)),
+                    }
+                }
             }
+        }
+        if filtered.is_empty() {
+            return out;
+        }
+        // By service and filter.
+        type Listing<'a> = (&'a str, &'a [(String, String)]);
+        let mut read: HashMap<Listing, u64> = HashMap::new();
+        let moved: Vec<u64> = filtered
+            .iter()
+            .filter(|(_, service, filter, index)| {
+                let now = *read
+                    .entry((service, filter))
+                    .or_insert_with(|| self.registry.index_matching(service, filter));
+                now > *index
+            })
+            .map(|(id, ..)| *id)
+            .collect();
+        let mut st = self.state.lock();
+        for id in moved {
+            out.extend(st.take(id));
         }
         out
     }

@@ -266,7 +266,7 @@ pub(crate) fn answer_parked(ctx: &Arc<Ctx>, parked: Vec<Parked>) {
         ctx.pool.submit(Box::new(move |id| {
             let peer = p.peer;
             let answered = catch_unwind(AssertUnwindSafe(|| {
-                let resp = route::render(&c.registry, &p.service, p.format);
+                let resp = route::render(&c.registry, &p.service, p.format, &p.filter);
                 write(&c, id, p.rq, resp, "GET", Instant::now());
             }));
             if answered.is_err() {
@@ -385,7 +385,7 @@ fn serve(ctx: &Arc<Ctx>, id: usize, rq: Exchange) -> bool {
 fn park(ctx: &Arc<Ctx>, id: usize, rq: Exchange, watch: &route::Watch, started: Instant) -> bool {
     let peer = rq.peer();
     if peer.is_some_and(|p| !ctx.lanes.park(p)) {
-        let resp = route::render(&ctx.registry, &watch.service, watch.format);
+        let resp = route::render(&ctx.registry, &watch.service, watch.format, &watch.filter);
         write(ctx, id, rq, resp, "GET", started);
         return true;
     }

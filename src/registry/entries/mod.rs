@@ -8,7 +8,7 @@
 //! and more beyond 8 MB). So a heartbeat touches one 32-byte slot of the
 //! hash table, which holds what it reads: the address (an IPv4 `tcp@`
 //! address packed in 6 bytes, other short ones inline), the deadline, the
-//! TTL and the weight; 4 MB for 100 000 entries. Labels and the place of
+//! TTL, the weight and the status; 4 MB for 100 000 entries. Labels and the place of
 //! the entry in the expiry queue live in `cold`, which a plain heartbeat
 //! does not read; the text of an address too long to pack lives in
 //! `texts`, where its slot points straight at it.
@@ -29,6 +29,7 @@ use std::time::Duration;
 use hashbrown::HashTable;
 
 use super::RandomState;
+use crate::protocol::Status;
 
 /// Largest TTL an entry can hold: its nanoseconds share a word with the
 /// weight (48 bits, 78 h). A registry refuses bounds above it.
@@ -41,9 +42,12 @@ pub(super) type Tick = u64;
 /// Longest address kept inline when it is not an IPv4 `tcp@` address.
 const SHORT: usize = 10;
 const TTL_SHIFT: u32 = 16;
-/// Weights are at most 10 000: 15 bits, and one bit says labels exist.
-const WEIGHT_MASK: u64 = 0x7fff;
+/// Weights are at most 10 000: 14 bits; one bit says the entry is
+/// draining, one that labels exist.
+const WEIGHT_MASK: u64 = 0x3fff;
+const DRAINING: u64 = 0x4000;
 const HAS_META: u64 = 0x8000;
+const _: () = assert!(super::MAX_WEIGHT as u64 <= WEIGHT_MASK);
 
 mod address;
 #[cfg(test)]
@@ -75,7 +79,7 @@ struct Hot {
     /// The deadline when the TTL is non-zero, else the time of the last
     /// beat: the other follows from the TTL.
     stamp: Tick,
-    /// TTL nanoseconds above `HAS_META` and the weight.
+    /// TTL nanoseconds above `HAS_META`, `DRAINING` and the weight.
     ttl_weight: u64,
 }
 
@@ -90,6 +94,30 @@ impl Hot {
     fn deadline(&self) -> Option<Tick> {
         (self.ttl_ns() != 0).then_some(self.stamp)
     }
+
+    fn status(&self) -> Status {
+        match self.ttl_weight & DRAINING {
+            0 => Status::Up,
+            _ => Status::Draining,
+        }
+    }
+
+    fn set_status(&mut self, status: Status) {
+        self.ttl_weight = match status {
+            Status::Up => self.ttl_weight & !DRAINING,
+            Status::Draining => self.ttl_weight | DRAINING,
+        };
+    }
+}
+
+/// What a put asks of an entry besides its address and TTL.
+#[derive(Clone, Copy)]
+pub(super) struct Labels<'a> {
+    pub(super) weight: u32,
+    pub(super) meta: &'a BTreeMap<String, String>,
+    /// `None` keeps the status in force (up for a new entry): the seed's
+    /// heartbeats never send one, and must not undo a drain.
+    pub(super) status: Option<Status>,
 }
 
 /// What only registrations, label changes, TTL cuts and expiry touch.
@@ -151,6 +179,10 @@ pub(super) struct Entries {
     /// A binary heap by `at`, the earliest first; see the module docs.
     queue: Vec<Item>,
     hasher: RandomState,
+    /// The labels of entries removed or relabelled since the table last
+    /// took them ([`take_gone`](Entries::take_gone)): what filtered
+    /// listings need to see an entry leave them (`registry/pairs.rs`).
+    gone: Vec<BTreeMap<String, String>>,
 }
 
 /// One entry, read-only.
@@ -194,6 +226,10 @@ impl View<'_> {
             return &NO_META;
         }
         self.cold.meta.as_deref().unwrap_or(&NO_META)
+    }
+
+    pub(super) fn status(&self) -> Status {
+        self.hot.status()
     }
 
     /// `None` for an entry that never expires.
@@ -243,7 +279,13 @@ impl Entries {
             texts: Texts::default(),
             queue: Vec::new(),
             hasher,
+            gone: Vec::new(),
         }
+    }
+
+    /// The labels that left since the last call (see `gone`).
+    pub(super) fn take_gone(&mut self) -> Vec<BTreeMap<String, String>> {
+        std::mem::take(&mut self.gone)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -314,8 +356,8 @@ impl Entries {
     }
 
     /// A heartbeat for the entry in `bucket` at `now`. Returns whether the
-    /// weight or labels changed, and whether the expiry queue did (then its
-    /// earliest time may have).
+    /// weight, labels or status changed, and whether the expiry queue did
+    /// (then its earliest time may have).
     ///
     /// With the same or a longer TTL the new deadline is past the queued
     /// item, which is moved when it comes due, so only a shorter TTL (or a
@@ -324,10 +366,14 @@ impl Entries {
         &mut self,
         bucket: usize,
         ttl: Duration,
-        weight: u32,
-        meta: &BTreeMap<String, String>,
+        labels: &Labels<'_>,
         now: Tick,
     ) -> (bool, bool) {
+        let Labels {
+            weight,
+            meta,
+            status,
+        } = *labels;
         let hot = self
             .table
             .get_bucket_mut(bucket)
@@ -335,16 +381,25 @@ impl Entries {
         let old_ttl = hot.ttl_ns();
         let ns = ttl_nanos(ttl);
         hot.stamp = now + ns;
-        hot.ttl_weight = ns << TTL_SHIFT | (hot.ttl_weight & (WEIGHT_MASK | HAS_META));
+        hot.ttl_weight = ns << TTL_SHIFT | (hot.ttl_weight & (WEIGHT_MASK | DRAINING | HAS_META));
+        let moved = status.is_some_and(|s| s != hot.status());
+        if let Some(s) = status {
+            hot.set_status(s);
+        }
         let has_meta = hot.ttl_weight & HAS_META != 0;
         let cold = hot.cold as usize;
-        let changed = (hot.ttl_weight & WEIGHT_MASK) != u64::from(weight)
+        let relabelled = (hot.ttl_weight & WEIGHT_MASK) != u64::from(weight)
             || ((has_meta || !meta.is_empty())
                 && self.cold[cold].meta.as_deref().unwrap_or(&NO_META) != meta);
-        if changed {
+        if relabelled {
             let (hot, cold) = self.slot(bucket);
-            set_labels(hot, cold, weight, meta);
+            if let Some(old) = set_labels(hot, cold, weight, meta)
+                && *old != *meta
+            {
+                self.gone.push(*old);
+            }
         }
+        let changed = moved || relabelled;
         let mut queued = false;
         if ns != 0 && (old_ttl == 0 || ns < old_ttl) {
             let deadline = now + ns;
@@ -367,12 +422,11 @@ impl Entries {
         &mut self,
         key: Key<'_>,
         ttl: Duration,
-        weight: u32,
-        meta: &BTreeMap<String, String>,
+        labels: &Labels<'_>,
         now: Tick,
     ) -> Option<Tick> {
         let ns = ttl_nanos(ttl);
-        self.push(key, ns, now + ns, weight, meta)
+        self.push(key, ns, now + ns, labels)
     }
 
     /// Adds an absent `key` with `left` of its `ttl` remaining at `now`.
@@ -381,8 +435,7 @@ impl Entries {
         key: Key<'_>,
         ttl: Duration,
         left: Option<Duration>,
-        weight: u32,
-        meta: &BTreeMap<String, String>,
+        labels: &Labels<'_>,
         now: Tick,
     ) -> Option<Tick> {
         let ns = ttl_nanos(ttl);
@@ -390,7 +443,7 @@ impl Entries {
             Some(left) if ns != 0 => now + ttl_nanos(left.min(ttl)),
             _ => now + ns,
         };
-        self.push(key, ns, stamp, weight, meta)
+        self.push(key, ns, stamp, labels)
     }
 
     fn push(
@@ -398,8 +451,7 @@ impl Entries {
         key: Key<'_>,
         ttl_ns: u64,
         stamp: Tick,
-        weight: u32,
-        meta: &BTreeMap<String, String>,
+        labels: &Labels<'_>,
     ) -> Option<Tick> {
         let hash = key.hash(&self.hasher);
         let index = match self.free.pop() {
@@ -425,7 +477,8 @@ impl Entries {
             hash,
             ..Cold::default()
         };
-        set_labels(&mut hot, cold, weight, meta);
+        set_labels(&mut hot, cold, labels.weight, labels.meta);
+        hot.set_status(labels.status.unwrap_or_default());
         let (texts, hasher) = (&self.texts, &self.hasher);
         self.table.insert_unique(hash, hot, |h| {
             hash_of(&h.packed, texts.of(&h.packed), hasher)
@@ -458,7 +511,8 @@ impl Entries {
         if pos != NOT_QUEUED {
             self.dequeue(pos as usize);
         }
-        self.cold[hot.cold as usize] = Cold::default();
+        let cold = std::mem::take(&mut self.cold[hot.cold as usize]);
+        self.gone.extend(cold.meta.map(|meta| *meta));
         self.free.push(hot.cold);
         let sparse_texts = self.texts.free(&hot.packed);
         let len = self.table.len();
@@ -605,12 +659,25 @@ impl Entries {
     }
 }
 
-fn set_labels(hot: &mut Hot, cold: &mut Cold, weight: u32, meta: &BTreeMap<String, String>) {
+/// Sets the weight and labels; returns the labels replaced, if any.
+#[allow(
+    clippy::box_collection,
+    reason = "the cold part's own box, handed back as it was"
+)]
+fn set_labels(
+    hot: &mut Hot,
+    cold: &mut Cold,
+    weight: u32,
+    meta: &BTreeMap<String, String>,
+) -> Option<Box<BTreeMap<String, String>>> {
     debug_assert!(u64::from(weight) <= WEIGHT_MASK, "weights are validated");
     let flag = if meta.is_empty() { 0 } else { HAS_META };
     hot.ttl_weight =
         (hot.ttl_weight & !(WEIGHT_MASK | HAS_META)) | flag | (u64::from(weight) & WEIGHT_MASK);
-    cold.meta = (!meta.is_empty()).then(|| Box::new(meta.clone()));
+    std::mem::replace(
+        &mut cold.meta,
+        (!meta.is_empty()).then(|| Box::new(meta.clone())),
+    )
 }
 
 /// Nanoseconds of a TTL the registry accepted (at most [`TTL_LIMIT`]).

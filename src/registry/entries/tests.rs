@@ -8,6 +8,15 @@ fn meta(k: &str, v: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(k.to_string(), v.to_string())])
 }
 
+/// What a put asks for, keeping the status in force.
+fn l(weight: u32, meta: &BTreeMap<String, String>) -> Labels<'_> {
+    Labels {
+        weight,
+        meta,
+        status: None,
+    }
+}
+
 #[test]
 fn every_address_prints_back_as_it_came() {
     let long = format!("tcp@{}.example.org:7001", "host".repeat(10));
@@ -52,7 +61,7 @@ fn removal_keeps_every_other_entry_findable() {
         })
         .collect();
     for a in &addrs {
-        e.insert(Key::new(a), Duration::from_secs(5), 1, &NO_META, 1);
+        e.insert(Key::new(a), Duration::from_secs(5), &l(1, &NO_META), 1);
     }
     // Every other one: all three kinds.
     for a in addrs.iter().step_by(2) {
@@ -71,7 +80,7 @@ fn removal_keeps_every_other_entry_findable() {
     let cold_places = e.cold.len();
     let text_bytes: Vec<usize> = e.texts.arenas.iter().map(|a| a.bytes.len()).collect();
     for a in addrs.iter().step_by(2) {
-        e.insert(Key::new(a), Duration::from_secs(5), 1, &NO_META, 1);
+        e.insert(Key::new(a), Duration::from_secs(5), &l(1, &NO_META), 1);
     }
     assert_eq!((e.len(), e.cold.len()), (200, cold_places));
     let after: Vec<usize> = e.texts.arenas.iter().map(|a| a.bytes.len()).collect();
@@ -102,8 +111,7 @@ fn a_sparse_service_is_rebuilt_to_fit_and_keeps_its_entries() {
         e.insert(
             Key::new(a),
             Duration::from_secs(5),
-            1 + i as u32 % 7,
-            &labels,
+            &l(1 + i as u32 % 7, &labels),
             i as Tick,
         );
     }
@@ -152,7 +160,7 @@ fn a_sparse_service_is_rebuilt_to_fit_and_keeps_its_entries() {
     }
     // And it grows again as before.
     for a in addrs.iter().skip(5).step_by(10) {
-        e.insert(Key::new(a), Duration::from_secs(5), 1, &NO_META, 1);
+        e.insert(Key::new(a), Duration::from_secs(5), &l(1, &NO_META), 1);
     }
     assert_eq!(e.len(), 600);
     for a in addrs.iter().step_by(5) {
@@ -200,39 +208,48 @@ fn a_renewal_moves_the_deadline_and_reports_label_changes() {
     let key = Key::new("tcp@10.0.0.1:7001");
     let ttl = Duration::from_secs(5);
     assert_eq!(
-        e.insert(key.clone(), ttl, 2, &NO_META, 10),
+        e.insert(key.clone(), ttl, &l(2, &NO_META), 10),
         Some(10 + 5 * S)
     );
     assert_eq!(e.next_due(), Some(10 + 5 * S));
     let i = e.find(&key).unwrap();
     // Same TTL: no queue work.
-    assert_eq!(e.renew(i, ttl, 2, &NO_META, 20), (false, false));
+    assert_eq!(e.renew(i, ttl, &l(2, &NO_META), 20), (false, false));
     assert_eq!(
         (e.view(i).deadline(), e.view(i).raw_times().last_beat()),
         (Some(20 + 5 * S), 20)
     );
     // Labels.
-    assert_eq!(e.renew(i, ttl, 3, &NO_META, 30), (true, false));
-    assert_eq!(e.renew(i, ttl, 3, &meta("zone", "a"), 30), (true, false));
-    assert_eq!(e.renew(i, ttl, 3, &meta("zone", "a"), 30), (false, false));
+    assert_eq!(e.renew(i, ttl, &l(3, &NO_META), 30), (true, false));
+    assert_eq!(
+        e.renew(i, ttl, &l(3, &meta("zone", "a")), 30),
+        (true, false)
+    );
+    assert_eq!(
+        e.renew(i, ttl, &l(3, &meta("zone", "a")), 30),
+        (false, false)
+    );
     assert_eq!(e.view(i).meta(), &meta("zone", "a"));
-    assert_eq!(e.renew(i, ttl, 3, &NO_META, 30), (true, false));
+    assert_eq!(e.renew(i, ttl, &l(3, &NO_META), 30), (true, false));
     assert_eq!((e.view(i).weight(), e.view(i).meta().len()), (3, 0));
     // A shorter TTL moves its one item earlier.
     let short = Duration::from_secs(1);
-    assert_eq!(e.renew(i, short, 3, &NO_META, 40), (false, true));
+    assert_eq!(e.renew(i, short, &l(3, &NO_META), 40), (false, true));
     assert_eq!((e.next_due(), e.queue.len()), (Some(40 + S), 1));
     assert!(e.expire_all(40 + S - 1).is_empty());
     assert_eq!(e.expire_all(40 + S), ["tcp@10.0.0.1:7001"]);
     assert!(e.is_empty() && e.queue.is_empty());
     // Never expiring, then a TTL again: the old item is moved when it
     // comes due.
-    e.insert(key.clone(), ttl, 3, &NO_META, 50);
+    e.insert(key.clone(), ttl, &l(3, &NO_META), 50);
     let i = e.find(&key).unwrap();
-    assert_eq!(e.renew(i, Duration::ZERO, 3, &NO_META, 50), (false, false));
+    assert_eq!(
+        e.renew(i, Duration::ZERO, &l(3, &NO_META), 50),
+        (false, false)
+    );
     assert_eq!(e.view(i).deadline(), None);
     assert_eq!(
-        e.renew(i, ttl, 3, &NO_META, 60),
+        e.renew(i, ttl, &l(3, &NO_META), 60),
         (false, false),
         "the item due at 50 + 5 s is still queued"
     );
@@ -240,13 +257,13 @@ fn a_renewal_moves_the_deadline_and_reports_label_changes() {
     assert_eq!(e.next_due(), Some(60 + 5 * S));
     // Never expiring: its item leaves the queue when it comes due.
     let i = e.find(&key).unwrap();
-    e.renew(i, Duration::ZERO, 3, &NO_META, 70);
+    e.renew(i, Duration::ZERO, &l(3, &NO_META), 70);
     assert!(e.expire_all(60 + 5 * S).is_empty());
     assert_eq!((e.next_due(), e.len()), (None, 1));
     // The largest TTL and weight do not spill into each other.
     let i = e.find(&key).unwrap();
     let (max_ttl, max_weight) = (TTL_LIMIT, super::super::MAX_WEIGHT);
-    e.renew(i, max_ttl, max_weight, &meta("k", "v"), 70);
+    e.renew(i, max_ttl, &l(max_weight, &meta("k", "v")), 70);
     let v = e.view(i);
     assert_eq!(
         (v.ttl(), v.weight(), v.meta()),
@@ -281,8 +298,8 @@ fn the_queue_stays_whole_through_random_operations() {
             _ => Duration::from_millis((1 + next(3)) * unit),
         };
         match (next(8), e.find(&Key::new(a))) {
-            (0..=4, Some(i)) => drop(e.renew(i, ttl, 1, &NO_META, now)),
-            (0..=4, None) => drop(e.insert(Key::new(a), ttl, 1, &NO_META, now)),
+            (0..=4, Some(i)) => drop(e.renew(i, ttl, &l(1, &NO_META), now)),
+            (0..=4, None) => drop(e.insert(Key::new(a), ttl, &l(1, &NO_META), now)),
             (5, _) => drop(e.remove(&Key::new(a))),
             _ => {
                 now += next(1000) * 1_000_000;
@@ -305,9 +322,44 @@ fn a_restored_entry_keeps_what_was_left_of_its_ttl() {
     let mut e = Entries::new(RandomState::default());
     let (a, b) = (Key::new("a"), Key::new("b"));
     let ten = Duration::from_secs(10);
-    let d = e.insert_restored(a, ten, Some(Duration::from_secs(3)), 1, &NO_META, 50);
+    let d = e.insert_restored(a, ten, Some(Duration::from_secs(3)), &l(1, &NO_META), 50);
     assert_eq!(d, Some(50 + 3 * S));
-    let d = e.insert_restored(b.clone(), Duration::ZERO, None, 1, &NO_META, 50);
+    let d = e.insert_restored(b.clone(), Duration::ZERO, None, &l(1, &NO_META), 50);
     assert_eq!(d, None);
     assert_eq!(e.view(e.find(&b).unwrap()).deadline(), None);
+}
+
+#[test]
+fn the_status_stays_unless_asked_and_keeps_apart_from_the_weight() {
+    let mut e = Entries::new(RandomState::default());
+    let key = Key::new("tcp@127.0.0.1:1");
+    let ttl = Duration::from_secs(5);
+    let max = super::super::MAX_WEIGHT;
+    let draining = Labels {
+        weight: max,
+        meta: &NO_META,
+        status: Some(Status::Draining),
+    };
+    e.insert(key.clone(), ttl, &draining, 10);
+    let i = e.find(&key).unwrap();
+    let seen = |e: &Entries| (e.view(i).status(), e.view(i).weight());
+    assert_eq!(seen(&e), (Status::Draining, max));
+    // No status asked: a renewal as the seed's heartbeat sends it.
+    assert_eq!(e.renew(i, ttl, &l(max, &NO_META), 20), (false, false));
+    assert_eq!(e.renew(i, ttl, &draining, 30), (false, false));
+    assert_eq!(seen(&e), (Status::Draining, max));
+    let up = Labels {
+        status: Some(Status::Up),
+        ..draining
+    };
+    assert_eq!(e.renew(i, ttl, &up, 40), (true, false));
+    assert_eq!(seen(&e), (Status::Up, max));
+    assert_eq!(e.renew(i, ttl, &draining, 50), (true, false));
+    assert_eq!(e.renew(i, ttl, &l(1, &NO_META), 60), (true, false));
+    assert_eq!(seen(&e), (Status::Draining, 1), "the weight alone moved");
+    // A new entry without a status is up.
+    let other = Key::new("tcp@127.0.0.1:2");
+    e.insert(other.clone(), ttl, &l(max, &NO_META), 70);
+    let j = e.find(&other).unwrap();
+    assert_eq!(e.view(j).status(), Status::Up);
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::protocol::Status;
 use crate::registry::PutOptions;
 use crate::registry::tests::{S, registry};
 
@@ -137,7 +138,8 @@ fn version_1_snapshots_still_load_as_not_clean() {
     );
     assert_eq!(e.meta["zone"], "eu");
     for bad in [
-        v1.replace("snapshot 1", "snapshot 3"),
+        v1.replace("snapshot 1", "snapshot 4"),
+        v1.replace("snapshot 1", "snapshot 3"), // no clean line
         v1.replace("snapshot 1", "snapshot 2"), // no clean line
     ] {
         assert!(
@@ -211,4 +213,50 @@ fn a_bad_snapshot_file_is_reported_with_its_path_and_line() {
         source: Some(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
     };
     assert_eq!(fault(&unreadable), "reading it failed: permission denied");
+}
+
+#[test]
+fn the_status_survives_a_snapshot_and_older_versions_load_as_up() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    let drain = PutOptions::new().status(Status::Draining);
+    reg.put_with("svc", "a", &drain).unwrap();
+    reg.put("svc", "b").unwrap();
+    let text = reg.snapshot();
+    assert!(text.starts_with("regcenter-snapshot 3\n"), "{text}");
+    let fresh = registry(&clock);
+    assert_eq!(fresh.restore(&text).unwrap(), 2);
+    assert_eq!(fresh.alive("svc"), ["b"]);
+    let status: Vec<Status> = fresh.entries().iter().map(|e| e.status).collect();
+    assert_eq!(status, [Status::Draining, Status::Up]);
+    // The first heartbeat after the restart, without a status, keeps it.
+    assert!(!fresh.put("svc", "a").unwrap().changed);
+    assert_eq!(fresh.alive("svc"), ["b"]);
+
+    let v2 = "regcenter-snapshot 2\ncounter 9\nwritten 0\nclean yes\n\
+              svc\ttcp@a:1\t3\t0\t-\tzone=eu\nend 1\n";
+    let old = Registry::new();
+    assert_eq!(old.restore(v2).unwrap(), 1);
+    assert_eq!(old.entries()[0].status, Status::Up);
+    assert_eq!(old.alive("svc"), ["tcp@a:1"]);
+    let v3 = v2.replace("snapshot 2", "snapshot 3");
+    for bad in [
+        v3.clone(),                                 // six fields
+        v3.replace("zone=eu", "zone=eu\tsleeping"), // no such status
+        v2.replace("zone=eu", "zone=eu\tup"),       // seven fields in version 2
+    ] {
+        assert!(
+            matches!(
+                Registry::new().restore(&bad),
+                Err(Error::BadSnapshot { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        Registry::new()
+            .restore(&v3.replace("zone=eu", "zone=eu\tdraining"))
+            .unwrap(),
+        1
+    );
 }
