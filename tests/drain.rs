@@ -11,10 +11,10 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use regcenter::{Error, Heartbeat, RegistryServer, Status};
+use regcenter::{Discovery, Error, Heartbeat, RegistryDiscovery, RegistryServer, Status};
 
 use crate::common::proxy::{Fault, Proxy};
-use crate::common::wait_until;
+use crate::common::{put_for_a_minute, raw, wait_until};
 
 const SECS: Duration = Duration::from_secs(5);
 const ADDR: &str = "tcp@127.0.0.1:7001";
@@ -319,4 +319,130 @@ fn drain_command_against_a_registry_keeps_the_entry_as_it_was() {
         "{:?}",
         e[0].expires_in
     );
+}
+
+// The tests below are of the registry's side of status as much as of the
+// heartbeat's: X-Myrpc-Status on POST, sticky, draining entries out of the
+// seed and text listings, a change of status waking watchers.
+
+/// A registry with a 300 ms TTL, so heartbeats beat every 100 ms.
+fn registry_on(addr: &str) -> RegistryServer {
+    RegistryServer::builder()
+        .addr(addr)
+        .ttl(Duration::from_millis(300))
+        .min_ttl(Duration::from_millis(50))
+        .threads(2)
+        .start()
+        .unwrap()
+}
+
+/// The seed's header, the text listing and the JSON listing of the default
+/// service.
+fn listings(s: &RegistryServer) -> (String, String, serde_json::Value) {
+    let path = "/myRPC/registry";
+    let seed = raw(s.local_addr(), "GET", path, &[]);
+    let text = raw(s.local_addr(), "GET", &format!("{path}?format=text"), &[]);
+    let json = raw(s.local_addr(), "GET", &format!("{path}?format=json"), &[]);
+    (
+        seed.header("X-Myrpc-Servers").unwrap_or("").to_string(),
+        text.text(),
+        serde_json::from_slice(&json.body).unwrap(),
+    )
+}
+
+/// The `"status"` of `addr` in a JSON listing.
+fn json_status(json: &serde_json::Value, addr: &str) -> Option<String> {
+    json["servers"]
+        .as_array()?
+        .iter()
+        .find(|e| e["addr"] == addr)
+        .map(|e| e["status"].as_str().unwrap_or("up").to_string())
+}
+
+#[test]
+fn a_drained_server_leaves_the_seed_and_text_listings_and_shows_in_json() {
+    let s = registry_on("127.0.0.1:0");
+    put_for_a_minute(s.registry(), "", "tcp@other:1");
+    let hb = Heartbeat::builder(s.url(), ADDR).start().unwrap();
+    assert_eq!(listings(&s).0, format!("{ADDR},tcp@other:1"));
+
+    hb.drain().unwrap();
+    let (seed, text, json) = listings(&s);
+    assert_eq!(seed, "tcp@other:1");
+    assert_eq!(text, "tcp@other:1\n");
+    assert_eq!(json_status(&json, ADDR).as_deref(), Some("draining"));
+    // It renews while draining: still there after several TTLs.
+    let beats = hb.beats();
+    wait_until("renewals while draining", SECS, || hb.beats() >= beats + 6);
+    assert_eq!(
+        json_status(&listings(&s).2, ADDR).as_deref(),
+        Some("draining")
+    );
+
+    hb.undrain().unwrap();
+    assert_eq!(listings(&s).0, format!("{ADDR},tcp@other:1"));
+    hb.stop().unwrap();
+}
+
+#[test]
+fn a_drain_wakes_watchers_and_moves_the_index() {
+    // A registry that started empty says so until its longest TTL has
+    // passed, and discoveries then keep their last list beside the new one:
+    // a short longest TTL, and a wait for its end, keep that out of this.
+    let s = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .ttl(Duration::from_millis(300))
+        .min_ttl(Duration::from_millis(50))
+        .max_ttl(Duration::from_millis(300))
+        .threads(2)
+        .start()
+        .unwrap();
+    wait_until("the registry to be out of recovery", SECS, || {
+        let seed = raw(s.local_addr(), "GET", "/myRPC/registry", &[]);
+        seed.header("X-Myrpc-Recovering") != Some("true")
+    });
+    let hb = Heartbeat::builder(s.url(), ADDR).start().unwrap();
+    let d = RegistryDiscovery::builder(s.url())
+        .watch(true)
+        .build()
+        .unwrap();
+    assert_eq!(d.get_all().unwrap(), [ADDR]);
+    let before = d.index();
+    hb.drain().unwrap();
+    let after = d.wait_for_change(before, SECS);
+    assert!(after > before, "{before:?} -> {after:?}");
+    assert!(d.get_all().unwrap().is_empty(), "the watcher saw the drain");
+    d.stop().unwrap();
+    hb.stop().unwrap();
+}
+
+#[test]
+fn a_restarted_registry_learns_the_drain_from_the_next_beat() {
+    let s = registry_on("127.0.0.1:0");
+    let addr = s.local_addr().to_string();
+    let hb = Heartbeat::builder(s.url(), ADDR).start().unwrap();
+    hb.drain().unwrap();
+    s.shutdown().unwrap();
+    let restarted = registry_on(&addr);
+    wait_until("the server to be back, draining", SECS, || {
+        json_status(&listings(&restarted).2, ADDR).as_deref() == Some("draining")
+    });
+    assert_eq!(listings(&restarted).0, "");
+    hb.stop().unwrap();
+}
+
+#[test]
+fn drain_command_drains_and_undrain_takes_it_back_at_a_registry() {
+    let s = registry_on("127.0.0.1:0");
+    put_for_a_minute(s.registry(), "", ADDR);
+    let run = |command: &str| {
+        let out = regcenter(&[command, "--registry", s.url(), "--addr", ADDR]);
+        assert!(out.status.success(), "{command}: {out:?}");
+    };
+    run("drain");
+    let (seed, _, json) = listings(&s);
+    assert_eq!(seed, "");
+    assert_eq!(json_status(&json, ADDR).as_deref(), Some("draining"));
+    run("undrain");
+    assert_eq!(listings(&s).0, ADDR);
 }
