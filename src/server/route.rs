@@ -989,7 +989,10 @@ mod tests {
 
     #[test]
     fn a_draining_server_is_left_out_of_seed_and_text_listings_but_shown_in_json() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         assert_eq!(post_status(&reg, "tcp@a", None).status, 200);
         assert_eq!(post_status(&reg, "tcp@b", None).status, 200);
         let before = reg.index("s");
@@ -1012,7 +1015,10 @@ mod tests {
 
     #[test]
     fn the_status_is_sticky_across_posts_without_the_header() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         post_status(&reg, "tcp@a", Some("draining"));
         assert!(reg.alive("s").is_empty(), "a new entry may start draining");
         let drained = reg.index("s");
@@ -1050,7 +1056,10 @@ mod tests {
 
     #[test]
     fn a_filter_without_a_value_or_key_is_a_400_with_one_line() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         zoned(&reg, "tcp@a", "zone=eu");
         for query in [
             "meta.zone",
@@ -1079,7 +1088,10 @@ mod tests {
 
     #[test]
     fn filters_match_labels_exactly_in_every_format() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         zoned(&reg, "tcp@a", "zone=eu&v=1");
         zoned(&reg, "tcp@b", "zone=us");
         zoned(&reg, "tcp@c", "zone=eu&v=2");
@@ -1142,7 +1154,10 @@ mod tests {
 
     #[test]
     fn a_filtered_long_poll_parks_until_its_own_listing_moves() {
-        let reg = Registry::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
         zoned(&reg, "tcp@a", "zone=eu");
         zoned(&reg, "tcp@b", "zone=us");
         let n = call(&reg, Method::Get, "/myRPC/registry/s?meta.zone=eu", &[])
@@ -1179,6 +1194,7 @@ mod tests {
         let reg = Registry::builder()
             .max_ttl(Duration::from_secs(30))
             .clock(clock.clone())
+            .free_form_addresses(true)
             .build()
             .unwrap();
         reg.put_with("s", "tcp@a", &PutOptions::new().meta("zone", "eu"))
