@@ -44,7 +44,12 @@ fn long(opts: PutOptions) -> PutOptions {
 
 #[test]
 fn instances_carry_the_registry_attributes() {
-    let s = RegistryServer::start_local().unwrap();
+    // Free-form, to list an address of no protocol.
+    let s = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .free_form_addresses(true)
+        .start()
+        .unwrap();
     let opts = long(
         PutOptions::new()
             .weight(4)

@@ -832,7 +832,10 @@ fn apply(st: &mut State, f: Fetched, now: Instant) {
         st.end_recovery();
         return;
     }
-    if st.recovery == Recovery::Off {
+    // A restart while recovering (a registry restarted again before its
+    // recovery ended, or one that reported recovery from its start) carries
+    // what is served now, which already holds what was carried before.
+    if st.recovery == Recovery::Off || went_back {
         st.carried = st.picker.list.clone();
         st.relisted.clear();
         st.recovery = match f.recovering {
@@ -841,11 +844,15 @@ fn apply(st: &mut State, f: Fetched, now: Instant) {
                 until: now + st.ttl_hint.unwrap_or(DEFAULT_HOLD),
             },
         };
-        log::warn!(
-            "discovery: the registry restarted without its table; serving the {} servers \
-             it listed before beside its new list while it recovers",
-            st.carried.len()
-        );
+        // A first answer has nothing to carry: a registry that started
+        // a moment ago, not one that lost a table this client saw.
+        if !st.carried.is_empty() {
+            log::warn!(
+                "discovery: the registry restarted without its table; serving the {} servers \
+                 it listed before beside its new list while it recovers",
+                st.carried.len()
+            );
+        }
     } else if f.recovering == Some(true) {
         st.recovery = Recovery::Reported;
     }
