@@ -131,6 +131,24 @@ impl HeartbeatBuilder {
     /// taking work, and calls `undrain` when it is ready. Defaults to
     /// sending no status, which leaves the one in force at the registry
     /// (`up` for a new entry) as it is.
+    ///
+    /// ```
+    /// use regcenter::{Discovery, Heartbeat, RegistryDiscovery, RegistryServer, Status};
+    ///
+    /// let server = RegistryServer::start_local()?;
+    /// let hb = Heartbeat::builder(server.url(), "tcp@127.0.0.1:7001")
+    ///     .status(Status::Draining)
+    ///     .start()?;
+    /// let d = RegistryDiscovery::new(server.url())?;
+    /// assert_eq!(d.instances()?[0].status(), Status::Draining);
+    /// assert!(d.get_all()?.is_empty()); // registered, but picked by no one
+    /// hb.undrain()?; // warmed up
+    /// d.refresh()?;
+    /// assert_eq!(d.get_all()?, ["tcp@127.0.0.1:7001"]);
+    /// hb.stop()?;
+    /// server.shutdown()?;
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
     pub fn status(mut self, status: Status) -> Self {
         self.status = Some(status);
         self
@@ -284,6 +302,20 @@ impl State {
 /// when none was (or since the first beat), `Retrying` from the failure
 /// that left none acknowledging. A registry that refused the server for
 /// good no longer counts; `Stopped` once every registry has.
+///
+/// ```
+/// use regcenter::{Heartbeat, HeartbeatState, RegistryServer};
+///
+/// let server = RegistryServer::start_local()?;
+/// let hb = Heartbeat::builder(server.url(), "tcp@127.0.0.1:7001").start()?;
+/// match hb.state() {
+///     HeartbeatState::Registered { since } => assert!(since.elapsed().as_secs() < 60),
+///     other => panic!("the first beat landed before start returned: {other:?}"),
+/// }
+/// hb.stop()?;
+/// server.shutdown()?;
+/// # Ok::<(), regcenter::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HeartbeatState {
@@ -967,6 +999,20 @@ pub fn deregister_with(
 /// time it had left as its TTL, so that its deadline stays where its own
 /// heartbeat put it. A heartbeat that sends its own status (see
 /// [Draining](Heartbeat#draining)) overrides this one at its next beat.
+///
+/// ```
+/// use regcenter::{CallOptions, RegistryServer, Status};
+///
+/// let server = RegistryServer::start_local()?;
+/// server.registry().put("arith", "tcp@127.0.0.1:7001")?;
+/// let options = CallOptions::new();
+/// assert!(regcenter::set_status(server.url(), "arith", "tcp@127.0.0.1:7001", Status::Draining, &options)?);
+/// assert!(server.registry().alive("arith").is_empty());
+/// // Not registered: nothing is sent.
+/// assert!(!regcenter::set_status(server.url(), "arith", "tcp@127.0.0.1:7002", Status::Up, &options)?);
+/// server.shutdown()?;
+/// # Ok::<(), regcenter::Error>(())
+/// ```
 ///
 /// # Errors
 ///

@@ -144,6 +144,18 @@ impl Registry {
     /// it. Listings say so (`X-Myrpc-Recovering: true`, JSON
     /// `"recovering"`). A table never served, or
     /// [`restore`](Registry::restore)d, is not recovering.
+    ///
+    /// ```
+    /// use regcenter::RegistryServer;
+    ///
+    /// // Started without a snapshot: servers may still be re-registering.
+    /// let server = RegistryServer::start_local()?;
+    /// assert!(server.registry().recovering());
+    /// // A table that is not served by a server never is.
+    /// assert!(!regcenter::Registry::new().recovering());
+    /// server.shutdown()?;
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
     pub fn recovering(&self) -> bool {
         let until = self.inner.recovery.load(Ordering::Relaxed);
         if until == table::NOT_RECOVERING || until == table::NEVER_SERVED {

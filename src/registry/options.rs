@@ -88,6 +88,21 @@ impl PutOptions {
     /// the one in force, so heartbeats that never send one (the seed's) do
     /// not undo a drain. Defaults to none: the status in force, up for a new
     /// entry.
+    ///
+    /// ```
+    /// use regcenter::{PutOptions, Registry, Status};
+    ///
+    /// let reg = Registry::new();
+    /// reg.put("arith", "tcp@127.0.0.1:7001")?;
+    /// reg.put_with("arith", "tcp@127.0.0.1:7001", &PutOptions::new().status(Status::Draining))?;
+    /// assert!(reg.alive("arith").is_empty());
+    /// // A renewal without a status (the seed's heartbeat) keeps the drain.
+    /// reg.put("arith", "tcp@127.0.0.1:7001")?;
+    /// assert!(reg.alive("arith").is_empty());
+    /// reg.put_with("arith", "tcp@127.0.0.1:7001", &PutOptions::new().status(Status::Up))?;
+    /// assert_eq!(reg.alive("arith"), ["tcp@127.0.0.1:7001"]);
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
     pub fn status(mut self, status: Status) -> PutOptions {
         self.status = Some(status);
         self
@@ -109,6 +124,13 @@ impl PutOptions {
     }
 
     /// The status asked for, if any (`None`: keep the one in force).
+    ///
+    /// ```
+    /// use regcenter::{PutOptions, Status};
+    ///
+    /// assert_eq!(PutOptions::new().status_value(), None);
+    /// assert_eq!(PutOptions::new().status(Status::Draining).status_value(), Some(Status::Draining));
+    /// ```
     pub fn status_value(&self) -> Option<Status> {
         self.status
     }
