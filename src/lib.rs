@@ -79,7 +79,7 @@
 //! - `cli` (default): the `regcenter` binary and `regcenter::loadgen`, the load
 //!   generator behind `regcenter bench`. With `default-features = false`
 //!   the library builds without them and without the binary's
-//!   dependencies (lexopt, signal-hook).
+//!   dependencies (env_logger, lexopt, signal-hook).
 //! - `etcd`: the same client API over etcd (`RegistryDiscovery::etcd`,
 //!   `EtcdRegistration`).
 //! - `tls`: HTTPS. The server with `RegistryServerBuilder::tls` (a PEM
