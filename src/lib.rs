@@ -53,13 +53,14 @@
 //! (`tcp@127.0.0.1:7001`, `tcp@[::1]:7001`), `proto@rest` for other
 //! protocols (`unix@/run/app.sock`), 1–255 bytes of visible ASCII without a
 //! comma ([`protocol::validate_dialable_addr`]); a registry built with
-//! `free_form_addresses` (`serve --free-form-addresses`) takes any such
-//! visible address ([`protocol::validate_addr`]). Service names are 1–128
+//! `free_form_addresses` (`serve --free-form-addresses`) takes any
+//! address of visible ASCII without a comma ([`protocol::validate_addr`]). Service names are 1–128
 //! characters of `A-Z a-z 0-9 . _ -`, `X-Myrpc-*` header values at most
 //! 1 KiB; anything else is answered 400 with a one-line reason and changes
 //! nothing. The registry holds at most 100 000 entries by default (503 with
 //! `Retry-After` beyond). It reads no request bodies. The binary binds
-//! 127.0.0.1 and refuses other addresses without `--insecure`.
+//! 127.0.0.1 and refuses other addresses without a token unless `--insecure`
+//! is given.
 //!
 //! # Logging
 //!
