@@ -70,11 +70,11 @@ impl Trust {
 }
 
 /// Options of a one-off call to a registry ([`deregister_with`],
-/// [`list_json_with`]): its bearer token and, with the `tls` feature, the
+/// [`set_status`]): its bearer token and, with the `tls` feature, the
 /// certificate authority trusted for `https://`.
 ///
 /// [`deregister_with`]: crate::deregister_with
-/// [`list_json_with`]: crate::list_json_with
+/// [`set_status`]: crate::set_status
 ///
 /// ```
 /// let options = regcenter::CallOptions::new().token("s3cret");

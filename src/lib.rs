@@ -36,9 +36,11 @@
 //! Every background thread belongs to a handle: [`RegistryServer`] (an
 //! intake per HTTP server that takes requests in order, its pool of
 //! request threads, which grows while slow clients hold them, its
-//! connection guard, its watch timer and the [`Sweeper`] that expires
-//! entries), [`Heartbeat`] (one thread per registry), a
-//! [`RegistryDiscovery`] in watch mode, and [`Sweeper`].
+//! connection guard, its watch timer, the [`Sweeper`] that expires
+//! entries, the snapshot writer when it keeps a snapshot, and with TLS an
+//! acceptor and a relay thread per connection), [`Heartbeat`] (one thread
+//! per registry), a [`RegistryDiscovery`] in watch mode, [`Sweeper`], and
+//! `EtcdRegistration` (feature `etcd`, one lease thread).
 //! `shutdown()`/`stop()` ends and joins them, and so does dropping the
 //! handle; a server's stop answers parked long-polls, then shuts every
 //! connection down, so no client can hold it up. Every HTTP call a client
@@ -46,12 +48,19 @@
 //!
 //! # Untrusted input
 //!
-//! Addresses are 1–255 bytes of visible ASCII without a comma, service names
-//! 1–128 characters of `A-Z a-z 0-9 . _ -`, `X-Myrpc-*` header values at most
+//! A registration's address must be one a client can dial:
+//! `proto@host:port` for `tcp`, `tcp4`, `tcp6`, `udp` and `http`
+//! (`tcp@127.0.0.1:7001`, `tcp@[::1]:7001`), `proto@rest` for other
+//! protocols (`unix@/run/app.sock`), 1–255 bytes of visible ASCII without a
+//! comma ([`protocol::validate_dialable_addr`]); a registry built with
+//! `free_form_addresses` (`serve --free-form-addresses`) takes any
+//! address of visible ASCII without a comma ([`protocol::validate_addr`]). Service names are 1–128
+//! characters of `A-Z a-z 0-9 . _ -`, `X-Myrpc-*` header values at most
 //! 1 KiB; anything else is answered 400 with a one-line reason and changes
 //! nothing. The registry holds at most 100 000 entries by default (503 with
 //! `Retry-After` beyond). It reads no request bodies. The binary binds
-//! 127.0.0.1 and refuses other addresses without `--insecure`.
+//! 127.0.0.1 and refuses other addresses without a token unless `--insecure`
+//! is given.
 //!
 //! # Logging
 //!
@@ -71,7 +80,7 @@
 //! - `cli` (default): the `regcenter` binary and `regcenter::loadgen`, the load
 //!   generator behind `regcenter bench`. With `default-features = false`
 //!   the library builds without them and without the binary's
-//!   dependencies (lexopt, signal-hook).
+//!   dependencies (env_logger, lexopt, signal-hook).
 //! - `etcd`: the same client API over etcd (`RegistryDiscovery::etcd`,
 //!   `EtcdRegistration`).
 //! - `tls`: HTTPS. The server with `RegistryServerBuilder::tls` (a PEM
@@ -90,8 +99,16 @@
 //! - A heartbeat's default period is a third of the registry's TTL (the
 //!   seed's "timeout minus one minute" is negative for its 5 s default).
 //! - A discovery keeps serving its last list when the registry is down.
+//! - Registrations must be dialable (`proto@host:port`), unless the
+//!   registry is free-form; the seed took any string.
 //! - Long-poll watch (`?index=N&wait=D`), weights, metadata, per-entry TTLs
 //!   and JSON listings; weighted and consistent-hash selection.
+//! - Draining (`X-Myrpc-Status: draining`: registered, but out of the
+//!   seed's header and text listings), `?meta.KEY=VALUE` filters, and
+//!   `X-Myrpc-Recovering` from a registry that restarted without its
+//!   table.
+//! - Prometheus HTTP discovery (`/prometheus/targets`) and a read-only
+//!   Consul API (`/v1/…`) over the same table.
 //! - Discoveries give typed [`Instance`]s (weight, metadata, status, time
 //!   left), filter by metadata, prefer a zone, skip instances that callers
 //!   report failing ([`RegistryDiscovery::report_failure`]) and never pick

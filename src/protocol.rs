@@ -38,6 +38,10 @@ pub const MAX_SERVICE_LEN: usize = 128;
 
 /// Checks a server address: 1–255 bytes of visible ASCII without a comma.
 ///
+/// This is all a DELETE, a restored snapshot and a free-form registry ask;
+/// a registry checks registrations with [`validate_dialable_addr`] by
+/// default.
+///
 /// Why so strict: the address is echoed into the `X-Myrpc-Servers` header and
 /// into text listings, where a comma, a space or a line break would split or
 /// corrupt every listing that carries it.

@@ -1,7 +1,8 @@
 //! Everything that knows tiny_http: its servers and their rebuild
 //! (`front.rs`), a request as it hands one over (`tiny.rs`), the open
-//! connections found through the process's descriptors (`conns.rs`), and
-//! the guard that watches them (`guard.rs`). The rest of the server sees
+//! connections found through the process's descriptors (`conns.rs`), the
+//! guard that watches them (`guard.rs`), and, with the `tls` feature, the
+//! TLS relay in front of tiny_http (`tls.rs`). The rest of the server sees
 //! the names re-exported here and nothing of tiny_http.
 //!
 //! Each defect of tiny_http 0.12 this folder handles, where, and the test
