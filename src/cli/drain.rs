@@ -3,12 +3,12 @@
 
 use regcenter::{Error, Status};
 
-use super::{Args, Command, Failure, Flag, Kind, REGISTRY, SERVICE, TOKEN_FILE};
+use super::{Args, CA_FILE, Command, Failure, Flag, Kind, REGISTRY, SERVICE, TOKEN_FILE};
 
 pub(super) const DRAIN: Command = Command {
     name: "drain",
     synopsis: "--addr ADDR [options]",
-    flags: &[ADDR, REGISTRY, SERVICE, TOKEN_FILE],
+    flags: &[ADDR, REGISTRY, SERVICE, TOKEN_FILE, CA_FILE],
     notes: "\
 keeps ADDR registered but no longer handed out; its weight, metadata and
 deadline stay as they are. A heartbeat that sends its own status (a library
@@ -20,7 +20,7 @@ Heartbeat after drain or undrain) overrides it at its next beat.
 pub(super) const UNDRAIN: Command = Command {
     name: "undrain",
     synopsis: "--addr ADDR [options]",
-    flags: &[ADDR, REGISTRY, SERVICE, TOKEN_FILE],
+    flags: &[ADDR, REGISTRY, SERVICE, TOKEN_FILE, CA_FILE],
     notes: "hands ADDR out again after a drain\n",
     run: |a| run(a, Status::Up),
 };

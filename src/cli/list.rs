@@ -17,7 +17,7 @@ pub(super) const COMMAND: Command = Command {
 
 const JSON: Flag = Flag::switch(
     "json",
-    "print the registry's JSON listing (weights, metadata, expiry)",
+    "print the listing as JSON (address, weight, metadata, status, expiry)",
 );
 
 fn run(a: Args) -> Result<(), Failure> {
