@@ -711,3 +711,63 @@ fn the_etcd_backend_over_https() {
     reg.unwrap().stop().unwrap();
     drop(etcd);
 }
+
+#[test]
+fn a_tls_client_that_never_reads_holds_no_relay_once_cut() {
+    let certs = Certs::new("noread");
+    let s = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .threads(2)
+        .header_timeout(Duration::from_millis(500))
+        .idle_timeout(Duration::from_secs(1))
+        .tls(certs.path("leaf.pem"), certs.path("leaf.key"))
+        .start()
+        .unwrap();
+    let addr = s.local_addr();
+    let relays = format!("rc{}-tlsc", addr.port());
+    let ca = certs.path("ca.pem");
+    // A small receive buffer, so that a few answers fill it.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let tcp: TcpStream = sock.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut c = rustls::StreamOwned::new(conn, tcp);
+    // Many big answers asked for at once, none read.
+    for i in 0..20_000u32 {
+        let addr = format!("tcp@10.{}.{}.1:7000", i / 256, i % 256);
+        s.registry().put("big", &addr).unwrap();
+    }
+    let many = "GET /myRPC/registry/big?format=text HTTP/1.1\r\nHost: x\r\n\r\n".repeat(100);
+    c.write_all(many.as_bytes()).unwrap();
+    c.flush().unwrap();
+    wait_until("the relay to start", Duration::from_secs(10), || {
+        threads_named(&relays) == 1
+    });
+    // The guard cuts the loopback side of a connection whose answer is
+    // not read (its write limit, 10 s); the relay must end with it, also
+    // while its client, still connected, reads nothing.
+    wait_until(
+        "the relay of a client that never reads to end",
+        Duration::from_secs(40),
+        || threads_named(&relays) == 0,
+    );
+    drop(c);
+    s.shutdown().unwrap();
+}

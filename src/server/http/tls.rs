@@ -53,6 +53,9 @@ const INNER_CONNECT: Duration = Duration::from_secs(2);
 /// Pause after an accept error (descriptors exhausted): the connection
 /// waits in the backlog meanwhile instead of being refused.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// Longest a client may leave encrypted bytes unread before its
+/// connection is closed (the guard's write limit, on this side).
+const WRITE_STALL: Duration = Duration::from_secs(10);
 
 /// A certificate chain and its private key, checked.
 #[derive(Clone)]
@@ -316,8 +319,14 @@ fn relay(
     let mut inner_write_shut = false;
     let mut server_done = false;
     let mut buf = vec![0u8; 16 << 10];
+    // Since when encrypted bytes wait for the client to read them.
+    let mut stalled_since: Option<Instant> = None;
     loop {
         if s.stopping.load(Ordering::Acquire) {
+            break;
+        }
+        if stalled_since.is_some_and(|t| t.elapsed() >= WRITE_STALL) {
+            log::debug!("closed the TLS connection from {peer}: it reads nothing");
             break;
         }
         if tls.is_handshaking() {
@@ -382,9 +391,11 @@ fn relay(
         ];
         // Past the handshake a relay waits for its sockets as long as they
         // are quiet: the guard closes an idle connection's loopback side.
-        let timeout = tls
-            .is_handshaking()
-            .then(|| handshake_deadline.saturating_duration_since(Instant::now()));
+        let timeout = if tls.is_handshaking() {
+            Some(handshake_deadline.saturating_duration_since(Instant::now()))
+        } else {
+            stalled_since.map(|t| (t + WRITE_STALL).saturating_duration_since(Instant::now()))
+        };
         if poll(&mut fds, timeout) < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -463,10 +474,13 @@ fn relay(
         }
         while tls.wants_write() {
             match tls.write_tls(&mut public) {
-                Ok(_) => {}
+                Ok(_) => stalled_since = None,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => return,
             }
+        }
+        if tls.wants_write() {
+            stalled_since.get_or_insert_with(Instant::now);
         }
         if server_done && !tls.wants_write() {
             break;
