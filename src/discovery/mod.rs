@@ -626,6 +626,39 @@ mod tests {
     }
 
     #[test]
+    fn draining_instances_do_not_count_towards_the_half_that_may_be_out() {
+        // Half the fleet drains (a rolling deploy): the two that take work
+        // must not both be ejected, leaving no one to pick.
+        let mut list = zoned(&[("a", "x"), ("b", "x"), ("c", "x"), ("d", "x")]);
+        list[2].status = Status::Draining;
+        list[3].status = Status::Draining;
+        let (mut p, _) = zone_picker(&[], list);
+        eject(&mut p, "a");
+        eject(&mut p, "b");
+        assert!(
+            !p.pickable_addrs().is_empty(),
+            "every instance that takes work was ejected"
+        );
+    }
+
+    #[test]
+    fn a_shrinking_list_does_not_leave_more_than_half_out() {
+        let (mut p, _) = zone_picker(
+            &[],
+            zoned(&[("a", "x"), ("b", "x"), ("c", "x"), ("d", "x")]),
+        );
+        eject(&mut p, "a");
+        eject(&mut p, "b");
+        assert_eq!(p.pickable_addrs(), ["c", "d"]);
+        // c and d deregister: a and b, the servers left, are both still out.
+        p.set(zoned(&[("a", "x"), ("b", "x")]));
+        assert!(
+            !p.pickable_addrs().is_empty(),
+            "every listed instance is ejected"
+        );
+    }
+
+    #[test]
     fn registering_again_ends_an_ejection() {
         let list = || zoned(&[("a", "x"), ("b", "x"), ("c", "x")]);
         let (mut p, _) = zone_picker(&[], list());
