@@ -194,3 +194,28 @@ fn a_filtered_index_never_goes_backwards_and_stays_put_for_other_zones() {
     assert!(index(&get(&s, "")) > n);
     check(&s, false);
 }
+
+#[test]
+fn a_filtered_watch_parking_answers_no_other_watcher_early() {
+    let s = server();
+    zone(&s, "tcp@a:1", "eu");
+    let eu = index(&get(&s, "meta.zone=eu"));
+    // The service moves on in another zone: its index passes eu's.
+    zone(&s, "tcp@b:1", "us");
+    let all = index(&get(&s, ""));
+    assert!(all > eu);
+    let started = Instant::now();
+    let unfiltered = watch(&s, &format!("index={all}&wait=3s"));
+    let addr = s.local_addr();
+    let path = format!("{P}/svc?meta.zone=eu&index={eu}&wait=3s");
+    let filtered = thread::spawn(move || raw(addr, "GET", &path, &[]));
+    // Nothing changed for either: both wait out their 3 s.
+    let r = unfiltered.join().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "an unfiltered watch was answered after {:?}, when a filtered one parked",
+        started.elapsed()
+    );
+    assert_eq!(index(&r), all);
+    filtered.join().unwrap();
+}

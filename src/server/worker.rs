@@ -424,10 +424,16 @@ fn park(ctx: &Arc<Ctx>, id: usize, rq: Exchange, watch: &route::Watch, started: 
             // A change committed between the route's check and the parking
             // was announced before this watcher was there to hear it; and a
             // request may have arrived behind it meanwhile.
-            if ctx.registry.index(&watch.service) > watch.index {
-                let woken = ctx
-                    .watchers
-                    .take_services(&[Arc::from(watch.service.as_str())]);
+            // Its own listing's index: with a filter the service's runs
+            // ahead of it, and waking the service's watchers on that would
+            // answer every unfiltered one early at each filtered park.
+            if route::current_index(&ctx.registry, &watch.service, &watch.filter) > watch.index {
+                let woken = match peer {
+                    Some(peer) => ctx.watchers.take_peer(peer).into_iter().collect(),
+                    None => ctx
+                        .watchers
+                        .take_services(&[Arc::from(watch.service.as_str())]),
+                };
                 answer_parked(ctx, woken);
             }
             if let Some(peer) = peer
