@@ -223,6 +223,12 @@ impl Picker {
             .iter()
             .map(|i| i.is_up() && !self.outliers.is_ejected(i.addr(), now))
             .collect();
+        // Ejection takes at most half of the list when it happens; the list
+        // may shrink, or be half draining, after. With every instance that
+        // takes work out, ejection is set aside rather than picking none.
+        if !self.pickable.contains(&true) {
+            self.pickable = self.list.iter().map(Instance::is_up).collect();
+        }
         let before = std::mem::take(&mut self.eligible);
         let preferred = (0..self.list.len())
             .filter(|&i| self.pickable[i] && self.list[i].matches(&self.prefer));
