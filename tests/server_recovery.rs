@@ -116,3 +116,43 @@ fn a_registry_that_restored_its_snapshot_is_not_recovering() {
     s.shutdown().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn parked_long_polls_are_answered_when_recovery_ends() {
+    // Clients keep the servers from before a restart beside the new list
+    // while the registry recovers: a watcher must learn that recovery
+    // ended when it ends, not at the end of its wait.
+    let s = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .ttl(Duration::from_millis(500))
+        .min_ttl(Duration::from_millis(50))
+        .max_ttl(Duration::from_secs(2))
+        .threads(2)
+        .start()
+        .unwrap();
+    let first = get(&s, "?format=json");
+    assert_eq!(first.header("X-Myrpc-Recovering"), Some("true"));
+    let index = first.header("X-Myrpc-Index").unwrap().to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(90)))
+        .build()
+        .into();
+    let started = std::time::Instant::now();
+    let mut r = agent
+        .get(format!(
+            "http://{}{P}/svc?format=json&index={index}&wait=60s",
+            s.local_addr()
+        ))
+        .call()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "answered after {:?}, at the end of its wait",
+        started.elapsed()
+    );
+    assert!(r.headers().get("X-Myrpc-Recovering").is_none());
+    let json: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(json["recovering"], false);
+}

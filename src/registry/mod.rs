@@ -174,6 +174,16 @@ impl Registry {
         false
     }
 
+    /// How much longer the table recovers, if it does.
+    pub(crate) fn recovery_left(&self) -> Option<Duration> {
+        let until = self.inner.recovery.load(Ordering::Relaxed);
+        if until == table::NOT_RECOVERING || until == table::NEVER_SERVED {
+            return None;
+        }
+        let left = until.checked_sub(self.inner.now()).filter(|n| *n > 0)?;
+        Some(Duration::from_nanos(left))
+    }
+
     /// A server starts serving this table: unless a snapshot was restored
     /// into it (or it recovers already), it recovers for its maximum TTL
     /// from now.

@@ -410,6 +410,9 @@ impl RegistryServerBuilder {
         // servers registered before this start until they beat again: its
         // listings say so for its maximum TTL (`Registry::recovering`).
         registry.begin_recovery();
+        if let Some(left) = registry.recovery_left() {
+            ctx.watchers.recovery_ends_in(left);
+        }
         worker::start_intake(&ctx, front.current())
             .map_err(|e| Error::io("spawn the intake thread", e))?;
         let guard_cfg = http::GuardConfig {

@@ -43,6 +43,11 @@ struct State {
     /// A connection has at most one parked request (`lanes.rs`).
     by_peer: HashMap<SocketAddr, u64>,
     stopping: bool,
+    /// When the registry's recovery ends, if it recovers: every parked
+    /// watcher is answered then, since its answer said `recovering` and
+    /// its client keeps the servers from before the restart until told
+    /// otherwise.
+    recovery_ends: Option<Instant>,
 }
 
 impl State {
@@ -193,6 +198,11 @@ impl Watchers {
             }
             let now = Instant::now();
             let mut due = Vec::new();
+            if st.recovery_ends.is_some_and(|end| end <= now) {
+                st.recovery_ends = None;
+                let ids: Vec<u64> = st.parked.keys().copied().collect();
+                due.extend(ids.into_iter().filter_map(|id| st.take(id)));
+            }
             while let Some(&(d, id)) = st.by_deadline.first() {
                 if d > now {
                     break;
@@ -203,8 +213,9 @@ impl Watchers {
                 parking_lot::MutexGuard::unlocked(&mut st, || answer(due));
                 continue;
             }
-            match st.by_deadline.first() {
-                Some(&(d, _)) => {
+            let next = st.by_deadline.first().map(|&(d, _)| d);
+            match next.into_iter().chain(st.recovery_ends).min() {
+                Some(d) => {
                     self.wake.wait_until(&mut st, d);
                 }
                 None => {
@@ -212,6 +223,16 @@ impl Watchers {
                 }
             }
         }
+    }
+
+    /// The registry recovers for `left` more: answer every parked watcher
+    /// when that has passed. A little later, since the registry's clock is
+    /// coarse (a few milliseconds): answered a moment early, they would
+    /// still say `recovering`.
+    pub(crate) fn recovery_ends_in(&self, left: Duration) {
+        let mut st = self.state.lock();
+        st.recovery_ends = Some(Instant::now() + left + Duration::from_millis(50));
+        self.wake.notify_all();
     }
 
     /// Whether a request from `peer` is parked (its connection is waiting
