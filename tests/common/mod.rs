@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test module uses a different subset
 
+pub mod process;
 pub mod proxy;
 
 use std::collections::BTreeMap;
