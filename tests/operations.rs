@@ -142,17 +142,8 @@ fn the_status_page_lists_services_and_instances() {
 /// Loads the status page in headless Chromium and reads the rendered DOM.
 #[test]
 fn the_status_page_renders_in_a_real_browser() {
-    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
+    let Some(chromium) = crate::common::chromium("the_status_page_renders_in_a_real_browser")
     else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium is missing under CI: .ci/run installs it (apt-get install -y chromium)"
-        );
-        eprintln!(
-            "SKIPPED the_status_page_renders_in_a_real_browser: chromium is not installed (apt-get install chromium)"
-        );
         return;
     };
     let s = RegistryServer::start_local().unwrap();
@@ -166,25 +157,7 @@ fn the_status_page_renders_in_a_real_browser() {
     s.registry()
         .put_with("", "tcp@10.0.0.2:7002", &opts)
         .unwrap();
-    let profile = std::env::temp_dir().join(format!("regcenter-chromium-{}", std::process::id()));
-    let out = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--timeout=10000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("http://{}/", s.local_addr()))
-        .output()
-        .expect("run chromium");
-    let _ = std::fs::remove_dir_all(&profile);
+    let out = chromium.run(&["--dump-dom"], &format!("http://{}/", s.local_addr()));
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
         dom.contains("<table class=\"instances\">"),

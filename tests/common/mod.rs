@@ -115,6 +115,61 @@ pub fn threads_named(prefix: &str) -> usize {
         .count()
 }
 
+/// Headless Chromium, if it is installed; `None` where it is not, after
+/// saying that the test `name` skipped. Under CI, which installs it, its
+/// absence fails the test.
+pub fn chromium(name: &str) -> Option<Chromium> {
+    let Some(path) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is missing under CI: .ci/run installs it (apt-get install -y chromium)"
+        );
+        eprintln!("SKIPPED {name}: chromium is not installed (apt-get install chromium)");
+        return None;
+    };
+    let profile =
+        std::env::temp_dir().join(format!("regcenter-chromium-{name}-{}", std::process::id()));
+    Some(Chromium { path, profile })
+}
+
+/// Headless Chromium with a profile directory of its own, removed on drop.
+pub struct Chromium {
+    path: &'static str,
+    profile: std::path::PathBuf,
+}
+
+impl Chromium {
+    /// Runs it headless on `url` with `args`, once it has ended.
+    pub fn run(&self, args: &[&str], url: &str) -> std::process::Output {
+        std::process::Command::new(self.path)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--timeout=10000",
+            ])
+            .arg(format!("--user-data-dir={}", self.profile.display()))
+            .args(args)
+            .arg(url)
+            .output()
+            .expect("run chromium")
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
 /// A stand-in for the GeeRPC tutorial's Go registry: GET answers only the
 /// `X-Myrpc-Servers` header (no index, empty body), POST registers from
 /// `X-Myrpc-Server` (500 without it, as the seed), anything else is 405.
