@@ -38,6 +38,24 @@ pub fn put_for_a_minute(reg: &regcenter::Registry, service: &str, addr: &str) {
         .expect("a valid registration");
 }
 
+/// Registers `addr` with `weight` and `meta` and a one-minute TTL, so it
+/// cannot expire mid-test.
+pub fn put_weighted(
+    s: &regcenter::RegistryServer,
+    service: &str,
+    addr: &str,
+    weight: u32,
+    meta: &[(&str, &str)],
+) {
+    let mut opts = regcenter::PutOptions::new()
+        .ttl(Duration::from_secs(60))
+        .weight(weight);
+    for (k, v) in meta {
+        opts = opts.meta(*k, *v);
+    }
+    s.registry().put_with(service, addr, &opts).unwrap();
+}
+
 /// A response read off the wire.
 #[derive(Debug)]
 pub struct Raw {
@@ -56,6 +74,11 @@ impl Raw {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; panics with the body where it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
     }
 }
 
