@@ -5,15 +5,8 @@ use std::time::Duration;
 
 use regcenter::RegistryServer;
 
+use crate::common::process::regcenter;
 use crate::common::wait_until;
-
-fn regcenter(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_regcenter"))
-        .args(args)
-        .env("REGCENTER_LOG", "warn")
-        .output()
-        .expect("run regcenter")
-}
 
 #[test]
 fn bad_flags_and_values_exit_2_with_one_line() {

@@ -138,6 +138,17 @@ pub fn threads_named(prefix: &str) -> usize {
         .count()
 }
 
+/// `e` and its causes, joined by ": ", as the binary prints an error.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    msg
+}
+
 /// Headless Chromium, if it is installed; `None` where it is not, after
 /// saying that the test `name` skipped. Under CI, which installs it, its
 /// absence fails the test.

@@ -1,4 +1,5 @@
-//! A `regcenter` process started by a test, its stderr read line by line.
+//! The `regcenter` binary run by a test: once to its end, or as a process
+//! whose stderr is read line by line.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -6,6 +7,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// `regcenter ARGS` with `REGCENTER_LOG=warn`, once it has ended.
+pub fn regcenter(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_regcenter"))
+        .args(args)
+        .env("REGCENTER_LOG", "warn")
+        .output()
+        .expect("run regcenter")
+}
 
 /// A `regcenter` process started by a test, its stderr read line by line.
 /// Dropping it kills the process (by its PID) if it still runs, and reaps it.
