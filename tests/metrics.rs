@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use regcenter::{PutOptions, RegistryServer};
 
-use crate::common::{raw, wait_until};
+use crate::common::{raw, temp_dir, wait_until};
 
 const P: &str = "/myRPC/registry";
 
@@ -44,13 +44,6 @@ fn now_secs() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("regcenter-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

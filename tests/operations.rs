@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use regcenter::RegistryServer;
 
-use crate::common::raw;
+use crate::common::{raw, temp_dir};
 
 const P: &str = "/myRPC/registry";
 
@@ -173,13 +173,6 @@ fn the_status_page_renders_in_a_real_browser() {
     ] {
         assert!(dom.contains(text), "{text:?} not rendered in {dom}");
     }
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("regcenter-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

@@ -24,9 +24,7 @@ struct Certs {
 
 impl Certs {
     fn new(name: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("regcenter-tls-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::common::temp_dir(&format!("tls-{name}"));
         let openssl = |args: &[&str]| {
             let out = Command::new("openssl")
                 .args(args)

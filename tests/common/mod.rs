@@ -31,6 +31,15 @@ pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// A fresh, empty directory for one test, `regcenter-NAME-PID` in the
+/// temporary directory.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("regcenter-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// Registers `addr` with a one-minute TTL, so it cannot expire mid-test.
 pub fn put_for_a_minute(reg: &regcenter::Registry, service: &str, addr: &str) {
     let opts = regcenter::PutOptions::new().ttl(Duration::from_secs(60));

@@ -14,9 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use regcenter::{Error, RegistryServer};
 
-use super::signals::temp_dir;
 use crate::common::process::Process;
-use crate::common::{Raw, parse, threads_named, wait_until};
+use crate::common::{Raw, parse, temp_dir, threads_named, wait_until};
 
 const P: &str = "/myRPC/registry";
 

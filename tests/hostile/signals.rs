@@ -3,21 +3,13 @@
 //! snapshot or carries on; no signal that can be caught ends it abruptly.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::common::process::Process;
-use crate::common::{raw, wait_until};
+use crate::common::{raw, temp_dir, wait_until};
 
 const P: &str = "/myRPC/registry";
-
-/// A fresh directory for one test.
-pub(super) fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("regcenter-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Registers `addr` for an hour; the registry's index after it.
 pub(super) fn register(at: SocketAddr, addr: &str) -> u64 {
