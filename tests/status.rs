@@ -10,9 +10,8 @@ use crate::common::raw;
 
 const S: Duration = Duration::from_secs(1);
 
-/// Three services with metadata, an entry near expiry, an expiry and a
-/// deregistration in the history, on a clock the test moves.
-fn populated() -> (RegistryServer, ManualClock) {
+/// A registry on 127.0.0.1 whose clock the test moves.
+fn on_a_manual_clock() -> (RegistryServer, ManualClock) {
     let clock = ManualClock::new();
     let s = RegistryServer::builder()
         .addr("127.0.0.1:0")
@@ -20,6 +19,13 @@ fn populated() -> (RegistryServer, ManualClock) {
         .clock(clock.clone())
         .start()
         .unwrap();
+    (s, clock)
+}
+
+/// Three services with metadata, an entry near expiry, an expiry and a
+/// deregistration in the history, on a clock the test moves.
+fn populated() -> (RegistryServer, ManualClock) {
+    let (s, clock) = on_a_manual_clock();
     let reg = s.registry();
     let hour = PutOptions::new().ttl(3600 * S);
     let minute = PutOptions::new().ttl(60 * S);
@@ -205,13 +211,7 @@ fn regex_free_decimal_seconds(html: &str) -> Vec<String> {
 
 #[test]
 fn the_history_keeps_the_last_50_removals() {
-    let clock = ManualClock::new();
-    let s = RegistryServer::builder()
-        .addr("127.0.0.1:0")
-        .threads(2)
-        .clock(clock.clone())
-        .start()
-        .unwrap();
+    let (s, _clock) = on_a_manual_clock();
     for i in 1..=60 {
         let addr = format!("tcp@10.0.1.{i}:7001");
         s.registry().put("svc", &addr).unwrap();
