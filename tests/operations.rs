@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use regcenter::RegistryServer;
 
+use crate::common::process::Process;
 use crate::common::{raw, temp_dir};
 
 const P: &str = "/myRPC/registry";
@@ -262,24 +263,9 @@ fn a_corrupt_snapshot_is_reported_and_the_registry_starts_empty() {
 
 #[test]
 fn sigterm_answers_watchers_writes_the_snapshot_and_exits_0() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
     let dir = temp_dir("sigterm");
     let file = dir.join("table");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_regcenter"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--snapshot"])
-        .arg(&file)
-        .env("REGCENTER_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = loop {
-        let line = lines.next().expect("a log line").unwrap();
-        if let Some(rest) = line.split("serving http://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
+    let (mut p, addr) = Process::serve(&["--snapshot", file.to_str().unwrap()]);
     let r = raw(
         addr,
         "POST",
@@ -296,9 +282,8 @@ fn sigterm_answers_watchers_writes_the_snapshot_and_exits_0() {
             .text()
             .contains("regcenter_parked_watchers 1")
     });
-    // SAFETY: kill(2) on the child we started, by its PID.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success(), "exit code 0");
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(20)).success(), "exit code 0");
     assert_eq!(
         watcher.join().unwrap().status,
         200,
