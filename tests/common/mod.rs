@@ -31,6 +31,17 @@ pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// A registry on `addr` with a 300 ms TTL, so heartbeats beat every 100 ms.
+pub fn registry_on(addr: &str) -> regcenter::RegistryServer {
+    regcenter::RegistryServer::builder()
+        .addr(addr)
+        .ttl(Duration::from_millis(300))
+        .min_ttl(Duration::from_millis(50))
+        .threads(2)
+        .start()
+        .unwrap()
+}
+
 /// A fresh, empty directory for one test, `regcenter-NAME-PID` in the
 /// temporary directory.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
