@@ -31,6 +31,20 @@ pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// A registry on 127.0.0.1 whose entries outlive the test (a 60 s TTL), so
+/// only what the test does changes what it lists.
+pub fn lasting_registry() -> regcenter::RegistryServer {
+    lasting_builder().start().unwrap()
+}
+
+/// The builder of [`lasting_registry`], for a test that sets more.
+pub fn lasting_builder() -> regcenter::RegistryServerBuilder {
+    regcenter::RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .ttl(Duration::from_secs(60))
+        .threads(2)
+}
+
 /// A registry on `addr` with a 300 ms TTL, so heartbeats beat every 100 ms.
 pub fn registry_on(addr: &str) -> regcenter::RegistryServer {
     regcenter::RegistryServer::builder()
