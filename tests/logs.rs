@@ -8,6 +8,16 @@ use crate::common::raw;
 
 const P: &str = "/myRPC/registry";
 
+/// A client that takes any status as an answer, and no proxy from the
+/// environment.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .proxy(None)
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
 /// A log line taken apart: timestamp, level, target, message.
 fn fields(line: &str) -> Option<(&str, &str, &str, &str)> {
     let (ts, rest) = line.split_once(' ')?;
@@ -138,11 +148,7 @@ fn a_flood_of_registrations_and_refusals_is_summarised_not_logged_one_line_each(
     const REGISTERED: u64 = 150;
     const REFUSED: u64 = 150;
     let (mut p, addr) = Process::serve(&["--max-entries", &REGISTERED.to_string()]);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None)
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent();
     let started = Instant::now();
     let mut refused = 0;
     for i in 0..REGISTERED + REFUSED {
@@ -258,11 +264,7 @@ mod capture {
 /// answered 401; how long they took, in whole seconds.
 fn wrong_tokens(server: &regcenter::RegistryServer, n: u64) -> u64 {
     let addr = server.local_addr();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None)
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent();
     let started = Instant::now();
     for i in 0..n {
         let r = agent
