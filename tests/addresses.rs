@@ -1,8 +1,11 @@
 //! Addresses a client can dial: the `proto@rest` shape the seed's clients
 //! split, checked at registration unless the registry is free-form.
 
+use std::time::Duration;
+
 use regcenter::{Registry, RegistryServer};
 
+use crate::common::process::Process;
 use crate::common::raw;
 
 const P: &str = "/myRPC/registry";
@@ -93,34 +96,11 @@ fn a_free_form_registry_keeps_any_visible_address() {
 
 #[test]
 fn serve_free_form_addresses_keeps_any_visible_address() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    let start = |extra: &[&str]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_regcenter"))
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .args(extra)
-            .env("REGCENTER_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr: std::net::SocketAddr = loop {
-            let line = lines.next().expect("a log line").unwrap();
-            if let Some(rest) = line.split("serving http://").nth(1) {
-                break rest.split('/').next().unwrap().parse().unwrap();
-            }
-        };
-        // The log stays read to the end: a closed pipe would fail the
-        // child's last lines.
-        (child, addr, lines)
-    };
     for (extra, want) in [(&[][..], 400), (&["--free-form-addresses"][..], 200)] {
-        let (mut child, addr, lines) = start(extra);
+        let (mut p, addr) = Process::serve(extra);
         let r = raw(addr, "POST", P, &[("X-Myrpc-Server", "127.0.0.1:7006")]);
-        // SAFETY: kill(2) on the child we started, by its PID.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        lines.for_each(drop);
-        assert!(child.wait().unwrap().success());
+        p.signal(libc::SIGTERM);
+        assert!(p.wait(Duration::from_secs(20)).success());
         assert_eq!(r.status, want, "{extra:?}: {}", r.text());
     }
 }

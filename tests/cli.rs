@@ -5,15 +5,8 @@ use std::time::Duration;
 
 use regcenter::RegistryServer;
 
+use crate::common::process::regcenter;
 use crate::common::wait_until;
-
-fn regcenter(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_regcenter"))
-        .args(args)
-        .env("REGCENTER_LOG", "warn")
-        .output()
-        .expect("run regcenter")
-}
 
 #[test]
 fn bad_flags_and_values_exit_2_with_one_line() {
@@ -287,7 +280,7 @@ fn deregistering_an_address_that_is_not_registered_exits_1() {
 fn register_says_it_keeps_an_address_registered_only_once_the_registry_took_it() {
     let port = crate::hostile::free_port();
     let url = format!("http://127.0.0.1:{port}/myRPC/registry");
-    let mut p = crate::logs::Process::spawn(
+    let mut p = crate::common::process::Process::spawn(
         &[
             "register",
             "--registry",
@@ -297,7 +290,7 @@ fn register_says_it_keeps_an_address_registered_only_once_the_registry_took_it()
             "--period",
             "100ms",
         ],
-        "warn",
+        &[("REGCENTER_LOG", "warn")],
     );
     let line = p.line_containing("not registered yet", Duration::from_secs(10));
     assert!(!line.contains("keeping"), "{line}");
@@ -319,7 +312,10 @@ fn register_says_it_keeps_an_address_registered_only_once_the_registry_took_it()
 fn watch_says_when_the_registry_is_down_and_when_it_is_back() {
     let port = crate::hostile::free_port();
     let url = format!("http://127.0.0.1:{port}/myRPC/registry");
-    let mut p = crate::logs::Process::spawn(&["watch", "--registry", &url], "warn");
+    let mut p = crate::common::process::Process::spawn(
+        &["watch", "--registry", &url],
+        &[("REGCENTER_LOG", "warn")],
+    );
     p.line_containing("unreachable", Duration::from_secs(10));
     let s = RegistryServer::builder()
         .addr(format!("127.0.0.1:{port}"))

@@ -7,14 +7,10 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use regcenter::{PutOptions, RegistryServer};
-use serde_json::{Value, json};
+use regcenter::RegistryServer;
+use serde_json::json;
 
-use crate::common::{Raw, parse, raw, wait_until};
-
-fn body(r: &Raw) -> Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
-}
+use crate::common::{Raw, parse, put_weighted, raw, wait_until};
 
 fn index(r: &Raw) -> u64 {
     r.header("X-Consul-Index")
@@ -28,16 +24,6 @@ fn index(r: &Raw) -> u64 {
         })
         .parse()
         .unwrap()
-}
-
-fn put(s: &RegistryServer, service: &str, addr: &str, weight: u32, meta: &[(&str, &str)]) {
-    let mut opts = PutOptions::new()
-        .ttl(Duration::from_secs(60))
-        .weight(weight);
-    for (k, v) in meta {
-        opts = opts.meta(*k, *v);
-    }
-    s.registry().put_with(service, addr, &opts).unwrap();
 }
 
 /// One GET read for up to a minute: for blocking queries.
@@ -64,17 +50,17 @@ fn get(s: &RegistryServer, path: &str) -> Raw {
 
 fn sample() -> RegistryServer {
     let s = RegistryServer::start_local().unwrap();
-    put(
+    put_weighted(
         &s,
         "arith",
         "tcp@10.0.0.1:7001",
         3,
         &[("zone", "eu"), ("tags", "b,a,,b")],
     );
-    put(&s, "arith", "http@[::1]:7002", 1, &[]);
-    put(&s, "arith", "unix@/run/x.sock", 1, &[]);
-    put(&s, "", "tcp@10.0.0.3:7003", 1, &[("tags", "c")]);
-    put(&s, "sockets", "unix@/run/y.sock", 1, &[]);
+    put_weighted(&s, "arith", "http@[::1]:7002", 1, &[]);
+    put_weighted(&s, "arith", "unix@/run/x.sock", 1, &[]);
+    put_weighted(&s, "", "tcp@10.0.0.3:7003", 1, &[("tags", "c")]);
+    put_weighted(&s, "sockets", "unix@/run/y.sock", 1, &[]);
     s
 }
 
@@ -82,7 +68,7 @@ fn sample() -> RegistryServer {
 fn agent_self_names_the_datacenter_and_node_in_objects_only() {
     let s = RegistryServer::start_local().unwrap();
     let r = get(&s, "/v1/agent/self");
-    let v = body(&r);
+    let v = r.json();
     assert_eq!(v["Config"]["Datacenter"], "dc1");
     assert_eq!(v["Config"]["NodeName"], "regcenter");
     for (k, val) in v.as_object().expect("an object") {
@@ -94,12 +80,12 @@ fn agent_self_names_the_datacenter_and_node_in_objects_only() {
 fn catalog_services_lists_services_with_their_tags() {
     let s = RegistryServer::start_local().unwrap();
     let r = get(&s, "/v1/catalog/services");
-    assert_eq!(body(&r), json!({}));
+    assert_eq!(r.json(), json!({}));
     assert_eq!(index(&r), 1, "an empty registry still answers index 1");
     let s = sample();
     let r = get(&s, "/v1/catalog/services");
     // "sockets" has no proto@host:port instance: no Consul service.
-    assert_eq!(body(&r), json!({"arith": ["a", "b"], "~default": ["c"]}));
+    assert_eq!(r.json(), json!({"arith": ["a", "b"], "~default": ["c"]}));
     assert_eq!(index(&r), s.registry().counter() + 1);
 }
 
@@ -108,7 +94,7 @@ fn catalog_service_maps_each_instance() {
     let s = sample();
     let r = get(&s, "/v1/catalog/service/arith");
     assert_eq!(index(&r), s.registry().index("arith") + 1);
-    let v = body(&r);
+    let v = r.json();
     let list = v.as_array().expect("a list");
     assert_eq!(list.len(), 2, "{v}");
     let i = list
@@ -130,11 +116,11 @@ fn catalog_service_maps_each_instance() {
     assert_eq!(v6["ServiceMeta"], json!({}));
 
     let r = get(&s, "/v1/catalog/service/~default");
-    assert_eq!(body(&r)[0]["ServiceAddress"], "10.0.0.3");
+    assert_eq!(r.json()[0]["ServiceAddress"], "10.0.0.3");
     let r = get(&s, "/v1/catalog/service/%7Edefault");
-    assert_eq!(body(&r)[0]["ServiceName"], "~default");
+    assert_eq!(r.json()[0]["ServiceName"], "~default");
     let r = get(&s, "/v1/catalog/service/nope");
-    assert_eq!(body(&r), json!([]));
+    assert_eq!(r.json(), json!([]));
     assert_eq!(index(&r), s.registry().counter() + 1);
 }
 
@@ -148,7 +134,7 @@ fn health_service_answers_entries_with_node_service_and_checks() {
     ] {
         let r = get(&s, path);
         assert_eq!(index(&r), s.registry().index("arith") + 1);
-        let v = body(&r);
+        let v = r.json();
         let list = v.as_array().expect("a list");
         assert_eq!(list.len(), 2, "{path}: {v}");
         let e = list
@@ -172,7 +158,7 @@ fn health_service_answers_entries_with_node_service_and_checks() {
         );
     }
     let r = get(&s, "/v1/health/service/nope?passing");
-    assert_eq!(body(&r), json!([]));
+    assert_eq!(r.json(), json!([]));
 }
 
 #[test]
@@ -251,20 +237,20 @@ fn a_blocking_service_query_wakes_on_a_change_not_on_a_renewal() {
     let t = park(&s, format!("/v1/health/service/arith?index={n}&wait=30s"));
     // A renewal, and a change of another service, leave it parked: the
     // registry tells watchers before put_with returns.
-    put(
+    put_weighted(
         &s,
         "arith",
         "tcp@10.0.0.1:7001",
         3,
         &[("zone", "eu"), ("tags", "b,a,,b")],
     );
-    put(&s, "other", "tcp@10.0.0.9:7009", 1, &[]);
+    put_weighted(&s, "other", "tcp@10.0.0.9:7009", 1, &[]);
     assert_eq!(s.parked(), 1, "woken by a renewal or another service");
-    put(&s, "arith", "tcp@10.0.0.2:7002", 1, &[]);
+    put_weighted(&s, "arith", "tcp@10.0.0.2:7002", 1, &[]);
     let r = t.join().unwrap();
     assert_eq!(r.status, 200);
     assert!(index(&r) > n);
-    assert_eq!(body(&r).as_array().unwrap().len(), 3);
+    assert_eq!(r.json().as_array().unwrap().len(), 3);
     assert_eq!(s.parked(), 0);
 
     // The catalog entry of one service blocks the same way.
@@ -273,7 +259,7 @@ fn a_blocking_service_query_wakes_on_a_change_not_on_a_renewal() {
     s.registry().remove("arith", "tcp@10.0.0.2:7002").unwrap();
     let r = t.join().unwrap();
     assert!(index(&r) > n);
-    assert_eq!(body(&r).as_array().unwrap().len(), 2);
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
 }
 
 #[test]
@@ -281,7 +267,7 @@ fn a_blocking_catalog_query_wakes_on_any_service() {
     let s = sample();
     let n = index(&get(&s, "/v1/catalog/services"));
     let t = park(&s, format!("/v1/catalog/services?index={n}&wait=30s"));
-    put(
+    put_weighted(
         &s,
         "arith",
         "tcp@10.0.0.1:7001",
@@ -289,10 +275,10 @@ fn a_blocking_catalog_query_wakes_on_any_service() {
         &[("zone", "eu"), ("tags", "b,a,,b")],
     );
     assert_eq!(s.parked(), 1, "woken by a renewal");
-    put(&s, "billing", "tcp@10.0.0.8:7008", 1, &[]);
+    put_weighted(&s, "billing", "tcp@10.0.0.8:7008", 1, &[]);
     let r = t.join().unwrap();
     assert!(index(&r) > n);
-    assert!(body(&r).get("billing").is_some(), "{}", r.text());
+    assert!(r.json().get("billing").is_some(), "{}", r.text());
 
     // Emptied out, the service is gone and the index still moves on.
     let n = index(&r);
@@ -300,7 +286,7 @@ fn a_blocking_catalog_query_wakes_on_any_service() {
     s.registry().remove("billing", "tcp@10.0.0.8:7008").unwrap();
     let r = t.join().unwrap();
     assert!(index(&r) > n);
-    assert!(body(&r).get("billing").is_none());
+    assert!(r.json().get("billing").is_none());
 }
 
 #[test]
@@ -309,10 +295,10 @@ fn a_blocking_query_on_an_empty_registry_blocks_at_index_1() {
     let n = index(&get(&s, "/v1/catalog/services"));
     assert_eq!(n, 1);
     let t = park(&s, "/v1/catalog/services?index=1&wait=30s".into());
-    put(&s, "first", "tcp@10.0.0.1:1", 1, &[]);
+    put_weighted(&s, "first", "tcp@10.0.0.1:1", 1, &[]);
     let r = t.join().unwrap();
     assert!(index(&r) > 1);
-    assert_eq!(body(&r), json!({"first": []}));
+    assert_eq!(r.json(), json!({"first": []}));
 }
 
 #[test]
@@ -425,7 +411,7 @@ fn py_consul_reads_the_catalog_and_blocks_until_a_registration() {
         },
     );
     if parked {
-        put(&s, "arith", "tcp@10.0.0.4:7004", 1, &[]);
+        put_weighted(&s, "arith", "tcp@10.0.0.4:7004", 1, &[]);
     }
     let mut exited = None;
     wait_until(
@@ -480,17 +466,17 @@ impl Drop for Script {
 #[test]
 fn the_requests_of_prometheus_consul_sd_find_every_target() {
     let s = sample();
-    let dc = body(&get(&s, "/v1/agent/self"))["Config"]["Datacenter"].clone();
+    let dc = get(&s, "/v1/agent/self").json()["Config"]["Datacenter"].clone();
     assert_eq!(dc, "dc1");
     let q = "dc=dc1&stale=&wait=120000ms";
     let r = get(&s, &format!("/v1/catalog/services?{q}"));
     let catalog_index = index(&r);
-    let services = body(&r);
+    let services = r.json();
     let mut targets = Vec::new();
     for name in services.as_object().unwrap().keys() {
         let r = get(&s, &format!("/v1/health/service/{name}?{q}"));
         assert!(index(&r) >= 1);
-        for e in body(&r).as_array().unwrap() {
+        for e in r.json().as_array().unwrap() {
             assert!(e["Node"].is_object(), "every entry has a Node: {e}");
             targets.push(format!(
                 "{}:{}",
@@ -505,8 +491,8 @@ fn the_requests_of_prometheus_consul_sd_find_every_target() {
         &s,
         format!("/v1/catalog/services?{q}&index={catalog_index}"),
     );
-    put(&s, "billing", "tcp@10.0.0.8:7008", 1, &[]);
+    put_weighted(&s, "billing", "tcp@10.0.0.8:7008", 1, &[]);
     let r = t.join().unwrap();
     assert!(index(&r) > catalog_index);
-    assert!(body(&r).get("billing").is_some());
+    assert!(r.json().get("billing").is_some());
 }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use regcenter::{Discovery, Error, Heartbeat, RegistryDiscovery, RegistryServer, Status};
 
 use crate::common::proxy::{Fault, Proxy};
-use crate::common::{put_for_a_minute, raw, wait_until};
+use crate::common::{put_for_a_minute, raw, registry_on, wait_until};
 
 const SECS: Duration = Duration::from_secs(5);
 const ADDR: &str = "tcp@127.0.0.1:7001";
@@ -324,17 +324,6 @@ fn drain_command_against_a_registry_keeps_the_entry_as_it_was() {
 // The tests below are of the registry's side of status as much as of the
 // heartbeat's: X-Myrpc-Status on POST, sticky, draining entries out of the
 // seed and text listings, a change of status waking watchers.
-
-/// A registry with a 300 ms TTL, so heartbeats beat every 100 ms.
-fn registry_on(addr: &str) -> RegistryServer {
-    RegistryServer::builder()
-        .addr(addr)
-        .ttl(Duration::from_millis(300))
-        .min_ttl(Duration::from_millis(50))
-        .threads(2)
-        .start()
-        .unwrap()
-}
 
 /// The seed's header, the text listing and the JSON listing of the default
 /// service.

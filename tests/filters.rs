@@ -6,17 +6,16 @@ use std::time::{Duration, Instant};
 
 use regcenter::RegistryServer;
 
-use crate::common::{Raw, raw, wait_until};
+use crate::common::{Raw, lasting_builder, raw, wait_until};
 
 const P: &str = "/myRPC/registry";
 const SOON: Duration = Duration::from_secs(5);
 
+/// A lasting registry that takes TTLs down to 50 ms, for entries meant to
+/// expire.
 fn server() -> RegistryServer {
-    RegistryServer::builder()
-        .addr("127.0.0.1:0")
-        .ttl(Duration::from_secs(60))
+    lasting_builder()
         .min_ttl(Duration::from_millis(50))
-        .threads(2)
         .start()
         .unwrap()
 }

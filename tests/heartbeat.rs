@@ -2,23 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use regcenter::{Error, Heartbeat, HeartbeatState, RegistryServer};
+use regcenter::{Error, Heartbeat, HeartbeatState};
 
 use crate::common::proxy::{Fault, Proxy};
-use crate::common::{SeedRegistry, wait_until};
+use crate::common::{SeedRegistry, registry_on, wait_until};
 
 const SECS: Duration = Duration::from_secs(5);
-
-/// A registry with a 300 ms TTL, so heartbeats beat every 100 ms.
-fn registry_on(addr: &str) -> RegistryServer {
-    RegistryServer::builder()
-        .addr(addr)
-        .ttl(Duration::from_millis(300))
-        .min_ttl(Duration::from_millis(50))
-        .threads(2)
-        .start()
-        .unwrap()
-}
 
 #[test]
 fn registers_before_start_returns_renews_and_deregisters_on_stop() {

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use regcenter::{
-    Discovery, PutOptions, RegistryDiscovery, RegistryServer, SelectMode, Status, hash_key,
+    Discovery, PutOptions, RegistryDiscovery, RegistryDiscoveryBuilder, RegistryServer, SelectMode,
+    Status, hash_key,
 };
 
 use crate::common::wait_until;
@@ -40,6 +41,25 @@ fn set(addrs: &[&str]) -> HashSet<String> {
 
 fn long(opts: PutOptions) -> PutOptions {
     opts.ttl(Duration::from_secs(60))
+}
+
+/// A registry with `addrs` in the default service, and a discovery of it,
+/// set up by `configure`, that has listed them once and fetches again only
+/// when a test refreshes it.
+fn listed_once(
+    addrs: &[&str],
+    configure: impl FnOnce(RegistryDiscoveryBuilder) -> RegistryDiscoveryBuilder,
+) -> (RegistryServer, RegistryDiscovery) {
+    let s = RegistryServer::start_local().unwrap();
+    for a in addrs {
+        crate::common::put_for_a_minute(s.registry(), "", a);
+    }
+    let d = configure(RegistryDiscovery::builder(s.url()))
+        .refresh_period(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    d.get_all().unwrap();
+    (s, d)
 }
 
 #[test]
@@ -249,15 +269,7 @@ fn preference_picks_the_local_zone_and_falls_back_without_a_fetch() {
 
 #[test]
 fn reported_failures_eject_an_instance_for_about_a_second() {
-    let s = RegistryServer::start_local().unwrap();
-    for a in ["tcp@a:1", "tcp@b:1", "tcp@c:1"] {
-        crate::common::put_for_a_minute(s.registry(), "", a);
-    }
-    let d = RegistryDiscovery::builder(s.url())
-        .refresh_period(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    d.get_all().unwrap();
+    let (_s, d) = listed_once(&["tcp@a:1", "tcp@b:1", "tcp@c:1"], |b| b);
     d.report_failure("tcp@b:1");
     d.report_failure("tcp@b:1");
     assert!(
@@ -288,16 +300,7 @@ fn reported_failures_eject_an_instance_for_about_a_second() {
 
 #[test]
 fn a_configured_threshold_ejects_after_that_many_failures() {
-    let s = RegistryServer::start_local().unwrap();
-    for a in ["tcp@a:1", "tcp@b:1"] {
-        crate::common::put_for_a_minute(s.registry(), "", a);
-    }
-    let d = RegistryDiscovery::builder(s.url())
-        .eject_after(1)
-        .refresh_period(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    d.get_all().unwrap();
+    let (s, d) = listed_once(&["tcp@a:1", "tcp@b:1"], |b| b.eject_after(1));
     d.report_failure("tcp@a:1");
     assert_eq!(d.get_all().unwrap(), ["tcp@b:1"]);
     let off = RegistryDiscovery::builder(s.url())
@@ -312,15 +315,7 @@ fn a_configured_threshold_ejects_after_that_many_failures() {
 
 #[test]
 fn an_instance_that_registers_again_is_no_longer_ejected() {
-    let s = RegistryServer::start_local().unwrap();
-    for a in ["tcp@a:1", "tcp@b:1", "tcp@c:1"] {
-        crate::common::put_for_a_minute(s.registry(), "", a);
-    }
-    let d = RegistryDiscovery::builder(s.url())
-        .refresh_period(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    d.get_all().unwrap();
+    let (s, d) = listed_once(&["tcp@a:1", "tcp@b:1", "tcp@c:1"], |b| b);
     for _ in 0..3 {
         d.report_failure("tcp@b:1");
     }

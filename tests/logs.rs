@@ -1,148 +1,21 @@
 //! The binary's log: the shape of every line, the request and refusal
 //! lines, and floods summarised rather than written one line each.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::common::process::Process;
 use crate::common::raw;
 
 const P: &str = "/myRPC/registry";
 
-/// A `regcenter` process started by a test, its stderr read line by line.
-/// Dropping it kills the process (by its PID) if it still runs, and reaps it.
-pub(crate) struct Process {
-    child: Child,
-    lines: Receiver<String>,
-    reader: Option<JoinHandle<()>>,
-    /// Every line read so far, for failure messages and for `stderr`.
-    seen: Vec<String>,
-}
-
-impl Process {
-    /// Runs `regcenter ARGS` with `REGCENTER_LOG=log`.
-    pub(crate) fn spawn(args: &[&str], log: &str) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_regcenter"))
-            .args(args)
-            .env("REGCENTER_LOG", log)
-            .env_remove("REGCENTER_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run regcenter");
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        let reader = std::thread::Builder::new()
-            .name("test-stderr".into())
-            .spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            })
-            .unwrap();
-        Process {
-            child,
-            lines,
-            reader: Some(reader),
-            seen: Vec::new(),
-        }
-    }
-
-    /// `regcenter serve --addr 127.0.0.1:0 ARGS`, once it serves.
-    pub(crate) fn serve(args: &[&str], log: &str) -> (Process, SocketAddr) {
-        let mut all = vec!["serve", "--addr", "127.0.0.1:0"];
-        all.extend_from_slice(args);
-        let mut p = Process::spawn(&all, log);
-        let line = p.line_containing("serving http://", Duration::from_secs(20));
-        let addr = line
-            .split("serving http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        (p, addr)
-    }
-
-    /// Sends `sig` to this process (by its PID).
-    pub(crate) fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the child this test started, by its PID; the
-        // child is not reaped before `wait`, so the PID is still its own.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as i32, sig) },
-            0,
-            "kill {sig}"
-        );
-    }
-
-    /// The next stderr line containing `text`, within `within`.
-    pub(crate) fn line_containing(&mut self, text: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no line with {text:?} within {within:?}; seen: {:#?}",
-                        self.seen
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "regcenter ended ({:?}) before a line with {text:?}; seen: {:#?}",
-                    self.child.try_wait(),
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// Waits for the process to end, within `within` (kills it and panics
-    /// if it does not); its exit code and every line of its stderr.
-    pub(crate) fn finish(&mut self, within: Duration) -> (Option<i32>, Vec<String>) {
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "regcenter still ran after {within:?}; seen: {:#?}",
-                    self.seen
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
-        self.seen.extend(self.lines.try_iter());
-        (status.code(), self.seen.clone())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
+/// A client that takes any status as an answer, and no proxy from the
+/// environment.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .proxy(None)
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 /// A log line taken apart: timestamp, level, target, message.
@@ -217,7 +90,7 @@ fn assert_shape(line: &str) {
 
 #[test]
 fn every_line_has_a_utc_timestamp_a_level_and_a_target_and_requests_are_logged_at_debug() {
-    let (mut p, addr) = Process::serve(&["--max-entries", "1"], "debug");
+    let (mut p, addr) = Process::serve_env(&["--max-entries", "1"], &[("REGCENTER_LOG", "debug")]);
     let r = raw(addr, "POST", P, &[("X-Myrpc-Server", "tcp@a:1")]);
     assert_eq!(r.status, 200);
     let line = p.line_containing("registered tcp@a:1", Duration::from_secs(10));
@@ -274,12 +147,8 @@ fn logged_and_summarised(lines: &[String], line: &str, target: &str) -> (u64, u6
 fn a_flood_of_registrations_and_refusals_is_summarised_not_logged_one_line_each() {
     const REGISTERED: u64 = 150;
     const REFUSED: u64 = 150;
-    let (mut p, addr) = Process::serve(&["--max-entries", &REGISTERED.to_string()], "info");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None)
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let (mut p, addr) = Process::serve(&["--max-entries", &REGISTERED.to_string()]);
+    let agent = agent();
     let started = Instant::now();
     let mut refused = 0;
     for i in 0..REGISTERED + REFUSED {
@@ -395,11 +264,7 @@ mod capture {
 /// answered 401; how long they took, in whole seconds.
 fn wrong_tokens(server: &regcenter::RegistryServer, n: u64) -> u64 {
     let addr = server.local_addr();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None)
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent();
     let started = Instant::now();
     for i in 0..n {
         let r = agent

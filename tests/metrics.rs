@@ -6,9 +6,9 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use regcenter::{PutOptions, RegistryServer};
+use regcenter::RegistryServer;
 
-use crate::common::{raw, wait_until};
+use crate::common::{put_for_a_minute, raw, temp_dir, wait_until};
 
 const P: &str = "/myRPC/registry";
 
@@ -46,13 +46,6 @@ fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("regcenter-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn metrics_pass_promtool_check_metrics() {
     let promtool = "/usr/bin/promtool";
@@ -74,13 +67,8 @@ fn metrics_pass_promtool_check_metrics() {
         .start()
         .unwrap();
     let a = s.local_addr();
-    let long = PutOptions::new().ttl(Duration::from_secs(60));
-    s.registry()
-        .put_with("", "tcp@10.0.0.1:7001", &long)
-        .unwrap();
-    s.registry()
-        .put_with("arith", "tcp@10.0.0.2:7001", &long)
-        .unwrap();
+    put_for_a_minute(s.registry(), "", "tcp@10.0.0.1:7001");
+    put_for_a_minute(s.registry(), "arith", "tcp@10.0.0.2:7001");
     s.registry().put("gone", "tcp@10.0.0.3:7001").unwrap();
     s.registry().remove("gone", "tcp@10.0.0.3:7001").unwrap();
     raw(a, "POST", P, &[]); // a 400
@@ -116,13 +104,8 @@ fn metrics_pass_promtool_check_metrics() {
 #[test]
 fn emptied_services_read_0_and_the_default_service_is_named() {
     let s = RegistryServer::start_local().unwrap();
-    let long = PutOptions::new().ttl(Duration::from_secs(60));
-    s.registry()
-        .put_with("", "tcp@10.0.0.1:7001", &long)
-        .unwrap();
-    s.registry()
-        .put_with("arith", "tcp@10.0.0.2:7001", &long)
-        .unwrap();
+    put_for_a_minute(s.registry(), "", "tcp@10.0.0.1:7001");
+    put_for_a_minute(s.registry(), "arith", "tcp@10.0.0.2:7001");
     let m = samples(&scrape(&s));
     assert_eq!(m["regcenter_entries{service=\"arith\"}"], 1.0);
     assert_eq!(m["regcenter_entries{service=\"(default)\"}"], 1.0);
@@ -135,9 +118,7 @@ fn emptied_services_read_0_and_the_default_service_is_named() {
         "an emptied service reads 0, so `< 1` alerts fire"
     );
     // Back again, and a service that emptied before any scrape saw it.
-    s.registry()
-        .put_with("arith", "tcp@10.0.0.2:7001", &long)
-        .unwrap();
+    put_for_a_minute(s.registry(), "arith", "tcp@10.0.0.2:7001");
     let m = samples(&scrape(&s));
     assert_eq!(m["regcenter_entries{service=\"arith\"}"], 1.0);
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use regcenter::RegistryServer;
 
-use crate::common::raw;
+use crate::common::process::Process;
+use crate::common::{raw, temp_dir};
 
 const P: &str = "/myRPC/registry";
 
@@ -142,17 +143,8 @@ fn the_status_page_lists_services_and_instances() {
 /// Loads the status page in headless Chromium and reads the rendered DOM.
 #[test]
 fn the_status_page_renders_in_a_real_browser() {
-    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
+    let Some(chromium) = crate::common::chromium("the_status_page_renders_in_a_real_browser")
     else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium is missing under CI: .ci/run installs it (apt-get install -y chromium)"
-        );
-        eprintln!(
-            "SKIPPED the_status_page_renders_in_a_real_browser: chromium is not installed (apt-get install chromium)"
-        );
         return;
     };
     let s = RegistryServer::start_local().unwrap();
@@ -166,25 +158,7 @@ fn the_status_page_renders_in_a_real_browser() {
     s.registry()
         .put_with("", "tcp@10.0.0.2:7002", &opts)
         .unwrap();
-    let profile = std::env::temp_dir().join(format!("regcenter-chromium-{}", std::process::id()));
-    let out = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--timeout=10000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("http://{}/", s.local_addr()))
-        .output()
-        .expect("run chromium");
-    let _ = std::fs::remove_dir_all(&profile);
+    let out = chromium.run(&["--dump-dom"], &format!("http://{}/", s.local_addr()));
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
         dom.contains("<table class=\"instances\">"),
@@ -200,13 +174,6 @@ fn the_status_page_renders_in_a_real_browser() {
     ] {
         assert!(dom.contains(text), "{text:?} not rendered in {dom}");
     }
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("regcenter-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -296,24 +263,9 @@ fn a_corrupt_snapshot_is_reported_and_the_registry_starts_empty() {
 
 #[test]
 fn sigterm_answers_watchers_writes_the_snapshot_and_exits_0() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
     let dir = temp_dir("sigterm");
     let file = dir.join("table");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_regcenter"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--snapshot"])
-        .arg(&file)
-        .env("REGCENTER_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = loop {
-        let line = lines.next().expect("a log line").unwrap();
-        if let Some(rest) = line.split("serving http://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
+    let (mut p, addr) = Process::serve(&["--snapshot", file.to_str().unwrap()]);
     let r = raw(
         addr,
         "POST",
@@ -330,9 +282,8 @@ fn sigterm_answers_watchers_writes_the_snapshot_and_exits_0() {
             .text()
             .contains("regcenter_parked_watchers 1")
     });
-    // SAFETY: kill(2) on the child we started, by its PID.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success(), "exit code 0");
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(20)).success(), "exit code 0");
     assert_eq!(
         watcher.join().unwrap().status,
         200,

@@ -5,24 +5,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use regcenter::{PutOptions, RegistryServer};
+use regcenter::RegistryServer;
 use serde_json::Value;
 
-use crate::common::{raw, wait_until};
-
-fn json(r: &crate::common::Raw) -> Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
-}
-
-fn put(s: &RegistryServer, service: &str, addr: &str, weight: u32, meta: &[(&str, &str)]) {
-    let mut opts = PutOptions::new()
-        .ttl(Duration::from_secs(60))
-        .weight(weight);
-    for (k, v) in meta {
-        opts = opts.meta(*k, *v);
-    }
-    s.registry().put_with(service, addr, &opts).unwrap();
-}
+use crate::common::{put_weighted, raw, wait_until};
 
 #[test]
 fn targets_answer_one_group_per_instance_with_its_labels() {
@@ -32,24 +18,24 @@ fn targets_answer_one_group_per_instance_with_its_labels() {
         .free_form_addresses(true)
         .start()
         .unwrap();
-    put(
+    put_weighted(
         &s,
         "arith",
         "tcp@10.0.0.1:7001",
         3,
         &[("zone", "eu"), ("build.id", "42"), ("tags", "a,b")],
     );
-    put(&s, "arith", "http@[::1]:7002", 1, &[]);
-    put(&s, "", "tcp@10.0.0.3:7003", 1, &[]);
+    put_weighted(&s, "arith", "http@[::1]:7002", 1, &[]);
+    put_weighted(&s, "", "tcp@10.0.0.3:7003", 1, &[]);
     // Not proto@host:port: left out.
-    put(&s, "arith", "10.0.0.4:7004", 1, &[]);
-    put(&s, "arith", "unix@/run/x.sock", 1, &[]);
-    put(&s, "arith", "tcp@10.0.0.5:http", 1, &[]);
+    put_weighted(&s, "arith", "10.0.0.4:7004", 1, &[]);
+    put_weighted(&s, "arith", "unix@/run/x.sock", 1, &[]);
+    put_weighted(&s, "arith", "tcp@10.0.0.5:http", 1, &[]);
 
     let r = raw(s.local_addr(), "GET", "/prometheus/targets", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("Content-Type"), Some("application/json"));
-    let groups = json(&r);
+    let groups = r.json();
     let groups = groups.as_array().expect("an array of target groups");
     assert_eq!(groups.len(), 3, "{groups:?}");
     let by_target = |t: &str| {
@@ -83,16 +69,16 @@ fn targets_answer_one_group_per_instance_with_its_labels() {
         "/prometheus/targets?service=arith",
         &[],
     );
-    assert_eq!(json(&r).as_array().unwrap().len(), 2);
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
     let r = raw(s.local_addr(), "GET", "/prometheus/targets?service=", &[]);
-    assert_eq!(json(&r)[0]["targets"], serde_json::json!(["10.0.0.3:7003"]));
+    assert_eq!(r.json()[0]["targets"], serde_json::json!(["10.0.0.3:7003"]));
     let r = raw(
         s.local_addr(),
         "GET",
         "/prometheus/targets?service=nope",
         &[],
     );
-    assert_eq!(json(&r), serde_json::json!([]));
+    assert_eq!(r.json(), serde_json::json!([]));
     let r = raw(
         s.local_addr(),
         "GET",
@@ -108,9 +94,9 @@ fn targets_answer_one_group_per_instance_with_its_labels() {
 #[test]
 fn two_keys_with_one_label_name_keep_the_first_in_byte_order() {
     let s = RegistryServer::start_local().unwrap();
-    put(&s, "x", "tcp@h:1", 1, &[("a-b", "dash"), ("a.b", "dot")]);
+    put_weighted(&s, "x", "tcp@h:1", 1, &[("a-b", "dash"), ("a.b", "dot")]);
     let r = raw(s.local_addr(), "GET", "/prometheus/targets", &[]);
-    assert_eq!(json(&r)[0]["labels"]["__meta_regcenter_meta_a_b"], "dash");
+    assert_eq!(r.json()[0]["labels"]["__meta_regcenter_meta_a_b"], "dash");
 }
 
 #[test]
@@ -121,13 +107,13 @@ fn targets_follow_protect_reads() {
         .protect_reads(true)
         .start()
         .unwrap();
-    put(&s, "x", "tcp@h:1", 1, &[]);
+    put_weighted(&s, "x", "tcp@h:1", 1, &[]);
     let r = raw(s.local_addr(), "GET", "/prometheus/targets", &[]);
     assert_eq!(r.status, 401);
     let auth = ("Authorization", "Bearer s3cret-token");
     let r = raw(s.local_addr(), "GET", "/prometheus/targets", &[auth]);
     assert_eq!(r.status, 200);
-    assert_eq!(json(&r).as_array().unwrap().len(), 1);
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
     let open = RegistryServer::builder()
         .addr("127.0.0.1:0")
         .token("s3cret-token")
@@ -261,15 +247,15 @@ fn a_real_prometheus_discovers_and_drops_targets_through_http_sd() {
     ) else {
         return;
     };
-    put(
+    put_weighted(
         &s,
         "arith",
         "tcp@127.0.0.1:7001",
         2,
         &[("zone", "eu"), ("build.id", "42")],
     );
-    put(&s, "arith", "tcp@127.0.0.1:7002", 1, &[]);
-    put(&s, "", "tcp@127.0.0.1:7003", 1, &[]);
+    put_weighted(&s, "arith", "tcp@127.0.0.1:7002", 1, &[]);
+    put_weighted(&s, "", "tcp@127.0.0.1:7003", 1, &[]);
     let deadline = Duration::from_secs(90);
     let all = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"];
     let t0 = std::time::Instant::now();

@@ -8,19 +8,10 @@ use std::time::Duration;
 
 use regcenter::RegistryServer;
 
-use crate::common::{Raw, raw, wait_until};
+use crate::common::{Raw, lasting_registry, raw, wait_until};
 
 const P: &str = "/myRPC/registry";
 const SOON: Duration = Duration::from_secs(5);
-
-fn server() -> RegistryServer {
-    RegistryServer::builder()
-        .addr("127.0.0.1:0")
-        .ttl(Duration::from_secs(60))
-        .threads(2)
-        .start()
-        .unwrap()
-}
 
 /// A POST as the seed's heartbeat sends it, with a status when given.
 fn post(s: &RegistryServer, addr: &str, status: Option<&str>) -> Raw {
@@ -50,7 +41,7 @@ fn json(s: &RegistryServer) -> serde_json::Value {
 
 #[test]
 fn a_drained_server_leaves_the_seed_header_until_it_is_up_again() {
-    let s = server();
+    let s = lasting_registry();
     assert_eq!(post(&s, "tcp@a:1", None).status, 200);
     assert_eq!(post(&s, "tcp@b:1", None).status, 200);
     let (list, before) = seed_list(&s);
@@ -88,7 +79,7 @@ fn a_drained_server_leaves_the_seed_header_until_it_is_up_again() {
 
 #[test]
 fn a_status_change_wakes_a_parked_long_poll_and_a_renewal_does_not() {
-    let s = server();
+    let s = lasting_registry();
     assert_eq!(post(&s, "tcp@a:1", None).status, 200);
     let (_, n) = seed_list(&s);
     let addr = s.local_addr();

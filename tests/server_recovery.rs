@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use regcenter::{ManualClock, RegistryServer};
 
-use crate::common::{Raw, raw, wait_until};
+use crate::common::{Raw, raw, temp_dir, wait_until};
 
 const P: &str = "/myRPC/registry";
 const SOON: Duration = Duration::from_secs(5);
@@ -78,13 +78,6 @@ fn a_registry_started_without_a_snapshot_recovers_for_its_max_ttl() {
     assert_eq!(says(&s), recovering());
     clock.advance(Duration::from_millis(1));
     assert_eq!(says(&s), recovered());
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("regcenter-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

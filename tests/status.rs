@@ -10,9 +10,8 @@ use crate::common::raw;
 
 const S: Duration = Duration::from_secs(1);
 
-/// Three services with metadata, an entry near expiry, an expiry and a
-/// deregistration in the history, on a clock the test moves.
-fn populated() -> (RegistryServer, ManualClock) {
+/// A registry on 127.0.0.1 whose clock the test moves.
+fn on_a_manual_clock() -> (RegistryServer, ManualClock) {
     let clock = ManualClock::new();
     let s = RegistryServer::builder()
         .addr("127.0.0.1:0")
@@ -20,6 +19,13 @@ fn populated() -> (RegistryServer, ManualClock) {
         .clock(clock.clone())
         .start()
         .unwrap();
+    (s, clock)
+}
+
+/// Three services with metadata, an entry near expiry, an expiry and a
+/// deregistration in the history, on a clock the test moves.
+fn populated() -> (RegistryServer, ManualClock) {
+    let (s, clock) = on_a_manual_clock();
     let reg = s.registry();
     let hour = PutOptions::new().ttl(3600 * S);
     let minute = PutOptions::new().ttl(60 * S);
@@ -205,13 +211,7 @@ fn regex_free_decimal_seconds(html: &str) -> Vec<String> {
 
 #[test]
 fn the_history_keeps_the_last_50_removals() {
-    let clock = ManualClock::new();
-    let s = RegistryServer::builder()
-        .addr("127.0.0.1:0")
-        .threads(2)
-        .clock(clock.clone())
-        .start()
-        .unwrap();
+    let (s, _clock) = on_a_manual_clock();
     for i in 1..=60 {
         let addr = format!("tcp@10.0.1.{i}:7001");
         s.registry().put("svc", &addr).unwrap();
@@ -231,44 +231,14 @@ fn the_history_keeps_the_last_50_removals() {
 /// a screenshot (at `$REGCENTER_SCREENSHOT`, else in the temp directory).
 #[test]
 fn the_status_page_renders_sections_history_and_chart_in_chromium() {
-    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
+    let Some(chromium) =
+        crate::common::chromium("the_status_page_renders_sections_history_and_chart_in_chromium")
     else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium is missing under CI: .ci/run installs it (apt-get install -y chromium)"
-        );
-        eprintln!(
-            "SKIPPED the_status_page_renders_sections_history_and_chart_in_chromium: chromium is not installed (apt-get install chromium)"
-        );
         return;
     };
     let (s, _clock) = populated();
     let url = format!("http://{}/", s.local_addr());
-    let profile =
-        std::env::temp_dir().join(format!("regcenter-chromium-status-{}", std::process::id()));
-    let run = |extra: &[String]| {
-        std::process::Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-                "--timeout=10000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(extra)
-            .arg(&url)
-            .output()
-            .expect("run chromium")
-    };
-    let out = run(&["--dump-dom".to_string()]);
+    let out = chromium.run(&["--hide-scrollbars", "--dump-dom"], &url);
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();
     for id in [
         "<section class=\"service\" id=\"default-service\">",
@@ -297,11 +267,14 @@ fn the_status_page_renders_sections_history_and_chart_in_chromium() {
         std::path::PathBuf::from,
     );
     let _ = std::fs::remove_file(&shot);
-    run(&[
-        format!("--screenshot={}", shot.display()),
-        "--window-size=1200,900".to_string(),
-    ]);
-    let _ = std::fs::remove_dir_all(&profile);
+    chromium.run(
+        &[
+            "--hide-scrollbars",
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1200,900",
+        ],
+        &url,
+    );
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,

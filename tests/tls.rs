@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use regcenter::{CallOptions, Discovery, Heartbeat, RegistryDiscovery, RegistryServer};
 
-use crate::common::{threads_named, wait_until};
+use crate::common::process::regcenter;
+use crate::common::{error_chain, threads_named, wait_until};
 
 /// A CA, a server certificate it signed for `IP:127.0.0.1`, their keys,
 /// and a second CA that signed nothing of ours; removed on drop.
@@ -23,9 +24,7 @@ struct Certs {
 
 impl Certs {
     fn new(name: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("regcenter-tls-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::common::temp_dir(&format!("tls-{name}"));
         let openssl = |args: &[&str]| {
             let out = Command::new("openssl")
                 .args(args)
@@ -117,14 +116,6 @@ impl Drop for Certs {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn regcenter(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_regcenter"))
-        .args(args)
-        .env("REGCENTER_LOG", "warn")
-        .output()
-        .expect("run regcenter")
 }
 
 /// Lines of a child's stream, read on a thread, so a test can wait for
@@ -274,15 +265,6 @@ fn a_client_without_the_ca_fails_with_a_clear_error() {
     let certs = Certs::new("noca");
     let s = certs.server();
     let url = s.url().to_string();
-    let chain = |e: &dyn std::error::Error| {
-        let mut msg = e.to_string();
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            msg.push_str(&format!(": {c}"));
-            cause = c.source();
-        }
-        msg
-    };
     // Neither the public roots nor another CA vouch for the server.
     for ca in [None, Some(certs.path("other-ca.pem"))] {
         let mut b = RegistryDiscovery::builder(&url);
@@ -290,7 +272,7 @@ fn a_client_without_the_ca_fails_with_a_clear_error() {
             b = b.ca_file(ca);
         }
         let err = b.build().unwrap().refresh().unwrap_err();
-        let msg = chain(&err);
+        let msg = error_chain(&err);
         assert!(
             msg.contains("TLS handshake failed") && msg.contains("--ca-file"),
             "{ca:?}: {msg}"
@@ -701,12 +683,7 @@ fn the_etcd_backend_over_https() {
         .unwrap()
         .refresh()
         .unwrap_err();
-    let mut msg = err.to_string();
-    let mut cause = std::error::Error::source(&err);
-    while let Some(c) = cause {
-        msg.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
+    let msg = error_chain(&err);
     assert!(msg.contains("UnknownIssuer"), "{msg}");
     reg.unwrap().stop().unwrap();
     drop(etcd);

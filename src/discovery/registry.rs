@@ -687,6 +687,23 @@ impl RegistryDiscovery {
             other => other,
         }
     }
+
+    /// The state to pick from: fetched first when due, the last error
+    /// while no list was ever fetched, an inferred recovery ended once its
+    /// time has passed.
+    fn pickable(&self) -> Result<parking_lot::MutexGuard<'_, State>> {
+        // One lock for the usual pick, when no fetch is due: picks from
+        // several threads contend for it.
+        let mut st = self.shared.state.lock();
+        if st.due() {
+            drop(st);
+            self.ensure_fresh()?;
+            st = self.shared.state.lock();
+        }
+        st.never_fetched()?;
+        st.release_hold();
+        Ok(st)
+    }
 }
 
 impl Shared {
@@ -1076,16 +1093,7 @@ impl Discovery for RegistryDiscovery {
     }
 
     fn get(&self, mode: SelectMode) -> Result<String> {
-        // One lock for the usual pick, when no fetch is due: picks from
-        // several threads contend for it.
-        let mut st = self.shared.state.lock();
-        if st.due() {
-            drop(st);
-            self.ensure_fresh()?;
-            st = self.shared.state.lock();
-        }
-        st.never_fetched()?;
-        st.release_hold();
+        let mut st = self.pickable()?;
         // The URL is only formatted for the error: picks stay allocation-free
         // but for the address itself.
         st.picker.try_pick(mode).ok_or_else(|| Error::NoServers {
@@ -1094,30 +1102,15 @@ impl Discovery for RegistryDiscovery {
     }
 
     fn get_all(&self) -> Result<Vec<String>> {
-        self.ensure_fresh()?;
-        let mut st = self.shared.state.lock();
-        st.never_fetched()?;
-        st.release_hold();
-        Ok(st.picker.pickable_addrs())
+        Ok(self.pickable()?.picker.pickable_addrs())
     }
 
     fn instances(&self) -> Result<Vec<Instance>> {
-        self.ensure_fresh()?;
-        let mut st = self.shared.state.lock();
-        st.never_fetched()?;
-        st.release_hold();
-        Ok(st.picker.instances())
+        Ok(self.pickable()?.picker.instances())
     }
 
     fn get_instance(&self, mode: SelectMode) -> Result<Instance> {
-        let mut st = self.shared.state.lock();
-        if st.due() {
-            drop(st);
-            self.ensure_fresh()?;
-            st = self.shared.state.lock();
-        }
-        st.never_fetched()?;
-        st.release_hold();
+        let mut st = self.pickable()?;
         st.picker
             .try_pick_instance(mode)
             .ok_or_else(|| Error::NoServers {

@@ -434,20 +434,26 @@ fn listing_of(
         return json_listing(service, index, recovering, &entries);
     }
     let listing = reg.listing(service);
-    let index = listing.index().to_string();
+    let joined = listing.joined().to_string();
+    addr_listing(format, listing.index(), joined, Body::Listing(listing))
+}
+
+/// The seed's listing or the text one (any other `format`) at `index`, of
+/// the addresses `joined` by commas and in `text` one a line.
+fn addr_listing(format: Format, index: u64, joined: String, text: Body) -> Response {
     match format {
         // The seed's answer: the list in a header and an empty body, because
         // the seed's Go clients never close response bodies (docs/PROTOCOL.md).
         Format::Seed => Response::empty(200)
-            .with_header(HEADER_SERVERS, listing.joined())
-            .with_header(HEADER_INDEX, index),
+            .with_header(HEADER_SERVERS, joined)
+            .with_header(HEADER_INDEX, index.to_string()),
         _ => Response {
             status: 200,
             headers: vec![
                 ("Content-Type", "text/plain; charset=utf-8".into()),
-                (HEADER_INDEX, index),
+                (HEADER_INDEX, index.to_string()),
             ],
-            body: Body::Listing(listing),
+            body: text,
         },
     }
 }
@@ -463,33 +469,24 @@ fn render_matching(
     recovering: bool,
 ) -> Response {
     let (index, entries) = reg.matching(service, filter);
-    // Draining entries are left out of the seed's and text listings, as
-    // in unfiltered ones.
-    let up = || entries.iter().filter(|e| e.status == Status::Up);
     match format {
         // Answered before any filter is read (`render`).
         Format::Consul(view) => super::consul::render(reg, service, view),
         Format::Json => json_listing(service, index, recovering, &entries),
-        Format::Seed => {
-            let joined: Vec<&str> = up().map(|e| e.addr.as_str()).collect();
-            Response::empty(200)
-                .with_header(HEADER_SERVERS, joined.join(","))
-                .with_header(HEADER_INDEX, index.to_string())
-        }
-        Format::Text => {
+        Format::Seed | Format::Text => {
+            // Draining entries are left out of the seed's and text listings,
+            // as in unfiltered ones.
+            let up: Vec<&str> = entries
+                .iter()
+                .filter(|e| e.status == Status::Up)
+                .map(|e| e.addr.as_str())
+                .collect();
             let mut text = String::new();
-            for e in up() {
-                text.push_str(&e.addr);
+            for a in &up {
+                text.push_str(a);
                 text.push('\n');
             }
-            Response {
-                status: 200,
-                headers: vec![
-                    ("Content-Type", "text/plain; charset=utf-8".into()),
-                    (HEADER_INDEX, index.to_string()),
-                ],
-                body: Body::Text(text),
-            }
+            addr_listing(format, index, up.join(","), Body::Text(text))
         }
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test module uses a different subset
 
+pub mod process;
 pub mod proxy;
 
 use std::collections::BTreeMap;
@@ -30,11 +31,63 @@ pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// A registry on 127.0.0.1 whose entries outlive the test (a 60 s TTL), so
+/// only what the test does changes what it lists.
+pub fn lasting_registry() -> regcenter::RegistryServer {
+    lasting_builder().start().unwrap()
+}
+
+/// The builder of [`lasting_registry`], for a test that sets more.
+pub fn lasting_builder() -> regcenter::RegistryServerBuilder {
+    regcenter::RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .ttl(Duration::from_secs(60))
+        .threads(2)
+}
+
+/// A registry on `addr` with a 300 ms TTL, so heartbeats beat every 100 ms.
+pub fn registry_on(addr: &str) -> regcenter::RegistryServer {
+    regcenter::RegistryServer::builder()
+        .addr(addr)
+        .ttl(Duration::from_millis(300))
+        .min_ttl(Duration::from_millis(50))
+        .threads(2)
+        .start()
+        .unwrap()
+}
+
+/// A fresh, empty directory for one test, `regcenter-NAME-PID` in the
+/// temporary directory.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("regcenter-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// Registers `addr` with a one-minute TTL, so it cannot expire mid-test.
 pub fn put_for_a_minute(reg: &regcenter::Registry, service: &str, addr: &str) {
     let opts = regcenter::PutOptions::new().ttl(Duration::from_secs(60));
     reg.put_with(service, addr, &opts)
         .expect("a valid registration");
+}
+
+/// Registers `addr` with `weight` and `meta` and a one-minute TTL, so it
+/// cannot expire mid-test.
+pub fn put_weighted(
+    s: &regcenter::RegistryServer,
+    service: &str,
+    addr: &str,
+    weight: u32,
+    meta: &[(&str, &str)],
+) {
+    let mut opts = regcenter::PutOptions::new()
+        .ttl(Duration::from_secs(60))
+        .weight(weight);
+    for (k, v) in meta {
+        opts = opts.meta(*k, *v);
+    }
+    s.registry().put_with(service, addr, &opts).unwrap();
 }
 
 /// A response read off the wire.
@@ -55,6 +108,11 @@ impl Raw {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; panics with the body where it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
     }
 }
 
@@ -112,6 +170,72 @@ pub fn threads_named(prefix: &str) -> usize {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .filter(|name| name.starts_with(prefix))
         .count()
+}
+
+/// `e` and its causes, joined by ": ", as the binary prints an error.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    msg
+}
+
+/// Headless Chromium, if it is installed; `None` where it is not, after
+/// saying that the test `name` skipped. Under CI, which installs it, its
+/// absence fails the test.
+pub fn chromium(name: &str) -> Option<Chromium> {
+    let Some(path) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is missing under CI: .ci/run installs it (apt-get install -y chromium)"
+        );
+        eprintln!("SKIPPED {name}: chromium is not installed (apt-get install chromium)");
+        return None;
+    };
+    let profile =
+        std::env::temp_dir().join(format!("regcenter-chromium-{name}-{}", std::process::id()));
+    Some(Chromium { path, profile })
+}
+
+/// Headless Chromium with a profile directory of its own, removed on drop.
+pub struct Chromium {
+    path: &'static str,
+    profile: std::path::PathBuf,
+}
+
+impl Chromium {
+    /// Runs it headless on `url` with `args`, once it has ended.
+    pub fn run(&self, args: &[&str], url: &str) -> std::process::Output {
+        std::process::Command::new(self.path)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--timeout=10000",
+            ])
+            .arg(format!("--user-data-dir={}", self.profile.display()))
+            .args(args)
+            .arg(url)
+            .output()
+            .expect("run chromium")
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
 }
 
 /// A stand-in for the GeeRPC tutorial's Go registry: GET answers only the

@@ -4,12 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use regcenter::{
-    Discovery, Error, Heartbeat, HeartbeatBuilder, RegistryDiscovery, RegistryServer, SelectMode,
-};
+use regcenter::{Discovery, Error, Heartbeat, HeartbeatBuilder, RegistryDiscovery, SelectMode};
 
 use crate::common::proxy::{Fault, Proxy};
-use crate::common::wait_until;
+use crate::common::{lasting_registry, wait_until};
 
 const ADDR: &str = "tcp@127.0.0.1:7001";
 /// The timeout every client here is given.
@@ -43,17 +41,6 @@ fn bounded<T>(what: &str, f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// A registry whose entries outlive the test, so only the heartbeat (or its
-/// absence) changes what it lists.
-fn registry() -> RegistryServer {
-    RegistryServer::builder()
-        .addr("127.0.0.1:0")
-        .ttl(Duration::from_secs(60))
-        .threads(2)
-        .start()
-        .unwrap()
-}
-
 fn heartbeat(registry_url: &str) -> HeartbeatBuilder {
     Heartbeat::builder(registry_url, ADDR)
         .period(Duration::from_millis(100))
@@ -63,7 +50,7 @@ fn heartbeat(registry_url: &str) -> HeartbeatBuilder {
 /// A heartbeat through the proxy meets `fault` at least twice, keeps
 /// running, and registers the server again once the proxy heals.
 fn heartbeat_survives(fault: Fault) {
-    let s = registry();
+    let s = lasting_registry();
     let proxy = Proxy::start(s.local_addr());
     let hb = heartbeat(&proxy.url()).start().unwrap();
     assert_eq!(s.registry().alive(""), [ADDR]);
@@ -150,7 +137,7 @@ fn a_heartbeat_refused_for_good_stops_and_says_why() {
         (403, "forbidden"),
         (404, "no registry at /elsewhere"),
     ] {
-        let s = registry();
+        let s = lasting_registry();
         let proxy = Proxy::start(s.local_addr());
         let hb = heartbeat(&proxy.url()).start().unwrap();
         assert_eq!(hb.wait_stopped(Duration::from_millis(1)), None);
@@ -174,8 +161,8 @@ fn a_heartbeat_refused_for_good_stops_and_says_why() {
 
 #[test]
 fn a_refusal_at_one_registry_still_deregisters_from_the_others_on_stop() {
-    let a = registry();
-    let b = registry();
+    let a = lasting_registry();
+    let b = lasting_registry();
     let proxy = Proxy::start(a.local_addr());
     let hb = heartbeat(&proxy.url()).also(b.url()).start().unwrap();
     assert_eq!(a.registry().alive(""), [ADDR]);
@@ -195,7 +182,7 @@ fn a_refusal_at_one_registry_still_deregisters_from_the_others_on_stop() {
 
 #[test]
 fn no_client_call_outlives_its_timeouts_whatever_the_registry_answers() {
-    let s = registry();
+    let s = lasting_registry();
     s.registry().put("", "tcp@listed:1").unwrap();
     let proxy = Proxy::start(s.local_addr());
     let url = proxy.url();

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use regcenter::{Error, RegistryServer};
 
-use super::signals::{Process, temp_dir};
-use crate::common::{raw, threads_named};
+use crate::common::process::Process;
+use crate::common::{raw, temp_dir, threads_named};
 
 const P: &str = "/myRPC/registry";
 

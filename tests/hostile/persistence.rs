@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use regcenter::{Error, RegistryServer};
 
-use super::signals::{Process, temp_dir};
-use crate::common::{Raw, parse, threads_named, wait_until};
+use crate::common::process::Process;
+use crate::common::{Raw, parse, temp_dir, threads_named, wait_until};
 
 const P: &str = "/myRPC/registry";
 

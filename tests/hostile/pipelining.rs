@@ -161,7 +161,7 @@ fn a_get_pipelined_after_a_post_lists_it() {
 
 #[test]
 fn sigterm_sigint_and_sighup_stop_the_registry_promptly_whatever_clients_hold() {
-    use super::signals::Process;
+    use crate::common::process::Process;
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         let (mut p, a) = Process::serve(&[]);
         let mut held = Vec::new();
