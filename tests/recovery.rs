@@ -98,8 +98,11 @@ fn a_registry_that_says_nothing_is_taken_to_recover_for_one_ttl_after_its_index_
         Duration::from_secs(5),
         || d.get_all().unwrap() == ["tcp@b:1"],
     );
+    // Held for about the 400 ms the entry had left (read back from its
+    // expiry a moment after it was listed, so a little less), not dropped
+    // at once.
     assert!(
-        t.elapsed() >= Duration::from_millis(400),
+        t.elapsed() >= Duration::from_millis(300),
         "dropped after {:?}",
         t.elapsed()
     );
