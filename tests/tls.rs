@@ -452,6 +452,11 @@ fn tls_client(
     addr: SocketAddr,
     ca: &Path,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    tls_over(TcpStream::connect(addr).unwrap(), ca)
+}
+
+/// The same over a connection made by the caller (a small receive buffer).
+fn tls_over(tcp: TcpStream, ca: &Path) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
@@ -466,7 +471,6 @@ fn tls_client(
     .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     rustls::StreamOwned::new(conn, tcp)
 }
@@ -707,25 +711,7 @@ fn a_tls_client_that_never_reads_holds_no_relay_once_cut() {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     sock.connect(&addr.into()).unwrap();
-    let tcp: TcpStream = sock.into();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    {
-        use rustls::pki_types::pem::PemObject;
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut c = rustls::StreamOwned::new(conn, tcp);
+    let mut c = tls_over(sock.into(), &ca);
     // Many big answers asked for at once, none read.
     for i in 0..20_000u32 {
         let addr = format!("tcp@10.{}.{}.1:7000", i / 256, i % 256);
