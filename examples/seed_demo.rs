@@ -211,18 +211,16 @@ fn serve(name: &str, listener: &TcpListener, served: &AtomicU64, stop: &AtomicBo
             return;
         }
         // A bad connection costs at most its timeouts and ends only itself.
-        let result = conn.and_then(|stream| answer(&stream));
-        match result {
-            Ok(()) => {
-                served.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => eprintln!("{name}: {e}"),
+        if let Err(e) = conn.and_then(|stream| answer(&stream, served)) {
+            eprintln!("{name}: {e}");
         }
     }
 }
 
 /// Reads one `add A B` line and writes the sum, or an `error: …` line.
-fn answer(stream: &TcpStream) -> std::io::Result<()> {
+/// A call is counted before its answer is written: counted after, the
+/// client could hold the answer and read the count before it moved.
+fn answer(stream: &TcpStream, served: &AtomicU64) -> std::io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut line = String::new();
@@ -237,6 +235,7 @@ fn answer(stream: &TcpStream) -> std::io::Result<()> {
         },
         _ => format!("error: unknown call {:?}; try `add 1 2`", line.trim_end()),
     };
+    served.fetch_add(1, Ordering::SeqCst);
     let mut stream = stream;
     writeln!(stream, "{reply}")
 }
