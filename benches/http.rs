@@ -7,6 +7,10 @@
 //! per point); `REGCENTER_BENCH_LONG=1` takes the best of three 3 s runs. The load comes from `regcenter::loadgen`
 //! (epoll clients, one kept-alive connection each) in this same process, so
 //! server and clients share the machine's cores, as with wrk on one host.
+//!
+//! `cargo bench --bench http -- watch` runs only the delta watch scenario:
+//! bytes and registry CPU per change with 200 watchers of 10 000 servers,
+//! full listings against `delta=1` (about 15 s).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -190,13 +194,15 @@ fn watch_run(
                 .name("bench-watcher".into())
                 .spawn(move || {
                     let mut c = std::net::TcpStream::connect(addr).expect("connect");
-                    c.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+                    c.set_read_timeout(Some(Duration::from_secs(60)))
+                        .expect("timeout");
                     let (mut index, _) = http_get(&mut c, "/myRPC/registry/bench?format=json");
                     ready.fetch_add(1, Ordering::Relaxed);
                     let extra = if delta { "&delta=1" } else { "" };
                     while !stop.load(Ordering::Acquire) {
-                        let path =
-                            format!("/myRPC/registry/bench?format=json&index={index}&wait=30s{extra}");
+                        let path = format!(
+                            "/myRPC/registry/bench?format=json&index={index}&wait=30s{extra}"
+                        );
                         let (n, len) = http_get(&mut c, &path);
                         index = n;
                         bytes.fetch_add(len as u64, Ordering::Relaxed);
