@@ -1259,3 +1259,68 @@ impl Discovery for RegistryDiscovery {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(addrs: &[&str]) -> Vec<Instance> {
+        addrs.iter().map(|a| Instance::new(a.to_string())).collect()
+    }
+
+    fn patch(added: &[&str], changed: &[(&str, u32)], removed: &[&str]) -> Patch {
+        Patch {
+            since: 1,
+            index: 2,
+            recovering: Some(false),
+            added: list(added),
+            changed: changed
+                .iter()
+                .map(|(a, w)| {
+                    let mut i = Instance::new(a.to_string());
+                    i.weight = *w;
+                    i
+                })
+                .collect(),
+            removed: removed.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    fn addrs_weights(l: &[Instance]) -> Vec<(&str, u32)> {
+        l.iter().map(|i| (i.addr(), i.weight())).collect()
+    }
+
+    #[test]
+    fn a_patch_applies_to_the_list_it_starts_from_and_keeps_it_sorted() {
+        let before = list(&["tcp@b:1", "tcp@d:1", "tcp@f:1"]);
+        let p = patch(&["tcp@a:1", "tcp@e:1"], &[("tcp@d:1", 5)], &["tcp@f:1"]);
+        let after = p.apply_to(&before).unwrap();
+        assert_eq!(
+            addrs_weights(&after),
+            [
+                ("tcp@a:1", 1),
+                ("tcp@b:1", 1),
+                ("tcp@d:1", 5),
+                ("tcp@e:1", 1)
+            ]
+        );
+        // An address that left and came back (removed, then added).
+        let p = patch(&["tcp@b:1"], &[], &["tcp@b:1"]);
+        assert_eq!(addrs_weights(&p.apply_to(&before).unwrap()).len(), 3);
+    }
+
+    #[test]
+    fn a_patch_that_does_not_fit_the_list_is_refused() {
+        let before = list(&["tcp@b:1", "tcp@d:1"]);
+        for p in [
+            patch(&["tcp@b:1"], &[], &[]),      // added, but there
+            patch(&[], &[("tcp@c:1", 2)], &[]), // changed, but not there
+            patch(&[], &[], &["tcp@c:1"]),      // removed, but not there
+        ] {
+            assert!(p.apply_to(&before).is_none());
+        }
+        // A list not sorted by address is not one a registry sent.
+        let unsorted = list(&["tcp@d:1", "tcp@b:1"]);
+        assert!(patch(&[], &[], &[]).apply_to(&unsorted).is_none());
+    }
+}
