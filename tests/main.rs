@@ -6,6 +6,7 @@ mod addresses;
 mod auth;
 mod cli;
 mod consul;
+mod delta;
 mod discovery;
 mod drain;
 #[cfg(feature = "etcd")]

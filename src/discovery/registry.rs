@@ -307,6 +307,7 @@ impl RegistryDiscoveryBuilder {
                 failing: false,
                 last_error: None,
                 index: None,
+                source: None,
                 ttl_hint: None,
                 latest: Vec::new(),
                 carried: Vec::new(),
@@ -365,7 +366,12 @@ impl RegistryDiscoveryBuilder {
 ///   [`prefer`](RegistryDiscoveryBuilder::prefer),
 ///   [`report_failure`](RegistryDiscovery::report_failure).
 /// - Watch mode: a thread keeps a long-poll open; stopping or dropping the
-///   discovery ends it at once.
+///   discovery ends it at once. After the first listing, each long-poll
+///   asks for the changes only (`delta=1`, without filters) and applies
+///   them to the list it has; an answer that is a listing (a registry
+///   that keeps no deltas, or not that far back) replaces it as before,
+///   and a delta that does not start from its list or does not apply
+///   cleanly is set aside for a fresh full listing.
 ///
 /// It asks for `?format=json` (addresses with weights, metadata and
 /// status; a missing status reads as up, a missing weight as 1); an answer
@@ -416,6 +422,9 @@ struct State {
     last_error: Option<Error>,
     /// The registry's index at the last answer.
     index: Option<u64>,
+    /// Which of `urls` gave that answer: a delta is only asked of it, and
+    /// only applied from it (indexes of two registries are unrelated).
+    source: Option<usize>,
     /// The longest remaining TTL seen in the last non-empty answer.
     ttl_hint: Option<Duration>,
     /// The registry's last list, filtered.
@@ -476,6 +485,50 @@ impl State {
             (None, Some(e)) => Err(again(e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// A registry's answer: a listing, or what changed since an index (an
+/// answer to `delta=1` that says `"delta": true`).
+enum Answer {
+    Full(Fetched),
+    Delta(Patch),
+}
+
+/// What changed in a listing between two indexes.
+struct Patch {
+    since: u64,
+    index: u64,
+    recovering: Option<bool>,
+    added: Vec<Instance>,
+    changed: Vec<Instance>,
+    removed: Vec<String>,
+}
+
+impl Patch {
+    /// `list` (sorted by address) with the changes applied, or `None`
+    /// when they do not apply cleanly: an address added that is there
+    /// already, or changed or removed that is not. The list then differs
+    /// from the registry's at `since`, and a full listing is fetched.
+    fn apply_to(&self, list: &[Instance]) -> Option<Vec<Instance>> {
+        if !list.windows(2).all(|w| w[0].addr() < w[1].addr()) {
+            return None;
+        }
+        let mut out = list.to_vec();
+        let find = |out: &[Instance], addr: &str| out.binary_search_by(|i| i.addr().cmp(addr));
+        for addr in &self.removed {
+            let at = find(&out, addr).ok()?;
+            out.remove(at);
+        }
+        for i in &self.changed {
+            let at = find(&out, i.addr()).ok()?;
+            out[at] = i.clone();
+        }
+        for i in &self.added {
+            let at = find(&out, i.addr()).err()?;
+            out.insert(at, i.clone());
+        }
+        Some(out)
     }
 }
 
@@ -682,7 +735,7 @@ impl RegistryDiscovery {
             }
             st.fetched.is_some()
         };
-        match sh.fetch_and_store(None) {
+        match sh.fetch_and_store(None, None) {
             Err(_) if have_list => Ok(()),
             other => other,
         }
@@ -708,11 +761,13 @@ impl RegistryDiscovery {
 
 impl Shared {
     /// One GET to each registry in turn, starting with the one that
-    /// answered last, until one answers; `watch`: a long-poll from `index`.
-    fn fetch(&self, watch: Option<u64>) -> Result<Fetched> {
+    /// answered last, until one answers; `watch`: a long-poll from `index`,
+    /// asking the registry `delta_from` (an index into `urls`) for the
+    /// changes only. Returns the answer and which registry gave it.
+    fn fetch(&self, watch: Option<u64>, delta_from: Option<usize>) -> Result<(Answer, usize)> {
         #[cfg(feature = "etcd")]
         if let Some(etcd) = &self.etcd {
-            return etcd.fetch(watch, self.wait);
+            return etcd.fetch(watch, self.wait).map(|f| (Answer::Full(f), 0));
         }
         let n = self.urls.len();
         let first = self.current.load(Ordering::Relaxed);
@@ -732,8 +787,13 @@ impl Shared {
                 Some(index) => client::long_poll(
                     &self.watch_agent,
                     &format!(
-                        "{url}?format=json{query}&index={index}&wait={}ms",
-                        self.wait.as_millis()
+                        "{url}?format=json{query}&index={index}&wait={}ms{}",
+                        self.wait.as_millis(),
+                        if delta_from == Some(i) {
+                            "&delta=1"
+                        } else {
+                            ""
+                        }
                     ),
                     &auth,
                     self.wait + self.wait / 16 + Duration::from_secs(2),
@@ -742,7 +802,7 @@ impl Shared {
             match result.and_then(|r| r.ok(url)).and_then(|r| parse(url, &r)) {
                 Ok(f) => {
                     self.current.store(i, Ordering::Relaxed);
-                    return Ok(f);
+                    return Ok((f, i));
                 }
                 Err(e) if e.is_transient() || matches!(e, Error::BadResponse { .. }) => {
                     last_err = Some(e);
@@ -757,12 +817,53 @@ impl Shared {
     }
 
     /// Fetches and stores; the caller holds `fetching` (or is the watcher).
-    fn fetch_and_store(&self, watch: Option<u64>) -> Result<()> {
-        let result = self.fetch(watch);
-        let now = Instant::now();
+    /// A delta is applied to the last list when it starts from that list
+    /// (same registry, same index) and applies cleanly; otherwise the full
+    /// listing is fetched at once.
+    fn fetch_and_store(&self, watch: Option<u64>, delta_from: Option<usize>) -> Result<()> {
+        let result = self.fetch(watch, delta_from);
         let mut st = self.state.lock();
+        let result = match result {
+            Ok((Answer::Delta(p), i)) => {
+                let list = (st.source == Some(i) && st.index == Some(p.since))
+                    .then(|| p.apply_to(&st.latest))
+                    .flatten();
+                match list {
+                    Some(instances) => Ok((
+                        Fetched {
+                            instances,
+                            index: Some(p.index),
+                            recovering: p.recovering,
+                        },
+                        i,
+                    )),
+                    None => {
+                        log::debug!(
+                            "discovery: a delta since index {} does not fit the list at {:?}; \
+                             fetching the full listing",
+                            p.since,
+                            st.index
+                        );
+                        drop(st);
+                        let full = self.fetch(None, None);
+                        st = self.state.lock();
+                        full.and_then(|(a, i)| match a {
+                            Answer::Full(f) => Ok((f, i)),
+                            Answer::Delta(_) => Err(Error::BadResponse {
+                                url: self.urls[i].clone(),
+                                reason: "a listing asked without delta=1 came as a delta".into(),
+                            }),
+                        })
+                    }
+                }
+            }
+            Ok((Answer::Full(f), i)) => Ok((f, i)),
+            Err(e) => Err(e),
+        };
+        let now = Instant::now();
         match result {
-            Ok(mut f) => {
+            Ok((mut f, source)) => {
+                st.source = Some(source);
                 f.instances.retain(|i| i.matches(&self.filters));
                 if st.failing {
                     log::info!(
@@ -798,16 +899,23 @@ impl Shared {
     fn watch_loop(&self) {
         let mut retry = FIRST_RETRY;
         while !self.stop.load(Ordering::Acquire) {
-            let index = self.state.lock().index;
+            // Deltas are asked of the registry that gave the list, and
+            // without filters only: a registry answers filtered deltas in
+            // full, and the list kept here is filtered.
+            let (index, delta_from) = {
+                let st = self.state.lock();
+                let unfiltered = self.filters.is_empty();
+                (st.index, st.source.filter(|_| unfiltered))
+            };
             // A plain fetch counts as the one fetch at a time; a long-poll
             // does not hold that lock, or an explicit refresh would wait
             // for the poll's whole wait.
             let result = match index {
                 None => {
                     let _g = self.fetching.lock();
-                    self.fetch_and_store(None)
+                    self.fetch_and_store(None, None)
                 }
-                Some(_) => self.fetch_and_store(index),
+                Some(_) => self.fetch_and_store(index, delta_from),
             };
             match result {
                 Ok(()) => retry = FIRST_RETRY,
@@ -965,10 +1073,11 @@ fn again(e: &Error) -> Error {
     }
 }
 
-/// Reads a JSON listing, or the seed's header from a registry without
-/// `X-Myrpc-Index`. Tolerant of older registries: a missing status reads
-/// as up, a missing weight as 1, a missing `recovering` as not said.
-fn parse(url: &str, r: &Reply) -> Result<Fetched> {
+/// Reads a JSON listing or delta, or the seed's header from a registry
+/// without `X-Myrpc-Index`. Tolerant of older registries: a missing status
+/// reads as up, a missing weight as 1, a missing `recovering` as not said,
+/// a missing `delta` as a listing.
+fn parse(url: &str, r: &Reply) -> Result<Answer> {
     let bad = |reason: String| Error::BadResponse {
         url: url.to_string(),
         reason,
@@ -979,20 +1088,60 @@ fn parse(url: &str, r: &Reply) -> Result<Fetched> {
     let Some(index) = r.header(HEADER_INDEX) else {
         let servers = split_servers(r.header(HEADER_SERVERS).unwrap_or(""));
         validate_all(&servers).map_err(|e| bad(format!("the listing holds an {e}")))?;
-        return Ok(Fetched {
+        return Ok(Answer::Full(Fetched {
             instances: servers.into_iter().map(Instance::new).collect(),
             index: None,
             recovering: header_recovering,
-        });
+        }));
     };
     let index = index
         .parse::<u64>()
         .map_err(|_| bad(format!("X-Myrpc-Index {index:?} is not a number")))?;
     let v: serde_json::Value = serde_json::from_str(&r.body)
         .map_err(|e| bad(format!("the JSON listing does not parse: {e}")))?;
+    let recovering = match (header_recovering, v["recovering"].as_bool()) {
+        (None, None) => None,
+        (h, j) => Some(h.unwrap_or(false) || j.unwrap_or(false)),
+    };
+    if v["delta"].as_bool() == Some(true) {
+        let since = v["since"]
+            .as_u64()
+            .ok_or_else(|| bad("a delta has no since index".into()))?;
+        let list = |name: &str| {
+            v[name]
+                .as_array()
+                .ok_or_else(|| bad(format!("a delta has no {name} array")))
+        };
+        let mut removed = Vec::new();
+        for a in list("removed")? {
+            let addr = a
+                .as_str()
+                .ok_or_else(|| bad("a removed address is not a string".into()))?;
+            crate::protocol::validate_addr(addr)
+                .map_err(|e| bad(format!("the delta holds an {e}")))?;
+            removed.push(addr.to_string());
+        }
+        return Ok(Answer::Delta(Patch {
+            since,
+            index,
+            recovering,
+            added: servers(list("added")?, &bad)?,
+            changed: servers(list("changed")?, &bad)?,
+            removed,
+        }));
+    }
     let list = v["servers"]
         .as_array()
         .ok_or_else(|| bad("the JSON listing has no servers array".into()))?;
+    Ok(Answer::Full(Fetched {
+        instances: servers(list, &bad)?,
+        index: Some(index),
+        recovering,
+    }))
+}
+
+/// The instances of a JSON array of server objects.
+fn servers(list: &[serde_json::Value], bad: &dyn Fn(String) -> Error) -> Result<Vec<Instance>> {
     let mut instances = Vec::with_capacity(list.len());
     for s in list {
         let addr = s["addr"]
@@ -1018,15 +1167,7 @@ fn parse(url: &str, r: &Reply) -> Result<Fetched> {
         i.expires_in = s["expires_in_ms"].as_u64().map(Duration::from_millis);
         instances.push(i);
     }
-    let recovering = match (header_recovering, v["recovering"].as_bool()) {
-        (None, None) => None,
-        (h, j) => Some(h.unwrap_or(false) || j.unwrap_or(false)),
-    };
-    Ok(Fetched {
-        instances,
-        index: Some(index),
-        recovering,
-    })
+    Ok(instances)
 }
 
 /// The JSON listing of `service` at `registry_url`, as the registry sends it
@@ -1076,7 +1217,7 @@ impl Drop for RegistryDiscovery {
 impl Discovery for RegistryDiscovery {
     fn refresh(&self) -> Result<()> {
         let _guard = self.shared.fetching.lock();
-        self.shared.fetch_and_store(None)
+        self.shared.fetch_and_store(None, None)
     }
 
     /// Replaces the list until the next fetch, a refresh period from now.
@@ -1116,5 +1257,70 @@ impl Discovery for RegistryDiscovery {
             .ok_or_else(|| Error::NoServers {
                 source: self.url().to_string(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(addrs: &[&str]) -> Vec<Instance> {
+        addrs.iter().map(|a| Instance::new(a.to_string())).collect()
+    }
+
+    fn patch(added: &[&str], changed: &[(&str, u32)], removed: &[&str]) -> Patch {
+        Patch {
+            since: 1,
+            index: 2,
+            recovering: Some(false),
+            added: list(added),
+            changed: changed
+                .iter()
+                .map(|(a, w)| {
+                    let mut i = Instance::new(a.to_string());
+                    i.weight = *w;
+                    i
+                })
+                .collect(),
+            removed: removed.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    fn addrs_weights(l: &[Instance]) -> Vec<(&str, u32)> {
+        l.iter().map(|i| (i.addr(), i.weight())).collect()
+    }
+
+    #[test]
+    fn a_patch_applies_to_the_list_it_starts_from_and_keeps_it_sorted() {
+        let before = list(&["tcp@b:1", "tcp@d:1", "tcp@f:1"]);
+        let p = patch(&["tcp@a:1", "tcp@e:1"], &[("tcp@d:1", 5)], &["tcp@f:1"]);
+        let after = p.apply_to(&before).unwrap();
+        assert_eq!(
+            addrs_weights(&after),
+            [
+                ("tcp@a:1", 1),
+                ("tcp@b:1", 1),
+                ("tcp@d:1", 5),
+                ("tcp@e:1", 1)
+            ]
+        );
+        // An address that left and came back (removed, then added).
+        let p = patch(&["tcp@b:1"], &[], &["tcp@b:1"]);
+        assert_eq!(addrs_weights(&p.apply_to(&before).unwrap()).len(), 3);
+    }
+
+    #[test]
+    fn a_patch_that_does_not_fit_the_list_is_refused() {
+        let before = list(&["tcp@b:1", "tcp@d:1"]);
+        for p in [
+            patch(&["tcp@b:1"], &[], &[]),      // added, but there
+            patch(&[], &[("tcp@c:1", 2)], &[]), // changed, but not there
+            patch(&[], &[], &["tcp@c:1"]),      // removed, but not there
+        ] {
+            assert!(p.apply_to(&before).is_none());
+        }
+        // A list not sorted by address is not one a registry sent.
+        let unsorted = list(&["tcp@d:1", "tcp@b:1"]);
+        assert!(patch(&[], &[], &[]).apply_to(&unsorted).is_none());
     }
 }

@@ -9,8 +9,10 @@
 //! `snapshot` (the table as text, [`Registry::snapshot`] and
 //! [`Registry::restore`], and the file that keeps it across restarts) and
 //! `history` (the last removals and the counts per second the status page
-//! shows).
+//! shows), `changelog` (each service's last changes, for delta
+//! long-polls).
 
+mod changelog;
 mod entries;
 mod history;
 mod options;
@@ -24,6 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+#[cfg(test)]
+pub(crate) use changelog::LOG_LIMIT;
 pub use entries::TTL_LIMIT;
 use entries::{Key, Labels, Stamp, Tick};
 use history::Event;
@@ -38,6 +42,17 @@ pub use table::{EntryInfo, Listing};
 
 use crate::error::{Error, Result};
 use crate::protocol::{Status, validate_service};
+
+/// What changed in a service since an index ([`Registry::delta`]), each
+/// list sorted by address.
+#[derive(Debug)]
+pub(crate) struct Delta {
+    /// The service's index now.
+    pub(crate) index: u64,
+    pub(crate) added: Vec<EntryInfo>,
+    pub(crate) changed: Vec<EntryInfo>,
+    pub(crate) removed: Vec<String>,
+}
 
 /// How log lines name a service: `service "arith"`, and the default
 /// service (the empty name) as `the default service`, not `service ""`.
@@ -271,6 +286,9 @@ impl Registry {
             if changed {
                 t.counter += 1;
                 svc.index = t.counter;
+                let left = svc.entries.len();
+                svc.log
+                    .push(t.counter, changelog::Kind::Changed, key.owned(), left);
                 svc.record(t.counter, Some(&opts.meta), &mut t.retired);
                 t.retired.extend(svc.invalidate());
                 announce(&mut t.changed, &svc.name);
@@ -539,6 +557,57 @@ impl Registry {
         t.services
             .get(service)
             .map_or(vanished, |svc| svc.index_matching(filter))
+    }
+
+    /// What changed in `service` since its listing at index `since`: the
+    /// entries added and changed (as they are now) and the addresses
+    /// removed, at the service's current index; `None` when that cannot be
+    /// told and the full listing must be sent instead: the service's
+    /// change log no longer reaches back to `since` (more changes since
+    /// than it holds, the service emptied out and came back, a restore),
+    /// the service is absent, or `since` is past its index or the counter
+    /// (an index from another registry, or from before a restart).
+    ///
+    /// A renewal is no change: the times of the entries (`expires_in`)
+    /// move without a record, as they move without a new index.
+    pub(crate) fn delta(&self, service: &str, since: u64) -> Option<Delta> {
+        let now = self.inner.now();
+        let t = self.locked(now);
+        if since > t.counter {
+            return None;
+        }
+        let svc = t.services.get(service)?;
+        if since > svc.index {
+            return None;
+        }
+        let changes = svc.log.since(since, &svc.entries)?;
+        // O(the changes): a few lookups and copies under the lock.
+        let info = |addr: String| -> EntryInfo {
+            let bucket = svc
+                .entries
+                .find(&Key::new(&addr))
+                .expect("the change log found it present");
+            let e = svc.entries.view(bucket);
+            let times = e.raw_times();
+            EntryInfo {
+                service: service.to_string(),
+                weight: e.weight(),
+                meta: e.meta().clone(),
+                ttl: times.ttl(),
+                expires_in: times
+                    .deadline()
+                    .map(|d| Duration::from_nanos(d.saturating_sub(now))),
+                since_beat: Duration::from_nanos(now.saturating_sub(times.last_beat())),
+                status: e.status(),
+                addr,
+            }
+        };
+        Some(Delta {
+            index: svc.index,
+            added: changes.added.into_iter().map(info).collect(),
+            changed: changes.changed.into_iter().map(info).collect(),
+            removed: changes.removed,
+        })
     }
 
     /// The details from the cache, or built from `raw` without the lock and

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use super::changelog::{ChangeLog, Kind, LOG_LIMIT};
 use super::entries::{Entries, Key, Stamp, Tick};
 use super::pairs::Pairs;
 use super::{RandomState, RegistryStats, ServiceName};
@@ -238,6 +239,8 @@ pub(super) struct Service {
     pub(super) details: Option<Arc<Details>>,
     /// The indexes of its filtered listings.
     pub(super) pairs: Pairs,
+    /// Its last changes, for delta long-polls.
+    pub(super) log: ChangeLog,
 }
 
 impl Service {
@@ -501,7 +504,9 @@ impl Table {
         let svc = self.service_mut(service);
         svc.index = index;
         let old = svc.invalidate();
+        let logged = key.owned();
         let deadline = insert(&mut svc.entries, key);
+        svc.log.push(index, Kind::Added, logged, svc.entries.len());
         // A new entry replaced nothing: nothing to retire but `old`.
         let mut retired = Vec::new();
         svc.record(index, Some(meta), &mut retired);
@@ -529,6 +534,9 @@ impl Table {
                 // What it may have had before it was created is unknown
                 // past the last time a service left the table.
                 pairs: Pairs::new(self.hasher.clone(), self.vanished),
+                // Created by the change at the counter: what came before
+                // is unknown, even at the index just below.
+                log: ChangeLog::new(self.counter),
             };
             self.services.insert(name, svc);
         }
@@ -542,6 +550,9 @@ impl Table {
         if !svc.entries.remove(addr) {
             return false;
         }
+        let at = self.counter + 1;
+        svc.log
+            .push(at, Kind::Removed, addr.owned(), svc.entries.len());
         self.removed(service, 1);
         true
     }
@@ -571,6 +582,7 @@ impl Table {
         self.vanished = self.vanished.max(self.counter);
         for svc in self.services.values_mut() {
             svc.pairs.raise(self.counter);
+            svc.log.raise(self.counter);
         }
     }
 
@@ -596,6 +608,17 @@ impl Table {
                 // Renewals only: the items moved to later deadlines.
                 self.settle(&name);
                 continue;
+            }
+            // The removals' index, as `removed` gives it; a run longer
+            // than any log is not copied, only noted.
+            let at = self.counter + n as u64;
+            if n > LOG_LIMIT {
+                svc.log.overflow(at);
+            } else {
+                let left = svc.entries.len();
+                for (_, key) in &self.expired[self.expired.len() - n..] {
+                    svc.log.push(at, Kind::Removed, key.clone(), left);
+                }
             }
             self.stats.expiries += n as u64;
             self.history.expired(&self.expired, n, now);

@@ -12,7 +12,7 @@ use crate::protocol::{
     HEADER_TTL, HEADER_WEIGHT, MAX_HEADER_VALUE, Status, format_duration, parse_duration,
     parse_meta, parse_meta_param, validate_service,
 };
-use crate::registry::{EntryInfo, Listing, PutOptions, Registry};
+use crate::registry::{Delta, EntryInfo, Listing, PutOptions, Registry};
 
 /// The request methods the routes tell apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +269,12 @@ pub(crate) enum Format {
     Text,
     /// `{"service", "index", "recovering", "servers": [{addr, weight, status, meta, expires_in_ms}]}`.
     Json,
+    /// JSON asked with `delta=1`: the changes since `since`
+    /// (`"delta": true`, `"since"`, `"added"`, `"changed"`, `"removed"`)
+    /// when the registry can tell them, else the JSON listing with
+    /// `"delta": false`; `None`: the listing in any case (no index, a
+    /// filter, or asked while the registry recovered).
+    Delta { since: Option<u64> },
     /// A Consul API read (`consul.rs`).
     Consul(super::consul::View),
 }
@@ -322,7 +328,7 @@ fn list(reg: &Registry, service: &str, query: &str, accept: Option<&str>) -> Out
     } else {
         Format::Seed
     };
-    let (mut index, mut wait) = (None, None);
+    let (mut index, mut wait, mut delta) = (None, None, false);
     let mut filter = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match parse_meta_param(pair) {
@@ -365,6 +371,20 @@ fn list(reg: &Registry, service: &str, query: &str, accept: Option<&str>) -> Out
                     .into();
                 }
             },
+            "delta" => match v {
+                "1" | "true" => delta = true,
+                "0" | "false" | "" => delta = false,
+                other => {
+                    return Response::text(
+                        400,
+                        format!(
+                            "invalid delta {:?}: use delta=1 or leave it out",
+                            clip(other)
+                        ),
+                    )
+                    .into();
+                }
+            },
             "wait" => match parse_duration(v) {
                 Ok(d) => wait = Some(d.min(MAX_WAIT)),
                 Err(e) => return Response::text(400, format!("invalid wait: {e}")).into(),
@@ -376,6 +396,14 @@ fn list(reg: &Registry, service: &str, query: &str, accept: Option<&str>) -> Out
     filter.sort_unstable();
     filter.dedup();
     let filter: Filter = filter.into();
+    if delta && format == Format::Json {
+        // Filtered deltas are not kept (a change log per filter would be);
+        // and an index asked while the registry recovers may come from
+        // before its restart, where a delta would be against a list that
+        // registry never had (docs/PROTOCOL.md, "Delta watch").
+        let since = index.filter(|_| filter.is_empty() && !reg.recovering());
+        format = Format::Delta { since };
+    }
     if let Some(index) = index {
         let wait = wait.unwrap_or(DEFAULT_WAIT);
         // Answer at once when the listing moved past the index, when the
@@ -429,9 +457,16 @@ fn listing_of(
     if !filter.is_empty() {
         return render_matching(reg, service, format, filter, recovering);
     }
-    if format == Format::Json {
+    if let Format::Delta { since: Some(since) } = format
+        && !recovering
+        && let Some(delta) = reg.delta(service, since)
+    {
+        return json_delta(service, since, &delta);
+    }
+    if let Format::Json | Format::Delta { .. } = format {
+        let delta = matches!(format, Format::Delta { .. });
         let (index, entries) = reg.instances(service);
-        return json_listing(service, index, recovering, &entries);
+        return json_listing(service, index, recovering, delta, &entries);
     }
     let listing = reg.listing(service);
     let joined = listing.joined().to_string();
@@ -472,7 +507,8 @@ fn render_matching(
     match format {
         // Answered before any filter is read (`render`).
         Format::Consul(view) => super::consul::render(reg, service, view),
-        Format::Json => json_listing(service, index, recovering, &entries),
+        Format::Json => json_listing(service, index, recovering, false, &entries),
+        Format::Delta { .. } => json_listing(service, index, recovering, true, &entries),
         Format::Seed | Format::Text => {
             // Draining entries are left out of the seed's and text listings,
             // as in unfiltered ones.
@@ -491,38 +527,54 @@ fn render_matching(
     }
 }
 
-/// The JSON listing of `entries` at `index`.
-fn json_listing(service: &str, index: u64, recovering: bool, entries: &[EntryInfo]) -> Response {
+/// The JSON listing of `entries` at `index`; `asked_delta`: answering a
+/// `delta=1` request, so it says `"delta": false`.
+fn json_listing(
+    service: &str,
+    index: u64,
+    recovering: bool,
+    asked_delta: bool,
+    entries: &[EntryInfo],
+) -> Response {
     let mut body = String::with_capacity(64 + entries.len() * 96);
     body.push_str("{\"service\":");
     json_str(&mut body, service);
+    body.push_str(&format!(",\"index\":{index},\"recovering\":{recovering}"));
+    if asked_delta {
+        body.push_str(",\"delta\":false");
+    }
+    body.push_str(",\"servers\":");
+    json_servers(&mut body, entries);
+    body.push_str("}\n");
+    json_answer(index, body)
+}
+
+/// The JSON answer of a delta long-poll: what changed since `since`.
+/// Never while the registry recovers (`render`), so `recovering` is false.
+fn json_delta(service: &str, since: u64, d: &Delta) -> Response {
+    let rows = d.added.len() + d.changed.len();
+    let mut body = String::with_capacity(128 + rows * 96 + d.removed.len() * 32);
+    body.push_str("{\"service\":");
+    json_str(&mut body, service);
     body.push_str(&format!(
-        ",\"index\":{index},\"recovering\":{recovering},\"servers\":["
+        ",\"index\":{},\"recovering\":false,\"delta\":true,\"since\":{since},\"added\":",
+        d.index
     ));
-    for (i, e) in entries.iter().enumerate() {
+    json_servers(&mut body, &d.added);
+    body.push_str(",\"changed\":");
+    json_servers(&mut body, &d.changed);
+    body.push_str(",\"removed\":[");
+    for (i, a) in d.removed.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str("{\"addr\":");
-        json_str(&mut body, &e.addr);
-        body.push_str(&format!(
-            ",\"weight\":{},\"status\":\"{}\",\"meta\":{{",
-            e.weight, e.status
-        ));
-        for (j, (k, v)) in e.meta.iter().enumerate() {
-            if j > 0 {
-                body.push(',');
-            }
-            json_str(&mut body, k);
-            body.push(':');
-            json_str(&mut body, v);
-        }
-        match e.expires_in {
-            Some(d) => body.push_str(&format!("}},\"expires_in_ms\":{}}}", d.as_millis())),
-            None => body.push_str("},\"expires_in_ms\":null}"),
-        }
+        json_str(&mut body, a);
     }
     body.push_str("]}\n");
+    json_answer(d.index, body)
+}
+
+fn json_answer(index: u64, body: String) -> Response {
     Response {
         status: 200,
         headers: vec![
@@ -531,6 +583,35 @@ fn json_listing(service: &str, index: u64, recovering: bool, entries: &[EntryInf
         ],
         body: Body::Text(body),
     }
+}
+
+/// Appends `entries` as a JSON array of server objects.
+fn json_servers(body: &mut String, entries: &[EntryInfo]) {
+    body.push('[');
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str("{\"addr\":");
+        json_str(body, &e.addr);
+        body.push_str(&format!(
+            ",\"weight\":{},\"status\":\"{}\",\"meta\":{{",
+            e.weight, e.status
+        ));
+        for (j, (k, v)) in e.meta.iter().enumerate() {
+            if j > 0 {
+                body.push(',');
+            }
+            json_str(body, k);
+            body.push(':');
+            json_str(body, v);
+        }
+        match e.expires_in {
+            Some(d) => body.push_str(&format!("}},\"expires_in_ms\":{}}}", d.as_millis())),
+            None => body.push_str("},\"expires_in_ms\":null}"),
+        }
+    }
+    body.push(']');
 }
 
 /// Appends `s` as a JSON string.
@@ -1183,6 +1264,221 @@ mod tests {
         let m = r.header(HEADER_INDEX).unwrap();
         assert!(m.parse::<u64>().unwrap() > n.parse::<u64>().unwrap());
         assert!(matches!(poll(m), Outcome::Park(_)));
+    }
+
+    fn json(r: &Response) -> serde_json::Value {
+        serde_json::from_str(body(r)).unwrap()
+    }
+
+    fn addrs_of(v: &serde_json::Value) -> Vec<&str> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["addr"].as_str().unwrap_or_else(|| s.as_str().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_delta_long_poll_parks_and_answers_the_changes_since_its_index() {
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .build()
+            .unwrap();
+        zoned(&reg, "tcp@a", "zone=eu");
+        zoned(&reg, "tcp@b", "zone=eu");
+        zoned(&reg, "tcp@c", "zone=eu");
+        let n = reg.index("s");
+        let url = format!("/myRPC/registry/s?format=json&index={n}&wait=30s&delta=1");
+        let poll = || dispatch(&reg, &cfg(), &req(Method::Get, &url, &[]));
+        assert!(matches!(poll(), Outcome::Park(w) if w.format == Format::Delta { since: Some(n) }));
+        zoned(&reg, "tcp@a", "zone=eu"); // a renewal: no change
+        assert!(matches!(poll(), Outcome::Park(_)), "woken by a renewal");
+        zoned(&reg, "tcp@b", "zone=us");
+        call(
+            &reg,
+            Method::Delete,
+            "/myRPC/registry/s",
+            &[("X-Myrpc-Server", "tcp@c")],
+        );
+        zoned(&reg, "tcp@d", "zone=eu");
+        let r = call(&reg, Method::Get, &url, &[]);
+        assert_eq!(r.status, 200);
+        let v = json(&r);
+        let m = reg.index("s");
+        assert_eq!(r.header(HEADER_INDEX), Some(m.to_string().as_str()));
+        assert_eq!(
+            (v["index"].as_u64(), v["since"].as_u64()),
+            (Some(m), Some(n))
+        );
+        assert_eq!(
+            (v["delta"].as_bool(), v["recovering"].as_bool()),
+            (Some(true), Some(false))
+        );
+        assert_eq!(v["service"], "s");
+        assert_eq!(addrs_of(&v["added"]), ["tcp@d"]);
+        assert_eq!(addrs_of(&v["changed"]), ["tcp@b"]);
+        assert_eq!(addrs_of(&v["removed"]), ["tcp@c"]);
+        assert!(v.get("servers").is_none());
+        // Full server objects, as in the listing.
+        let b = &v["changed"][0];
+        assert_eq!(
+            (b["weight"].as_u64(), b["status"].as_str()),
+            (Some(1), Some("up"))
+        );
+        assert_eq!(b["meta"]["zone"], "us");
+        assert!(b["expires_in_ms"].as_u64().is_some());
+        // Nothing since: an empty delta when the wait passes.
+        let r = call(
+            &reg,
+            Method::Get,
+            &format!("/myRPC/registry/s?format=json&index={m}&wait=0s&delta=1"),
+            &[],
+        );
+        let v = json(&r);
+        assert_eq!(
+            (v["delta"].as_bool(), v["since"].as_u64()),
+            (Some(true), Some(m))
+        );
+        for list in ["added", "changed", "removed"] {
+            assert_eq!(v[list].as_array().unwrap().len(), 0, "{list}");
+        }
+        // Accept: application/json asks JSON too; delta=0 asks no delta.
+        let r = call(
+            &reg,
+            Method::Get,
+            &format!("/myRPC/registry/s?index={n}&delta=1"),
+            &[("Accept", "application/json")],
+        );
+        assert_eq!(json(&r)["delta"], true);
+        let r = call(
+            &reg,
+            Method::Get,
+            &format!("/myRPC/registry/s?format=json&index={n}&delta=0"),
+            &[],
+        );
+        assert!(json(&r).get("delta").is_none(), "as before");
+        let r = call(
+            &reg,
+            Method::Get,
+            "/myRPC/registry/s?format=json&index=1&delta=yes",
+            &[],
+        );
+        assert_eq!(r.status, 400);
+        assert!(body(&r).contains("delta=1"), "{}", body(&r));
+    }
+
+    #[test]
+    fn a_delta_request_is_answered_in_full_when_no_delta_can_be_told() {
+        let clock = crate::clock::ManualClock::new();
+        let reg = Registry::builder()
+            .free_form_addresses(true)
+            .max_ttl(Duration::from_secs(30))
+            .default_ttl(Duration::from_secs(30))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        zoned(&reg, "tcp@a", "zone=eu");
+        zoned(&reg, "tcp@b", "zone=us");
+        let n = reg.index("s");
+        zoned(&reg, "tcp@c", "zone=eu");
+        let full = |query: &str| {
+            let r = call(
+                &reg,
+                Method::Get,
+                &format!("/myRPC/registry/s?{query}"),
+                &[],
+            );
+            assert_eq!(r.status, 200, "{query}");
+            let v = json(&r);
+            assert_eq!(v["delta"], false, "{query}: {v}");
+            assert!(v.get("since").is_none(), "{query}");
+            addrs_of(&v["servers"])
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+        };
+        let all = ["tcp@a", "tcp@b", "tcp@c"];
+        // No index to start from.
+        assert_eq!(full("format=json&delta=1"), all);
+        // Filtered: answered in full, filtered.
+        assert_eq!(
+            full(&format!(
+                "format=json&meta.zone=eu&index={n}&wait=0s&delta=1"
+            )),
+            ["tcp@a", "tcp@c"]
+        );
+        // Beyond the counter: from before a restart.
+        let beyond = reg.counter() + 5;
+        assert_eq!(full(&format!("format=json&index={beyond}&delta=1")), all);
+        // Past the service's index but not the counter: another registry's.
+        reg.put("other", "tcp@x").unwrap();
+        let past = reg.counter();
+        assert_eq!(
+            full(&format!("format=json&index={past}&wait=0s&delta=1")),
+            all
+        );
+        // From before the change log's reach.
+        for i in 0..2 * crate::registry::LOG_LIMIT {
+            let weight = 1 + ((i + 1) % 2) as u32; // 1 at the end
+            let opts = PutOptions::new().weight(weight).meta("zone", "eu");
+            reg.put_with("s", "tcp@a", &opts).unwrap();
+        }
+        assert_eq!(full(&format!("format=json&index={n}&delta=1")), all);
+        // While the registry recovers, even a recent index.
+        let m = reg.index("s");
+        reg.begin_recovery();
+        let r = call(
+            &reg,
+            Method::Get,
+            &format!("/myRPC/registry/s?format=json&index={m}&wait=30s&delta=1"),
+            &[],
+        );
+        let v = json(&r);
+        assert_eq!(
+            (v["delta"].as_bool(), v["recovering"].as_bool()),
+            (Some(false), Some(true))
+        );
+        let url = format!("/myRPC/registry/s?format=json&index={m}&wait=30s&delta=1");
+        let parked = dispatch(&reg, &cfg(), &req(Method::Get, &url, &[]));
+        let Outcome::Park(w) = parked else {
+            panic!("not parked");
+        };
+        assert_eq!(
+            w.format,
+            Format::Delta { since: None },
+            "parked while recovering"
+        );
+        clock.advance(Duration::from_secs(15));
+        for (a, zone) in [
+            ("tcp@a", "zone=eu"),
+            ("tcp@b", "zone=us"),
+            ("tcp@c", "zone=eu"),
+        ] {
+            zoned(&reg, a, zone); // renewals, kept past the recovery
+        }
+        assert_eq!(reg.index("s"), m);
+        clock.advance(Duration::from_secs(15));
+        // Recovered: deltas again; the one parked before still answers in
+        // full.
+        assert_eq!(
+            json(&render(&reg, "s", w.format, &w.filter))["delta"],
+            false
+        );
+        let r = call(
+            &reg,
+            Method::Get,
+            &format!("/myRPC/registry/s?format=json&index={m}&delta=1"),
+            &[],
+        );
+        assert_eq!(json(&r)["delta"], true);
+        // Other formats ignore delta=1.
+        let r = call(
+            &reg,
+            Method::Get,
+            &format!("/myRPC/registry/s?format=text&index={m}&wait=0s&delta=1"),
+            &[],
+        );
+        assert_eq!(body(&r), "tcp@a\ntcp@b\ntcp@c\n");
     }
 
     #[test]

@@ -182,6 +182,15 @@ impl<'a> Key<'a> {
         }
     }
 
+    /// The same key owning its text: a copy of 12 bytes, and an
+    /// allocation only for a long address.
+    pub(in crate::registry) fn owned(&self) -> Key<'static> {
+        Key {
+            packed: self.packed,
+            long: self.long.as_deref().map(|l| Cow::Owned(l.to_string())),
+        }
+    }
+
     /// The table hash: seeded, and over the whole text of a long address,
     /// so crafted addresses cannot pile up in one probe sequence.
     pub(super) fn hash(&self, hasher: &RandomState) -> u64 {

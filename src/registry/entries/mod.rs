@@ -337,7 +337,6 @@ impl Entries {
         (hot, cold)
     }
 
-    #[cfg(test)]
     pub(super) fn view(&self, bucket: usize) -> View<'_> {
         let hot = self.table.get_bucket(bucket).expect("a bucket from find");
         View {
