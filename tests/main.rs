@@ -27,4 +27,5 @@ mod server_recovery;
 mod status;
 #[cfg(feature = "tls")]
 mod tls;
+mod udp;
 mod watch;
