@@ -11,8 +11,7 @@ use crate::client::{self, CallOptions, DEFAULT_CALL_TIMEOUT, Verb};
 use crate::error::{Error, Result};
 use crate::protocol::{
     HEADER_META, HEADER_SERVER, HEADER_STATUS, HEADER_TTL, HEADER_UDP, HEADER_WEIGHT, Status,
-    encode_meta,
-    format_duration, parse_duration, service_url, validate_addr,
+    encode_meta, format_duration, parse_duration, service_url, validate_addr,
 };
 use crate::rand::jitter;
 use crate::registry::{DEFAULT_TTL, MAX_WEIGHT};
@@ -357,7 +356,10 @@ struct Beat {
     index: usize,
     /// Held across each POST: see [`Beat::beat`].
     turn: Mutex<()>,
-    agent: ureq::Agent,
+    /// Replaced by a new one when beats go by UDP, which closes the
+    /// kept-alive connection of the old one: a server renewing by
+    /// datagram holds no connection, and no thread, of the registry.
+    agent: Mutex<ureq::Agent>,
     url: String,
     addr: String,
     headers: Vec<(&'static str, String)>,
@@ -432,7 +434,8 @@ impl Beat {
             .chain(self.headers.iter().map(|(n, v)| (*n, v.as_str())))
             .chain(status.map(|s| (HEADER_STATUS, s.as_str())))
             .collect();
-        let reply = client::call(&self.agent, Verb::Post, &self.url, &headers)?.ok(&self.url)?;
+        let agent = self.agent.lock().clone();
+        let reply = client::call(&agent, Verb::Post, &self.url, &headers)?.ok(&self.url)?;
         let period = match self.period {
             Some(p) => p,
             None => {
@@ -489,6 +492,9 @@ impl Beat {
                 );
                 u.socket = Some(socket);
                 u.port = port;
+                // The connection the POST came on goes with the old agent
+                // (once the caller's copy is dropped).
+                *self.agent.lock() = client::agent_trusting(self.timeout, &self.trust);
             }
             Err(e) => log::debug!(
                 "heartbeat for {}: no UDP socket for {ip}:{port} ({e}); renewing over HTTP",
@@ -513,7 +519,9 @@ impl Beat {
         for _ in 0..2 {
             u.stamp = wire::unix_ms().max(u.stamp + 1);
             wire::encode(&mut u.buf, &self.service, &self.addr, u.stamp, token);
-            let reply = socket.send(&u.buf).and_then(|_| await_reply(socket, u.stamp));
+            let reply = socket
+                .send(&u.buf)
+                .and_then(|_| await_reply(socket, u.stamp));
             match reply {
                 Ok(Some(Code::Renewed)) => {
                     u.next_holdoff = 2;
@@ -625,7 +633,7 @@ impl Heartbeat {
             beats.push(Arc::new(Beat {
                 index,
                 turn: Mutex::new(()),
-                agent: client::agent_trusting(options.timeout, &trust),
+                agent: Mutex::new(client::agent_trusting(options.timeout, &trust)),
                 url: service_url(registry, &options.service)?,
                 addr: addr.to_string(),
                 headers: headers.clone(),
@@ -940,7 +948,7 @@ impl Heartbeat {
         // Interrupts a beat blocked on a registry that stalls; the agents
         // are not used again (the DELETE has its own).
         for b in &self.beats {
-            b.agent.clone().shutdown();
+            b.agent.lock().clone().shutdown();
         }
         let mut panicked = false;
         for t in self.threads.drain(..) {

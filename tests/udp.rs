@@ -53,7 +53,9 @@ struct Client {
 impl Client {
     fn to(server: &RegistryServer) -> Client {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.connect(server.udp_addr().expect("UDP is on")).unwrap();
+        socket
+            .connect(server.udp_addr().expect("UDP is on"))
+            .unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
@@ -80,7 +82,12 @@ impl Client {
     /// larger than the request, the magic, the version, the stamp echoed.
     fn code(&self, d: &[u8]) -> Option<u8> {
         let r = self.ask(d)?;
-        assert!(r.len() <= d.len(), "a {}-byte reply to {} bytes", r.len(), d.len());
+        assert!(
+            r.len() <= d.len(),
+            "a {}-byte reply to {} bytes",
+            r.len(),
+            d.len()
+        );
         assert_eq!(r.len(), 14, "{r:?}");
         assert_eq!(&r[..5], b"RCHB\x01", "{r:?}");
         assert_eq!(r[6..14], d[6..14], "the stamp is echoed");
@@ -111,7 +118,9 @@ fn samples(server: &RegistryServer) -> HashMap<String, f64> {
 
 fn udp_count(server: &RegistryServer, result: &str) -> f64 {
     samples(server)
-        .get(&format!("regcenter_udp_datagrams_total{{result=\"{result}\"}}"))
+        .get(&format!(
+            "regcenter_udp_datagrams_total{{result=\"{result}\"}}"
+        ))
         .copied()
         .unwrap_or_else(|| panic!("no UDP counter for {result}"))
 }
@@ -141,7 +150,11 @@ fn a_datagram_renews_a_known_entry_and_keeps_what_it_registered_with() {
     assert_eq!(reg.index("arith"), index, "a renewal wakes no watcher");
     let (_, e) = reg.instances("arith");
     assert_eq!(e.len(), 1);
-    assert_eq!(e[0].ttl, Duration::from_secs(30), "its own TTL, not the default");
+    assert_eq!(
+        e[0].ttl,
+        Duration::from_secs(30),
+        "its own TTL, not the default"
+    );
     assert_eq!((e[0].weight, e[0].status), (3, Status::Draining));
     assert_eq!(e[0].meta.get("zone").map(String::as_str), Some("eu"));
     // The default service too (an empty name).
@@ -199,8 +212,14 @@ fn a_datagram_of_every_wrong_size_or_shape_renews_nothing() {
     let mut long_service = datagram(&"s".repeat(129), A, now_ms(), None);
     long_service[14] = 129;
     bad.push(("a 129-byte service".into(), long_service));
-    bad.push(("a bad service name".into(), datagram("a/b", A, now_ms(), None)));
-    bad.push(("an address with a comma".into(), datagram("arith", "tcp@a,b", now_ms(), None)));
+    bad.push((
+        "a bad service name".into(),
+        datagram("a/b", A, now_ms(), None),
+    ));
+    bad.push((
+        "an address with a comma".into(),
+        datagram("arith", "tcp@a,b", now_ms(), None),
+    ));
     let mut not_utf8 = good.clone();
     let at = not_utf8.len() - 1;
     not_utf8[at] = 0xff;
@@ -252,7 +271,11 @@ fn with_a_token_only_a_fresh_datagram_tagged_with_it_renews() {
     assert_eq!(renewals(&server), before);
     let good = datagram("arith", A, t, Some(key));
     assert_eq!(c.code(&good), RENEWED);
-    assert_eq!(c.code(&good), REFUSED, "a duplicate, or a replay in the window");
+    assert_eq!(
+        c.code(&good),
+        REFUSED,
+        "a duplicate, or a replay in the window"
+    );
     assert_eq!(
         c.code(&datagram("arith", A, t - 1, Some(key))),
         REFUSED,
@@ -291,24 +314,52 @@ fn datagrams_count_by_result_and_renewals_with_http_ones() {
     assert_eq!(c.code(&datagram("arith", A, now_ms(), None)), RENEWED);
     assert_eq!(c.code(&datagram("arith", A, now_ms(), None)), RENEWED);
     assert_eq!(c.code(&datagram("nope", A, now_ms(), None)), UNKNOWN);
-    assert_eq!(c.ask(b"RCHB\x01\x00short-datagram"), Some(b"RCHB\x01\x02short-da".to_vec()));
+    assert_eq!(
+        c.ask(b"RCHB\x01\x00short-datagram"),
+        Some(b"RCHB\x01\x02short-da".to_vec())
+    );
     let s = samples(&server);
     let get = |k: &str| s.get(k).copied().unwrap_or(-1.0);
-    assert_eq!(get("regcenter_udp_datagrams_total{result=\"renewed\"}"), 2.0);
-    assert_eq!(get("regcenter_udp_datagrams_total{result=\"unknown\"}"), 1.0);
-    assert_eq!(get("regcenter_udp_datagrams_total{result=\"refused\"}"), 0.0);
-    assert_eq!(get("regcenter_udp_datagrams_total{result=\"malformed\"}"), 1.0);
+    assert_eq!(
+        get("regcenter_udp_datagrams_total{result=\"renewed\"}"),
+        2.0
+    );
+    assert_eq!(
+        get("regcenter_udp_datagrams_total{result=\"unknown\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("regcenter_udp_datagrams_total{result=\"refused\"}"),
+        0.0
+    );
+    assert_eq!(
+        get("regcenter_udp_datagrams_total{result=\"malformed\"}"),
+        1.0
+    );
     assert_eq!(get("regcenter_renewals_total"), 2.0, "UDP renewals count");
-    let r = raw(server.local_addr(), "POST", "/myRPC/registry/arith", &[("X-Myrpc-Server", A)]);
+    let r = raw(
+        server.local_addr(),
+        "POST",
+        "/myRPC/registry/arith",
+        &[("X-Myrpc-Server", A)],
+    );
     assert_eq!(r.status, 200);
-    assert_eq!(samples(&server)["regcenter_renewals_total"], 3.0, "and HTTP ones");
+    assert_eq!(
+        samples(&server)["regcenter_renewals_total"],
+        3.0,
+        "and HTTP ones"
+    );
 }
 
 #[test]
 fn post_answers_advertise_the_udp_port_unless_it_is_off() {
     let server = lasting_builder().start().unwrap();
     let port = server.udp_addr().unwrap().port();
-    assert_eq!(port, server.local_addr().port(), "the same number by default");
+    assert_eq!(
+        port,
+        server.local_addr().port(),
+        "the same number by default"
+    );
     let r = raw(server.local_addr(), "POST", P, &[("X-Myrpc-Server", A)]);
     assert_eq!(r.header("x-myrpc-udp"), Some(port.to_string().as_str()));
     let g = raw(server.local_addr(), "GET", P, &[]);
@@ -361,7 +412,12 @@ impl Forwarder {
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         let upstream: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
-        let (m, s, f, cl) = (mode.clone(), stop.clone(), forwarded.clone(), client.clone());
+        let (m, s, f, cl) = (
+            mode.clone(),
+            stop.clone(),
+            forwarded.clone(),
+            client.clone(),
+        );
         let to = upstream.clone();
         let up = thread::Builder::new()
             .name("udp-forward-up".into())
@@ -385,7 +441,7 @@ impl Forwarder {
                     match mode {
                         Mode::Pass => send(&d),
                         Mode::DropAll => {}
-                        Mode::DropHalf if n % 2 == 0 => {}
+                        Mode::DropHalf if n.is_multiple_of(2) => {}
                         Mode::DropHalf => send(&d),
                         Mode::Duplicate => {
                             send(&d);
@@ -478,7 +534,9 @@ fn a_heartbeat_renews_over_udp_when_the_registry_advertises_it() {
         .weight(4)
         .start()
         .unwrap();
-    wait_until("ten UDP renewals", LONG, || udp_count(&server, "renewed") >= 10.0);
+    wait_until("ten UDP renewals", LONG, || {
+        udp_count(&server, "renewed") >= 10.0
+    });
     assert!(
         http_posts(&server) <= 2.0,
         "{} POSTs: beats went over HTTP",
@@ -495,7 +553,10 @@ fn a_heartbeat_renews_over_udp_when_the_registry_advertises_it() {
     wait_until("UDP renewals after the drain", LONG, || {
         udp_count(&server, "renewed") >= renewed + 5.0
     });
-    assert_eq!(server.registry().instances("arith").1[0].status, Status::Draining);
+    assert_eq!(
+        server.registry().instances("arith").1[0].status,
+        Status::Draining
+    );
     hb.stop().unwrap();
     assert!(server.registry().is_empty(), "stop deregisters over HTTP");
 }
@@ -514,7 +575,9 @@ fn a_heartbeat_with_a_token_tags_its_datagrams() {
         .token("s3cret")
         .start()
         .unwrap();
-    wait_until("five UDP renewals", LONG, || udp_count(&server, "renewed") >= 5.0);
+    wait_until("five UDP renewals", LONG, || {
+        udp_count(&server, "renewed") >= 5.0
+    });
     assert_eq!(udp_count(&server, "refused"), 0.0);
     assert!(registered(&hb));
 }
@@ -525,14 +588,18 @@ fn a_heartbeat_falls_back_to_http_when_udp_is_blocked() {
     fwd.set(Mode::DropAll);
     let hb = Heartbeat::builder(server.url(), A).start().unwrap();
     let posts = http_posts(&server);
-    wait_until("beats over HTTP", LONG, || http_posts(&server) >= posts + 6.0);
+    wait_until("beats over HTTP", LONG, || {
+        http_posts(&server) >= posts + 6.0
+    });
     assert!(fwd.forwarded.load(Ordering::SeqCst) == 0);
     assert_eq!(server.registry().alive(""), [A], "never expired");
     assert!(registered(&hb), "{:?}", hb.state());
     assert_eq!(udp_count(&server, "renewed"), 0.0);
     // Unblocked, the heartbeat goes back to UDP in time.
     fwd.set(Mode::Pass);
-    wait_until("UDP renewals again", LONG, || udp_count(&server, "renewed") >= 3.0);
+    wait_until("UDP renewals again", LONG, || {
+        udp_count(&server, "renewed") >= 3.0
+    });
     assert_eq!(server.registry().alive(""), [A]);
 }
 
@@ -562,7 +629,9 @@ fn an_unknown_entry_makes_the_heartbeat_register_again_over_http() {
         .meta("zone", "eu")
         .start()
         .unwrap();
-    wait_until("UDP renewals", LONG, || udp_count(&server, "renewed") >= 2.0);
+    wait_until("UDP renewals", LONG, || {
+        udp_count(&server, "renewed") >= 2.0
+    });
     assert!(server.registry().remove("arith", A).unwrap());
     wait_until("registered again", LONG, || {
         server.registry().alive("arith") == [A]
@@ -586,9 +655,93 @@ fn a_restarted_registry_gets_the_server_back_and_renewals_over_udp() {
     wait_until("UDP renewals", LONG, || udp_count(&first, "renewed") >= 2.0);
     first.shutdown().unwrap();
     let second = registry_on(&addr.to_string());
-    wait_until("the server back", LONG, || second.registry().alive("") == [A]);
+    wait_until("the server back", LONG, || {
+        second.registry().alive("") == [A]
+    });
     wait_until("UDP renewals at the new registry", LONG, || {
         udp_count(&second, "renewed") >= 3.0
     });
     assert!(registered(&hb), "{:?}", hb.state());
+}
+
+#[test]
+fn bench_renew_udp_renews_by_datagram() {
+    let server = lasting_builder().start().unwrap();
+    let report = regcenter::loadgen::LoadOptions::new(server.url())
+        .op(regcenter::loadgen::Op::RenewUdp)
+        .clients(4)
+        .servers(10)
+        .max_requests(500)
+        .duration(LONG)
+        .run()
+        .unwrap();
+    assert_eq!(report.requests, 500, "{report}");
+    assert!(report.errors.is_empty(), "{report}");
+    assert_eq!(udp_count(&server, "renewed"), 500.0);
+    assert!(
+        server.registry().is_empty(),
+        "the servers were removed after"
+    );
+    // With a token, datagrams carry its tag.
+    let guarded = lasting_builder().token("s3cret").start().unwrap();
+    let report = regcenter::loadgen::LoadOptions::new(guarded.url())
+        .op(regcenter::loadgen::Op::RenewUdp)
+        .token(Some("s3cret".into()))
+        .clients(2)
+        .servers(100)
+        .max_requests(100)
+        .duration(LONG)
+        .run()
+        .unwrap();
+    assert_eq!(report.requests, 100, "{report}");
+    assert_eq!(udp_count(&guarded, "refused"), 0.0);
+    // A registry without UDP says so.
+    let off = lasting_builder().udp(false).start().unwrap();
+    let e = regcenter::loadgen::LoadOptions::new(off.url())
+        .op(regcenter::loadgen::Op::RenewUdp)
+        .servers(1)
+        .run()
+        .unwrap_err();
+    assert!(e.to_string().contains("X-Myrpc-Udp"), "{e}");
+}
+
+#[test]
+fn serve_takes_a_udp_port_or_none_but_not_both() {
+    let out = crate::common::process::regcenter(&["serve", "--udp", "0", "--no-udp"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--udp and --no-udp"), "{err}");
+    let out = crate::common::process::regcenter(&["serve", "--udp", "70000"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 to 65535"));
+    let help = crate::common::process::regcenter(&["serve", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--udp PORT") && help.contains("--no-udp"),
+        "{help}"
+    );
+}
+
+#[test]
+fn heartbeats_renewing_by_datagram_hold_no_connection_of_the_registry() {
+    let server = registry_on("127.0.0.1:0");
+    let hbs: Vec<Heartbeat> = (0..20)
+        .map(|i| {
+            Heartbeat::builder(server.url(), &format!("tcp@127.0.0.1:{}", 7001 + i))
+                .start()
+                .unwrap()
+        })
+        .collect();
+    wait_until("UDP renewals of every server", LONG, || {
+        udp_count(&server, "renewed") >= 60.0
+    });
+    // The scrape's own connection is the only one left (the guard counts
+    // every 40 ms).
+    wait_until("the heartbeats' connections closed", LONG, || {
+        samples(&server)["regcenter_open_connections"] <= 1.0
+    });
+    assert_eq!(server.registry().len(), 20);
+    let threads = crate::common::threads_named(&format!("rc{}-", server.local_addr().port()));
+    assert!(threads < 20, "{threads} registry threads for 20 servers");
+    drop(hbs);
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::protocol::HEADER_UDP;
 use crate::protocol::{
     HEADER_INDEX, HEADER_META, HEADER_RECOVERING, HEADER_SERVER, HEADER_SERVERS, HEADER_STATUS,
     HEADER_TTL, HEADER_WEIGHT, MAX_HEADER_VALUE, Status, format_duration, parse_duration,
     parse_meta, parse_meta_param, validate_service,
 };
-use crate::protocol::HEADER_UDP;
 use crate::registry::{EntryInfo, Listing, PutOptions, Registry};
 
 /// The request methods the routes tell apart.
