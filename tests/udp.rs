@@ -745,3 +745,32 @@ fn heartbeats_renewing_by_datagram_hold_no_connection_of_the_registry() {
     assert!(threads < 20, "{threads} registry threads for 20 servers");
     drop(hbs);
 }
+
+#[test]
+fn a_burst_from_several_senders_gets_each_its_own_replies() {
+    let server = lasting_builder().start().unwrap();
+    server.registry().put("arith", A).unwrap();
+    let clients: Vec<Client> = (0..3).map(|_| Client::to(&server)).collect();
+    // Interleaved, without waiting: the registry takes them in batches.
+    for n in 0..40u64 {
+        for (i, c) in clients.iter().enumerate() {
+            let stamp = (i as u64) << 32 | n;
+            c.socket.send(&datagram("arith", A, stamp, None)).unwrap();
+        }
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let mut stamps = Vec::new();
+        while let Some(r) = c.reply() {
+            assert_eq!(r.len(), 14);
+            assert_eq!(r[5], 0, "renewed");
+            stamps.push(u64::from_be_bytes(r[6..14].try_into().unwrap()));
+            if stamps.len() == 40 {
+                break;
+            }
+        }
+        stamps.sort_unstable();
+        let mine: Vec<u64> = (0..40).map(|n| (i as u64) << 32 | n).collect();
+        assert_eq!(stamps, mine, "sender {i}");
+    }
+    assert_eq!(udp_count(&server, "renewed"), 120.0);
+}

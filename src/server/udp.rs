@@ -384,9 +384,116 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
+/// The datagrams one receive takes at most (Linux): one system call for
+/// up to this many datagrams, and one for their replies, where a call a
+/// datagram each way cost most of a renewal's time.
+#[cfg(target_os = "linux")]
+const BATCH: usize = 32;
+
+#[cfg(target_os = "linux")]
 fn serve(socket: &UdpSocket, stop: &AtomicBool, rx: &mut Receiver) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
     // Room for one byte past the largest request, so an oversized
     // datagram shows as one (the kernel truncates to the buffer).
+    let mut bufs = vec![[0u8; MAX_REQUEST + 1]; BATCH];
+    let mut replies = [[0u8; REPLY_LEN]; BATCH];
+    for r in &mut replies {
+        r[..4].copy_from_slice(&MAGIC);
+        r[4] = VERSION;
+    }
+    // SAFETY: all-zero bytes are a valid sockaddr_storage, iovec and
+    // mmsghdr (null pointers, zero lengths).
+    let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let mut out_iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut out: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let name_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    while !stop.load(Ordering::SeqCst) {
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                iov_base: bufs[i].as_mut_ptr().cast(),
+                iov_len: bufs[i].len(),
+            };
+            msgs[i].msg_hdr.msg_name = (&raw mut names[i]).cast();
+            msgs[i].msg_hdr.msg_namelen = name_len;
+            msgs[i].msg_hdr.msg_iov = &raw mut iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_len = 0;
+        }
+        // SAFETY: every header points at its own buffer, iovec and name,
+        // all alive and unaliased for the call. MSG_WAITFORONE: wait (up
+        // to the socket's receive timeout) for one, then take what is
+        // there without waiting.
+        let got = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if got < 0 {
+            // A timeout, a signal, or an ICMP error for an earlier reply
+            // (a sender that went away): nothing to do but carry on.
+            let e = io::Error::last_os_error();
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) {
+                log::debug!("UDP receive: {e}");
+            }
+            continue;
+        }
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut n_out = 0;
+        for i in 0..got as usize {
+            let d = &bufs[i][..msgs[i].msg_len as usize];
+            let Some(code) = rx.handle(d) else { continue };
+            let r = &mut replies[n_out];
+            r[5] = code as u8;
+            r[6..14].copy_from_slice(&d[6..14]);
+            out_iovs[n_out] = libc::iovec {
+                iov_base: r.as_mut_ptr().cast(),
+                iov_len: REPLY_LEN,
+            };
+            out[n_out].msg_hdr.msg_name = (&raw mut names[i]).cast();
+            out[n_out].msg_hdr.msg_namelen = msgs[i].msg_hdr.msg_namelen;
+            out[n_out].msg_hdr.msg_iov = &raw mut out_iovs[n_out];
+            out[n_out].msg_hdr.msg_iovlen = 1;
+            n_out += 1;
+        }
+        let mut sent = 0;
+        // Bounded: each pass sends one reply at least, or gives up on the
+        // batch.
+        while sent < n_out {
+            // SAFETY: as above, for the replies' headers.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    out[sent..].as_mut_ptr(),
+                    (n_out - sent) as libc::c_uint,
+                    0,
+                )
+            };
+            if n <= 0 {
+                // One reply that cannot be sent (its sender gone) is
+                // skipped; the others still go.
+                log::debug!("UDP reply: {}", io::Error::last_os_error());
+                sent += 1;
+            } else {
+                sent += n as usize;
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn serve(socket: &UdpSocket, stop: &AtomicBool, rx: &mut Receiver) {
     let mut buf = [0u8; MAX_REQUEST + 1];
     let mut reply = [0u8; REPLY_LEN];
     reply[..4].copy_from_slice(&MAGIC);
@@ -394,22 +501,8 @@ fn serve(socket: &UdpSocket, stop: &AtomicBool, rx: &mut Receiver) {
     while !stop.load(Ordering::SeqCst) {
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(got) => got,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
-            }
-            // An ICMP error for an earlier reply (a sender that went away)
-            // is reported on the next receive; nothing to do about it.
-            Err(e) => {
-                log::debug!("UDP receive: {e}");
-                continue;
-            }
+            // A timeout, a signal, or an ICMP error for an earlier reply.
+            Err(_) => continue,
         };
         if stop.load(Ordering::SeqCst) {
             return;
