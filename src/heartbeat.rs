@@ -220,6 +220,21 @@ impl HeartbeatBuilder {
 /// sends none, which leaves a status set by someone else (`regcenter
 /// drain`) in force; one that sends its own overrides it at its next beat.
 ///
+/// # UDP renewals
+///
+/// When a registry's POST answer advertises UDP renewals
+/// (`X-Myrpc-Udp: PORT`, the README's "UDP renewals"), the beats after it
+/// go there by datagram, tagged with the token when one is set, and the
+/// kept-alive HTTP connection is closed: the server then holds no
+/// connection of the registry. An entry the registry no longer knows is
+/// registered again over HTTP at once, with its weight, metadata, TTL and
+/// status; a refused datagram, or two replies that do not come (each
+/// waited for half a period, at least 50 ms, at most the
+/// [`timeout`](HeartbeatBuilder::timeout)), make that beat go over HTTP,
+/// and UDP is tried again a few HTTP beats later. A drain, an undrain and
+/// the deregistration at stop always go over HTTP. Registries that do not
+/// advertise it, such as the Go seed, are beaten over HTTP only.
+///
 /// # State
 ///
 /// [`state`](Heartbeat::state) says whether the server is registered now,
