@@ -1,5 +1,6 @@
 //! `Heartbeat`: keeps one server registered until it is stopped.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -9,11 +10,12 @@ use parking_lot::{Condvar, Mutex};
 use crate::client::{self, CallOptions, DEFAULT_CALL_TIMEOUT, Verb};
 use crate::error::{Error, Result};
 use crate::protocol::{
-    HEADER_META, HEADER_SERVER, HEADER_STATUS, HEADER_TTL, HEADER_WEIGHT, Status, encode_meta,
-    format_duration, parse_duration, service_url, validate_addr,
+    HEADER_META, HEADER_SERVER, HEADER_STATUS, HEADER_TTL, HEADER_UDP, HEADER_WEIGHT, Status,
+    encode_meta, format_duration, parse_duration, service_url, validate_addr,
 };
 use crate::rand::jitter;
 use crate::registry::{DEFAULT_TTL, MAX_WEIGHT};
+use crate::server::udp::{self as wire, Code};
 
 /// First wait after a failed beat; doubled on each failure up to the period.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -22,6 +24,11 @@ const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// Period used when entries never expire (TTL 0): beating still re-registers
 /// the server after a registry restart.
 const PERMANENT_PERIOD: Duration = Duration::from_secs(30);
+/// Shortest wait for a UDP reply before the datagram counts as lost.
+const MIN_UDP_WAIT: Duration = Duration::from_millis(50);
+/// Most HTTP beats made before UDP is tried again after it went silent:
+/// the holdoff doubles from 2 up to this while it stays silent.
+const MAX_UDP_HOLDOFF: u32 = 64;
 
 /// Builds a [`Heartbeat`]: [`Heartbeat::builder`], the setters, then
 /// [`start`](HeartbeatBuilder::start).
@@ -213,6 +220,21 @@ impl HeartbeatBuilder {
 /// sends none, which leaves a status set by someone else (`regcenter
 /// drain`) in force; one that sends its own overrides it at its next beat.
 ///
+/// # UDP renewals
+///
+/// When a registry's POST answer advertises UDP renewals
+/// (`X-Myrpc-Udp: PORT`, the README's "UDP renewals"), the beats after it
+/// go there by datagram, tagged with the token when one is set, and the
+/// kept-alive HTTP connection is closed: the server then holds no
+/// connection of the registry. An entry the registry no longer knows is
+/// registered again over HTTP at once, with its weight, metadata, TTL and
+/// status; a refused datagram, or two replies that do not come (each
+/// waited for half a period, at least 50 ms, at most the
+/// [`timeout`](HeartbeatBuilder::timeout)), make that beat go over HTTP,
+/// and UDP is tried again a few HTTP beats later. A drain, an undrain and
+/// the deregistration at stop always go over HTTP. Registries that do not
+/// advertise it, such as the Go seed, are beaten over HTTP only.
+///
 /// # State
 ///
 /// [`state`](Heartbeat::state) says whether the server is registered now,
@@ -349,25 +371,72 @@ struct Beat {
     index: usize,
     /// Held across each POST: see [`Beat::beat`].
     turn: Mutex<()>,
-    agent: ureq::Agent,
+    /// Replaced by a new one when beats go by UDP, which closes the
+    /// kept-alive connection of the old one: a server renewing by
+    /// datagram holds no connection, and no thread, of the registry.
+    agent: Mutex<ureq::Agent>,
     url: String,
     addr: String,
     headers: Vec<(&'static str, String)>,
     period: Option<Duration>,
     timeout: Duration,
     trust: client::Trust,
+    /// The service, as UDP renewals name it.
+    service: String,
+    /// Tags UDP renewals when set.
+    token: Option<String>,
+    /// Renewals by datagram, once a POST answer advertised them. Taken
+    /// under `turn` only.
+    udp: Mutex<UdpPath>,
+}
+
+/// The UDP side of one registry (see [`Beat::renew_udp`]).
+#[derive(Default)]
+struct UdpPath {
+    /// Connected to the registry's UDP port while renewals go by UDP.
+    socket: Option<UdpSocket>,
+    /// The port the socket is connected to.
+    port: u16,
+    /// The registry's IP, resolved from its URL once.
+    ip: Option<IpAddr>,
+    /// The stamp of the last datagram: each is above the last.
+    stamp: u64,
+    /// The period of the last HTTP beat, kept by UDP ones.
+    period: Duration,
+    /// HTTP beats still to make before UDP is tried again.
+    holdoff: u32,
+    /// The holdoff the next silence sets.
+    next_holdoff: u32,
+    buf: Vec<u8>,
+}
+
+/// How a UDP renewal went.
+enum UdpOutcome {
+    /// Renewed: the period to the next beat.
+    Renewed(Duration),
+    /// Beat over HTTP now.
+    Http,
 }
 
 impl Beat {
     /// One POST with the status in force, its outcome recorded; on success
     /// the period to wait until the next.
     fn beat(&self, shared: &Shared) -> Result<Duration> {
+        self.beat_by(shared, false)
+    }
+
+    /// [`beat`](Beat::beat), by datagram when `udp` is set and the
+    /// registry takes them; a status change always goes by HTTP.
+    fn beat_by(&self, shared: &Shared, udp: bool) -> Result<Duration> {
         // One POST at a time per registry, the status read once the turn is
         // ours: else a beat that read `up` could land just after a drain and
         // undo it at that registry for a period.
         let _turn = self.turn.lock();
         let status = shared.state.lock().status;
-        let result = self.send(status);
+        let result = match udp.then(|| self.renew_udp()) {
+            Some(UdpOutcome::Renewed(period)) => Ok(period),
+            Some(UdpOutcome::Http) | None => self.send(status),
+        };
         shared
             .state
             .lock()
@@ -380,20 +449,137 @@ impl Beat {
             .chain(self.headers.iter().map(|(n, v)| (*n, v.as_str())))
             .chain(status.map(|s| (HEADER_STATUS, s.as_str())))
             .collect();
-        let reply = client::call(&self.agent, Verb::Post, &self.url, &headers)?.ok(&self.url)?;
-        if let Some(p) = self.period {
-            return Ok(p);
+        let agent = self.agent.lock().clone();
+        let reply = client::call(&agent, Verb::Post, &self.url, &headers)?.ok(&self.url)?;
+        let period = match self.period {
+            Some(p) => p,
+            None => {
+                // The Go original does not answer X-Myrpc-Ttl: assume its
+                // default.
+                let ttl = reply
+                    .header(HEADER_TTL)
+                    .and_then(|t| parse_duration(t).ok())
+                    .unwrap_or(DEFAULT_TTL);
+                if ttl.is_zero() {
+                    PERMANENT_PERIOD
+                } else {
+                    (ttl / 3).max(MIN_PERIOD)
+                }
+            }
+        };
+        let port = reply
+            .header(HEADER_UDP)
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .filter(|p| *p != 0);
+        self.advertised(port, period);
+        Ok(period)
+    }
+
+    /// Takes a POST answer's `X-Myrpc-Udp` (`None`: not advertised): the
+    /// next beats go by UDP, unless it went silent lately.
+    fn advertised(&self, port: Option<u16>, period: Duration) {
+        let mut u = self.udp.lock();
+        u.period = period;
+        let Some(port) = port else {
+            u.socket = None;
+            return;
+        };
+        if u.holdoff > 0 {
+            u.holdoff -= 1;
+            return;
         }
-        // The Go original does not answer X-Myrpc-Ttl: assume its default.
-        let ttl = reply
-            .header(HEADER_TTL)
-            .and_then(|t| parse_duration(t).ok())
-            .unwrap_or(DEFAULT_TTL);
-        Ok(if ttl.is_zero() {
-            PERMANENT_PERIOD
-        } else {
-            (ttl / 3).max(MIN_PERIOD)
-        })
+        if u.socket.is_some() && u.port == port {
+            return;
+        }
+        if u.ip.is_none() {
+            u.ip = registry_ip(&self.url);
+        }
+        let Some(ip) = u.ip else {
+            return;
+        };
+        let wait = self.timeout.min(period / 2).max(MIN_UDP_WAIT);
+        match udp_socket(SocketAddr::new(ip, port), wait) {
+            Ok(socket) => {
+                log::debug!(
+                    "heartbeat for {}: renewing at {} by UDP port {port}",
+                    self.addr,
+                    self.url
+                );
+                u.socket = Some(socket);
+                u.port = port;
+                // The connection the POST came on goes with the old agent
+                // (once the caller's copy is dropped).
+                *self.agent.lock() = client::agent_trusting(self.timeout, &self.trust);
+            }
+            Err(e) => log::debug!(
+                "heartbeat for {}: no UDP socket for {ip}:{port} ({e}); renewing over HTTP",
+                self.addr
+            ),
+        }
+    }
+
+    /// One renewal by datagram, sent again once when its reply does not
+    /// come: `Http` when renewals do not go by UDP, when the entry is
+    /// unknown (registered again over HTTP, with everything it carries),
+    /// when the registry refused it, or when two replies did not come
+    /// (UDP is then left alone for a few beats, more while it stays
+    /// silent).
+    fn renew_udp(&self) -> UdpOutcome {
+        let mut guard = self.udp.lock();
+        let u = &mut *guard;
+        let Some(socket) = u.socket.as_ref() else {
+            return UdpOutcome::Http;
+        };
+        let token = self.token.as_deref().map(str::as_bytes);
+        for _ in 0..2 {
+            u.stamp = wire::unix_ms().max(u.stamp + 1);
+            wire::encode(&mut u.buf, &self.service, &self.addr, u.stamp, token);
+            let reply = socket
+                .send(&u.buf)
+                .and_then(|_| await_reply(socket, u.stamp));
+            match reply {
+                Ok(Some(Code::Renewed)) => {
+                    u.next_holdoff = 2;
+                    return UdpOutcome::Renewed(u.period);
+                }
+                Ok(Some(Code::Unknown)) => {
+                    log::info!(
+                        "heartbeat for {}: {} no longer knows it; registering again",
+                        self.addr,
+                        self.url
+                    );
+                    return UdpOutcome::Http;
+                }
+                Ok(Some(Code::Refused)) => {
+                    // The token or the clocks disagree: HTTP says which.
+                    log::warn!(
+                        "heartbeat for {}: {} refused a UDP renewal (a wrong token, or clocks \
+                         more than 30s apart); renewing over HTTP",
+                        self.addr,
+                        self.url
+                    );
+                    u.socket = None;
+                    u.holdoff = MAX_UDP_HOLDOFF;
+                    return UdpOutcome::Http;
+                }
+                Ok(None) => {}
+                // Nothing listens on the port (ICMP said so): a registry
+                // restarting, or one without UDP now. HTTP tells.
+                Err(_) => {
+                    u.socket = None;
+                    return UdpOutcome::Http;
+                }
+            }
+        }
+        log::debug!(
+            "heartbeat for {}: no reply to two UDP renewals from {}; renewing over HTTP",
+            self.addr,
+            self.url
+        );
+        u.socket = None;
+        u.holdoff = u.next_holdoff.max(2);
+        u.next_holdoff = (u.holdoff * 2).min(MAX_UDP_HOLDOFF);
+        UdpOutcome::Http
     }
 }
 
@@ -462,13 +648,16 @@ impl Heartbeat {
             beats.push(Arc::new(Beat {
                 index,
                 turn: Mutex::new(()),
-                agent: client::agent_trusting(options.timeout, &trust),
+                agent: Mutex::new(client::agent_trusting(options.timeout, &trust)),
                 url: service_url(registry, &options.service)?,
                 addr: addr.to_string(),
                 headers: headers.clone(),
                 period: options.period,
                 timeout: options.timeout,
                 trust: trust.clone(),
+                service: options.service.clone(),
+                token: options.token.clone(),
+                udp: Mutex::new(UdpPath::default()),
             }));
         }
         let shared = Arc::new(Shared {
@@ -774,7 +963,7 @@ impl Heartbeat {
         // Interrupts a beat blocked on a registry that stalls; the agents
         // are not used again (the DELETE has its own).
         for b in &self.beats {
-            b.agent.clone().shutdown();
+            b.agent.lock().clone().shutdown();
         }
         let mut panicked = false;
         for t in self.threads.drain(..) {
@@ -900,7 +1089,7 @@ fn beat_loop(shared: &Shared, index: usize, beat: &Beat, first: Result<Duration>
                 return;
             }
         }
-        match beat.beat(shared) {
+        match beat.beat_by(shared, true) {
             Ok(p) => {
                 if failing {
                     log::info!(
@@ -934,6 +1123,72 @@ fn beat_loop(shared: &Shared, index: usize, beat: &Beat, first: Result<Duration>
                 shared.state.lock().end(index, e);
                 return;
             }
+        }
+    }
+}
+
+/// The IP of the registry at `url` (`http://host:port/...`), for its UDP
+/// port: the first address its host resolves to.
+fn registry_ip(url: &str) -> Option<IpAddr> {
+    let rest = url.split_once("://")?.1;
+    let host = rest.split('/').next()?;
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let with_port = if host.ends_with(']') || !host.contains(':') {
+        format!("{host}:80")
+    } else {
+        host.to_string()
+    };
+    with_port.to_socket_addrs().ok()?.next().map(|a| a.ip())
+}
+
+/// A socket connected to the registry's UDP port `to`, whose receives
+/// wait at most `wait`.
+fn udp_socket(to: SocketAddr, wait: Duration) -> std::io::Result<UdpSocket> {
+    let any: SocketAddr = match to {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(any)?;
+    socket.connect(to)?;
+    socket.set_read_timeout(Some(wait))?;
+    Ok(socket)
+}
+
+/// The code of the reply to the datagram stamped `stamp`; `None` when
+/// none came within the socket's wait. Replies to earlier datagrams
+/// (late, or duplicated on the way) are skipped.
+fn await_reply(socket: &UdpSocket, stamp: u64) -> std::io::Result<Option<Code>> {
+    let wait = socket.read_timeout()?.unwrap_or(MIN_UDP_WAIT);
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; wire::REPLY_LEN + 1];
+    // Bounded: each pass takes a datagram or ends at the deadline.
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        socket.set_read_timeout(Some(left))?;
+        let got = socket.recv(&mut buf);
+        match got {
+            Ok(n) => {
+                if let Some((code, echoed)) = wire::decode_reply(&buf[..n])
+                    && echoed == stamp
+                {
+                    socket.set_read_timeout(Some(wait))?;
+                    return Ok(Some(code));
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                socket.set_read_timeout(Some(wait))?;
+                return Ok(None);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

@@ -25,6 +25,9 @@ pub const HEADER_META: &str = "X-Myrpc-Meta";
 /// A server's status on POST (`up` or `draining`; sticky: a POST without it
 /// keeps the status in force), and in JSON listings as `"status"`.
 pub const HEADER_STATUS: &str = "X-Myrpc-Status";
+/// The port of the registry's UDP renewals, on POST answers of a registry
+/// that takes them (the README's "UDP renewals").
+pub const HEADER_UDP: &str = "X-Myrpc-Udp";
 /// `true` on listings of a registry that started without a snapshot and has
 /// not yet waited its maximum TTL: servers may still be re-registering.
 pub const HEADER_RECOVERING: &str = "X-Myrpc-Recovering";

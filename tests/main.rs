@@ -28,4 +28,5 @@ mod server_recovery;
 mod status;
 #[cfg(feature = "tls")]
 mod tls;
+mod udp;
 mod watch;

@@ -182,9 +182,9 @@ fn shutdown_leaves_no_thread_behind_and_frees_the_port() {
     let prefix = format!("rc{}-", addr.port());
     // A thread names itself once it runs, so wait for all the names.
     wait_until(
-        "the intake, two request threads, the guard, the sweeper and the watch timer",
+        "the intake, two request threads, the guard, the sweeper, the watch timer and UDP",
         Duration::from_secs(5),
-        || threads_named(&prefix) == 6,
+        || threads_named(&prefix) == 7,
     );
     assert_eq!(raw(addr, "GET", "/healthz", &[]).status, 200);
     s.shutdown().unwrap();

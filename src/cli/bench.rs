@@ -27,7 +27,8 @@ const CLIENTS: Flag = Flag::new(
     "clients",
     Kind::Count,
     "N",
-    "concurrent kept-alive connections (default 8)",
+    "concurrent kept-alive connections, or with renew-udp\n\
+     datagrams in flight (default 8)",
 );
 const DURATION: Flag = Flag::new(
     "duration",
@@ -39,7 +40,7 @@ const OP: Flag = Flag::new(
     "op",
     Kind::Op,
     "OP",
-    "get | renew | register | mixed (default get)",
+    "get | renew | register | mixed | renew-udp (default get)",
 );
 const SERVERS: Flag = Flag::new(
     "servers",
@@ -79,6 +80,7 @@ fn run(a: Args) -> Result<(), Failure> {
         Op::Renew => "renew",
         Op::Register => "register",
         Op::Mixed => "mixed",
+        Op::RenewUdp => "renew-udp",
     };
     let target = format!("{}/{service}", a.registry().trim_end_matches('/'));
     eprintln!(

@@ -32,6 +32,8 @@ pub(super) const COMMAND: Command = Command {
         TLS_KEY,
         INSECURE,
         FREE_FORM_ADDRESSES,
+        UDP,
+        NO_UDP,
     ],
     notes: "\
 durations are Go-style: 500ms, 5s, 1m30s
@@ -158,6 +160,18 @@ const FREE_FORM_ADDRESSES: Flag = Flag::switch(
      (and proto@path for protocols such as unix)",
 );
 
+const UDP: Flag = Flag::new(
+    "udp",
+    Kind::Count,
+    "PORT",
+    "receive renewals over UDP on PORT, 0 for any free one\n\
+     (default: the port number of --addr)",
+);
+const NO_UDP: Flag = Flag::switch(
+    "no-udp",
+    "receive no renewals over UDP; POST answers then advertise none",
+);
+
 fn run(a: Args) -> Result<(), Failure> {
     let addr = a.text(&ADDR).unwrap_or("127.0.0.1:9999").to_string();
     let addr = addr.as_str();
@@ -213,6 +227,20 @@ fn run(a: Args) -> Result<(), Failure> {
         b = b.token(t).protect_reads(protect_reads);
     }
     b = b.free_form_addresses(a.switch(&FREE_FORM_ADDRESSES));
+    match (a.count(&UDP), a.switch(&NO_UDP)) {
+        (Some(_), true) => {
+            return Err(Failure::Usage(
+                "--udp and --no-udp contradict each other: give one".into(),
+            ));
+        }
+        (Some(port), false) => {
+            let port = u16::try_from(port)
+                .map_err(|_| Failure::Usage(format!("--udp {port}: a port is 0 to 65535")))?;
+            b = b.udp_port(port);
+        }
+        (None, true) => b = b.udp(false),
+        (None, false) => {}
+    }
     let snapshot = a.text(&SNAPSHOT);
     if let Some(path) = snapshot {
         b = b.snapshot(path);
@@ -312,7 +340,16 @@ fn snapshot_writable(path: &Path) -> Result<(), Failure> {
 /// A start that failed on the listen address is the operator's setting:
 /// exit 2, naming `--addr`.
 fn start_failure(e: regcenter::Error, addr: &str) -> Failure {
-    if let regcenter::Error::Io { source, .. } = &e {
+    if let regcenter::Error::Io { source, context } = &e {
+        // UDP's port (`--udp`, or the number of --addr's): said as such.
+        if context.starts_with("bind UDP") && source.kind() == ErrorKind::AddrInUse {
+            return Failure::Config(
+                format!(
+                    "{context}: the UDP port is in use: give --udp PORT for another, or --no-udp: {source}"
+                )
+                .into(),
+            );
+        }
         let why = match source.kind() {
             ErrorKind::AddrInUse => Some("the address is in use (another registry running?)"),
             ErrorKind::AddrNotAvailable => Some("no interface of this machine has that address"),

@@ -19,10 +19,20 @@ pub(super) struct Target {
     /// The Host header's value, followed by the Authorization header when
     /// a token is set: what every request template puts after `Host: `.
     pub(super) head: String,
-    path: String,
+    pub(super) path: String,
 }
 
 impl Target {
+    /// The registry's IP, where its UDP port is too.
+    pub(super) fn ip(&self) -> std::net::IpAddr {
+        self.addr.ip()
+    }
+
+    /// The registry's HTTP port.
+    pub(super) fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     pub(super) fn parse(registry: &str, service: &str) -> Result<Target> {
         let bad = || {
             Error::config(
@@ -177,7 +187,7 @@ impl Conn {
 pub(super) struct Requests {
     pub(super) get: Vec<u8>,
     renewals: Vec<Vec<u8>>,
-    path: String,
+    pub(super) path: String,
     host: String,
     op: Op,
 }
@@ -213,7 +223,9 @@ impl Requests {
     pub(super) fn nth<'a>(&'a self, id: usize, i: usize, scratch: &'a mut Vec<u8>) -> &'a [u8] {
         let renewal = |i: usize| self.renewals.get(i % self.renewals.len().max(1));
         match self.op {
-            Op::Get => &self.get,
+            // RenewUdp sends datagrams (`udp.rs`); its HTTP side only
+            // warms up.
+            Op::Get | Op::RenewUdp => &self.get,
             Op::Renew => renewal(i).map_or(&self.get, |r| r),
             Op::Mixed if i.is_multiple_of(10) => renewal(i / 10).map_or(&self.get, |r| r),
             Op::Mixed => &self.get,

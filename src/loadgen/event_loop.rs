@@ -31,7 +31,7 @@ pub(super) struct Tally {
 }
 
 impl Tally {
-    fn error(&mut self, kind: &str) {
+    pub(super) fn error(&mut self, kind: &str) {
         *self.errors.entry(kind.to_string()).or_insert(0) += 1;
     }
 }

@@ -28,6 +28,7 @@
 
 mod conn;
 mod event_loop;
+mod udp;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,8 +37,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
 use crate::error::{Error, Result};
-use crate::protocol::validate_service;
+use crate::protocol::{HEADER_SERVER, HEADER_TTL, HEADER_UDP, validate_service};
 
 use conn::{Conn, Requests, Target};
 use event_loop::event_loop;
@@ -53,6 +56,10 @@ pub enum Op {
     Register,
     /// Nine GETs for each renewal.
     Mixed,
+    /// A renewal of one of the registered servers by datagram, to the UDP
+    /// port the registry's POST answer advertises; the clients are the
+    /// datagrams kept in flight.
+    RenewUdp,
 }
 
 impl std::str::FromStr for Op {
@@ -64,9 +71,10 @@ impl std::str::FromStr for Op {
             "renew" => Ok(Op::Renew),
             "register" => Ok(Op::Register),
             "mixed" => Ok(Op::Mixed),
+            "renew-udp" => Ok(Op::RenewUdp),
             _ => Err(Error::config(
                 "op",
-                format!("{s:?}: use get, renew, register or mixed"),
+                format!("{s:?}: use get, renew, register, mixed or renew-udp"),
             )),
         }
     }
@@ -215,11 +223,24 @@ impl LoadOptions {
         }
         let addrs: Vec<String> = (0..self.servers).map(server_addr).collect();
         if !self.preregister {
+            if self.op == Op::RenewUdp {
+                // Without a POST to read it from: the number of HTTP's.
+                return self.load_udp(&target, target.port(), &addrs, on_tick);
+            }
             return self.load(&target, &addrs, on_tick);
         }
         let mut setup = Conn::open(&target, self.timeout)?;
         for a in &addrs {
             setup.register(&target, a)?;
+        }
+        if self.op == Op::RenewUdp {
+            let report = self
+                .udp_port(&target)
+                .and_then(|port| self.load_udp(&target, port, &addrs, on_tick));
+            for a in &addrs {
+                let _ = setup.delete(&target, a);
+            }
+            return report;
         }
         // The servers go again whether or not the load ran.
         let report = self.load(&target, &addrs, on_tick);
@@ -227,6 +248,124 @@ impl LoadOptions {
             let _ = setup.delete(&target, a);
         }
         report
+    }
+
+    /// The UDP port the registry advertises, read from the answer to a
+    /// registration of the first server (made already, so this renews it
+    /// with the same TTL).
+    fn udp_port(&self, target: &Target) -> Result<u16> {
+        let url = format!("http://{}{}", target.host, target.path);
+        let Some(first) = self.servers.checked_sub(1).map(|_| server_addr(0)) else {
+            return Ok(target.port());
+        };
+        let agent = crate::client::agent_trusting(self.timeout, &crate::client::Trust::default());
+        let auth = crate::client::bearer(self.token.as_deref());
+        let headers: Vec<(&str, &str)> = [(HEADER_SERVER, first.as_str()), (HEADER_TTL, "1h")]
+            .into_iter()
+            .chain(auth.iter().map(|(n, v)| (*n, v.as_str())))
+            .collect();
+        let reply =
+            crate::client::call(&agent, crate::client::Verb::Post, &url, &headers)?.ok(&url)?;
+        reply
+            .header(HEADER_UDP)
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| {
+                Error::config(
+                    "op",
+                    format!(
+                        "renew-udp: {url} advertises no UDP renewals (no {HEADER_UDP} in its POST answer)"
+                    ),
+                )
+            })
+    }
+
+    /// Renewals by datagram from a thread a core, each with its share of
+    /// the servers and of the clients (the datagrams it keeps in flight).
+    fn load_udp(
+        &self,
+        target: &Target,
+        port: u16,
+        addrs: &[String],
+        mut on_tick: Option<&mut dyn FnMut(Progress)>,
+    ) -> Result<LoadReport> {
+        let started = Instant::now();
+        let budget = Arc::new(Budget::new(started + self.duration, self.max_requests));
+        let threads = thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(self.clients);
+        let window = self.clients.div_ceil(threads);
+        let to = SocketAddr::new(target.ip(), port);
+        let mut workers = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let mine: Vec<String> = addrs.iter().skip(t).step_by(threads).cloned().collect();
+            // Fewer servers than threads: threads share them.
+            let mine = if mine.is_empty() && !addrs.is_empty() {
+                vec![addrs[t % addrs.len()].clone()]
+            } else {
+                mine
+            };
+            let load = udp::UdpLoad {
+                to,
+                service: self.service.clone(),
+                addrs: mine,
+                window,
+                token: self.token.as_ref().map(|t| t.as_bytes().to_vec()),
+                timeout: self.timeout,
+            };
+            let shared = budget.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("loadgen-udp-{t}"))
+                .spawn(move || udp::udp_loop(&load, &shared));
+            match spawned {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    budget.stop();
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                    return Err(Error::io("spawn a load thread", e));
+                }
+            }
+        }
+        self.finish(workers, &budget, started, on_tick.take())
+    }
+
+    /// Reports progress until the `workers` end, then their tallies.
+    fn finish(
+        &self,
+        workers: Vec<thread::JoinHandle<event_loop::Tally>>,
+        budget: &Budget,
+        started: Instant,
+        mut on_tick: Option<&mut dyn FnMut(Progress)>,
+    ) -> Result<LoadReport> {
+        if let Some(on_tick) = on_tick.as_mut() {
+            // Bounded: every worker ends within the duration plus one
+            // timeout.
+            let mut last = 0;
+            while !workers.iter().all(|w| w.is_finished()) {
+                thread::sleep(Duration::from_millis(50));
+                let elapsed = started.elapsed();
+                if elapsed.as_secs() > last {
+                    last = elapsed.as_secs();
+                    on_tick(Progress {
+                        elapsed,
+                        requests: budget.sent(),
+                    });
+                }
+            }
+        }
+        let mut latencies = Vec::new();
+        let mut errors = BTreeMap::new();
+        for w in workers {
+            let tally = w.join().unwrap_or_default();
+            latencies.extend(tally.latencies);
+            for (k, v) in tally.errors {
+                *errors.entry(k).or_insert(0) += v;
+            }
+        }
+        let elapsed = started.elapsed();
+        latencies.sort_unstable();
+        Ok(LoadReport::new(latencies, errors, elapsed))
     }
 
     fn load(
@@ -263,34 +402,7 @@ impl LoadOptions {
                 }
             }
         }
-        if let Some(on_tick) = on_tick.as_mut() {
-            // Bounded: every worker ends within the duration plus one
-            // timeout (see `event_loop`).
-            let mut last = 0;
-            while !workers.iter().all(|w| w.is_finished()) {
-                thread::sleep(Duration::from_millis(50));
-                let elapsed = started.elapsed();
-                if elapsed.as_secs() > last {
-                    last = elapsed.as_secs();
-                    on_tick(Progress {
-                        elapsed,
-                        requests: budget.sent(),
-                    });
-                }
-            }
-        }
-        let mut latencies = Vec::new();
-        let mut errors = BTreeMap::new();
-        for w in workers {
-            let tally = w.join().unwrap_or_default();
-            latencies.extend(tally.latencies);
-            for (k, v) in tally.errors {
-                *errors.entry(k).or_insert(0) += v;
-            }
-        }
-        let elapsed = started.elapsed();
-        latencies.sort_unstable();
-        Ok(LoadReport::new(latencies, errors, elapsed))
+        self.finish(workers, &budget, started, on_tick.take())
     }
 }
 

@@ -328,6 +328,50 @@ impl Registry {
         })
     }
 
+    /// Renews `addr` in `service` if it is registered, and only then:
+    /// what a UDP renewal does. The entry keeps the TTL, weight, metadata
+    /// and status it was registered with; only its deadline moves, as with
+    /// a [`put_with`](Registry::put_with) that changes nothing, and it
+    /// counts as a renewal in [`stats`](Registry::stats). `Ok(false)` when
+    /// the address is not registered there (never registered, expired,
+    /// removed, or lost in a restart): nothing is created, and the server
+    /// registers again with everything a registration carries.
+    ///
+    /// ```
+    /// use regcenter::Registry;
+    ///
+    /// let reg = Registry::new();
+    /// assert!(!reg.renew_existing("arith", "tcp@127.0.0.1:7001")?);
+    /// assert!(reg.alive("arith").is_empty(), "nothing was created");
+    /// reg.put("arith", "tcp@127.0.0.1:7001")?;
+    /// assert!(reg.renew_existing("arith", "tcp@127.0.0.1:7001")?);
+    /// assert_eq!(reg.stats().renewals, 1);
+    /// # Ok::<(), regcenter::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidService`] or [`Error::InvalidAddr`].
+    pub fn renew_existing(&self, service: &str, addr: &str) -> Result<bool> {
+        validate_service(service)?;
+        // Any address a table may hold, as for `remove`: an entry restored
+        // from a free-form snapshot renews too.
+        let key = Key::checked(addr, false)?;
+        let now = self.inner.now();
+        let mut locked = self.locked(now);
+        let t = &mut *locked;
+        let Some(svc) = t.services.get_mut(service) else {
+            return Ok(false);
+        };
+        let Some(i) = svc.entries.find(&key) else {
+            return Ok(false);
+        };
+        svc.entries.touch(i, now);
+        t.stats.renewals += 1;
+        t.history.count(now, Event::Renewal, 1);
+        Ok(true)
+    }
+
     /// Removes `addr` from `service`; `Ok(false)` when it was not there.
     ///
     /// # Errors

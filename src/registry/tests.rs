@@ -671,3 +671,37 @@ fn a_served_table_recovers_for_its_max_ttl_unless_restored() {
     failed.restore(&reg.snapshot()).unwrap();
     assert!(!failed.recovering());
 }
+
+#[test]
+fn renew_existing_moves_only_the_deadline_and_never_creates() {
+    let clock = ManualClock::new();
+    let reg = registry(&clock);
+    assert!(!reg.renew_existing("svc", "a").unwrap());
+    assert!(reg.is_empty(), "a renewal of an unknown entry creates none");
+    let opts = PutOptions::new()
+        .ttl(10 * S)
+        .weight(7)
+        .meta("zone", "eu")
+        .status(Status::Draining);
+    reg.put_with("svc", "a", &opts).unwrap();
+    let index = reg.index("svc");
+    let before = reg.stats().renewals;
+    clock.advance(8 * S);
+    assert!(reg.renew_existing("svc", "a").unwrap());
+    assert_eq!(reg.stats().renewals, before + 1);
+    assert_eq!(reg.index("svc"), index, "a renewal changes nothing");
+    // The TTL it registered with, 10 s, not the default 5 s.
+    clock.advance(8 * S);
+    let (_, entries) = reg.instances("svc");
+    assert_eq!(entries.len(), 1, "renewed at 8 s for 10 s");
+    let e = &entries[0];
+    assert_eq!((e.weight, e.status), (7, Status::Draining));
+    assert_eq!(e.meta.get("zone").map(String::as_str), Some("eu"));
+    assert_eq!(e.expires_in, Some(2 * S));
+    clock.advance(2 * S);
+    reg.sweep();
+    assert!(reg.is_empty(), "expired 10 s after the renewal");
+    assert!(!reg.renew_existing("svc", "a").unwrap(), "expired: unknown");
+    assert!(reg.is_empty());
+    assert!(reg.renew_existing("a/b", "a").is_err());
+}

@@ -51,6 +51,11 @@ pub(crate) struct Counters {
     pub(crate) leaked_requests: AtomicU64,
     /// Connections the guard found open at its last pass.
     pub(crate) open_connections: AtomicU64,
+    /// UDP renewal datagrams by result (`udp.rs`).
+    pub(crate) udp_renewed: AtomicU64,
+    pub(crate) udp_unknown: AtomicU64,
+    pub(crate) udp_refused: AtomicU64,
+    pub(crate) udp_malformed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -177,7 +182,7 @@ impl Metrics {
             ),
             (
                 "regcenter_renewals_total",
-                "Heartbeats of registered addresses.",
+                "Heartbeats of registered addresses, over HTTP and UDP.",
                 st.renewals,
             ),
             (
@@ -306,6 +311,24 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "regcenter_connections_closed_total{{reason=\"{reason}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        head(
+            &mut out,
+            "regcenter_udp_datagrams_total",
+            "counter",
+            "UDP renewal datagrams by result: renewed, unknown (no such entry), refused (a wrong tag or stamp), malformed (a wrong size or shape).",
+        );
+        for (result, v) in [
+            ("renewed", &c.udp_renewed),
+            ("unknown", &c.udp_unknown),
+            ("refused", &c.udp_refused),
+            ("malformed", &c.udp_malformed),
+        ] {
+            let _ = writeln!(
+                out,
+                "regcenter_udp_datagrams_total{{result=\"{result}\"}} {}",
                 v.load(Ordering::Relaxed)
             );
         }

@@ -10,6 +10,7 @@ mod prom;
 mod refusals;
 mod route;
 mod status;
+pub(crate) mod udp;
 mod watch;
 mod worker;
 
@@ -59,11 +60,49 @@ pub struct RegistryServerBuilder {
     limits: Limits,
     table: RegistryBuilder,
     registry: Option<Registry>,
+    udp: Udp,
+    udp_advertised: Option<u16>,
     #[cfg(feature = "tls")]
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+/// Where UDP renewals are received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Udp {
+    Off,
+    /// The HTTP port's number.
+    SamePort,
+    Port(u16),
+}
+
 impl RegistryServerBuilder {
+    /// Receives renewals over UDP too (the README's "UDP renewals"): on the
+    /// port number of HTTP, on the same IP, and POST answers advertise it
+    /// (`X-Myrpc-Udp: PORT`) so that a [`Heartbeat`](crate::Heartbeat)
+    /// renews by datagram. When HTTP's port was chosen by the system
+    /// (port 0) and its number is taken for UDP, any free port is used.
+    /// `false` turns it off. Defaults to on.
+    pub fn udp(mut self, on: bool) -> Self {
+        self.udp = if on { Udp::SamePort } else { Udp::Off };
+        self
+    }
+
+    /// The UDP port POST answers advertise, when datagrams reach the
+    /// registry through a port mapping or a forwarder (a container's
+    /// published port): the port they are sent to, not the one the
+    /// registry binds. Defaults to the port bound.
+    pub fn udp_advertised_port(mut self, port: u16) -> Self {
+        self.udp_advertised = Some(port);
+        self
+    }
+
+    /// Receives UDP renewals on this port (0: any free one) instead of
+    /// HTTP's port number; turns UDP on. Defaults to HTTP's port number.
+    pub fn udp_port(mut self, port: u16) -> Self {
+        self.udp = Udp::Port(port);
+        self
+    }
+
     /// The address to listen on; port 0 picks a free port (read it back with
     /// [`RegistryServer::local_addr`]). Defaults to `127.0.0.1:9999`.
     pub fn addr(mut self, addr: impl Into<String>) -> Self {
@@ -337,6 +376,7 @@ impl RegistryServerBuilder {
             timer: None,
             subscription: None,
             snapshot: None,
+            udp: None,
             #[cfg(feature = "tls")]
             tls: None,
         };
@@ -353,12 +393,37 @@ impl RegistryServerBuilder {
                 format!("rc{port}-snap"),
             )?);
         }
+        let health = server.snapshot.as_ref().map(snapshot::Writer::health);
+        let metrics = Arc::new(Metrics::new(self.threads, health));
+        let udp_bind = match self.udp {
+            Udp::Off => None,
+            Udp::SamePort => Some((SocketAddr::new(bind.ip(), port), bind.port() == 0)),
+            Udp::Port(p) => Some((SocketAddr::new(bind.ip(), p), false)),
+        };
+        if let Some((at, or_any)) = udp_bind {
+            let token = self.token.as_ref().map(|t| t.as_bytes().to_vec());
+            server.udp = Some(
+                udp::UdpRenewals::start(
+                    at,
+                    or_any,
+                    registry.clone(),
+                    metrics.clone(),
+                    token,
+                    format!("rc{port}-udp"),
+                )
+                .map_err(|e| Error::io(format!("bind UDP {at}"), e))?,
+            );
+        }
         let server_has_token = self.token.is_some();
         let cfg = RouteConfig {
             path: self.path,
             token: self.token,
             protect_reads: self.protect_reads,
             local_ip: local_addr.ip(),
+            udp_port: server
+                .udp
+                .as_ref()
+                .map(|u| self.udp_advertised.unwrap_or(u.port())),
         };
         // Each connection has at most one request in service, so the pool
         // never needs more threads than connections.
@@ -368,8 +433,6 @@ impl RegistryServerBuilder {
             format!("rc{port}-http"),
         )
         .map_err(|e| Error::io("spawn a registry worker thread", e))?;
-        let health = server.snapshot.as_ref().map(snapshot::Writer::health);
-        let metrics = Arc::new(Metrics::new(self.threads, health));
         let ctx = Arc::new(Ctx {
             front: front.clone(),
             registry: registry.clone(),
@@ -555,6 +618,7 @@ pub struct RegistryServer {
     timer: Option<JoinHandle<()>>,
     subscription: Option<u64>,
     snapshot: Option<snapshot::Writer>,
+    udp: Option<udp::UdpRenewals>,
     #[cfg(feature = "tls")]
     tls: Option<http::TlsFront>,
 }
@@ -574,6 +638,8 @@ impl RegistryServer {
             limits: Limits::default(),
             table: Registry::builder(),
             registry: None,
+            udp: Udp::SamePort,
+            udp_advertised: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -660,6 +726,9 @@ impl RegistryServer {
         // Every thread that refuses has ended: what the refusal log still
         // counts is written now, or never.
         ctx.refusals.finish();
+        if let Some(mut u) = self.udp.take() {
+            panicked |= u.stop();
+        }
         if let Some(s) = self.sweeper.take() {
             panicked |= s.stop().is_err();
         }
@@ -700,6 +769,14 @@ impl RegistryServer {
         w.write_now()
             .map_err(|e| Error::io(format!("write the snapshot {}", w.path().display()), e))?;
         Ok(Some(w.path()))
+    }
+
+    /// The UDP address renewals are received on, `None` when UDP is off
+    /// ([`RegistryServerBuilder::udp`]).
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp
+            .as_ref()
+            .map(|u| SocketAddr::new(self.local_addr.ip(), u.port()))
     }
 
     /// How many long-poll requests are parked, waiting for a change.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::protocol::HEADER_UDP;
 use crate::protocol::{
     HEADER_INDEX, HEADER_META, HEADER_RECOVERING, HEADER_SERVER, HEADER_SERVERS, HEADER_STATUS,
     HEADER_TTL, HEADER_WEIGHT, MAX_HEADER_VALUE, Status, format_duration, parse_duration,
@@ -129,6 +130,8 @@ pub(crate) struct RouteConfig {
     pub(crate) protect_reads: bool,
     /// The address the server listens on: the node's in Consul answers.
     pub(crate) local_ip: std::net::IpAddr,
+    /// The port of UDP renewals, advertised in POST answers, when on.
+    pub(crate) udp_port: Option<u16>,
 }
 
 impl RouteConfig {
@@ -222,7 +225,7 @@ fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Outcome {
     }
     match req.method {
         Method::Get | Method::Head => list(reg, service, query, req.header("Accept")),
-        Method::Post => register(reg, service, req).into(),
+        Method::Post => register(reg, service, req, cfg.udp_port).into(),
         Method::Delete => deregister(reg, service, req).into(),
         Method::Other(_) => method_not_allowed("GET, POST, DELETE").into(),
     }
@@ -699,7 +702,7 @@ fn put_options(req: &Request) -> Result<PutOptions, Response> {
     Ok(opts)
 }
 
-fn register(reg: &Registry, service: &str, req: &Request) -> Response {
+fn register(reg: &Registry, service: &str, req: &Request, udp: Option<u16>) -> Response {
     let addr = match required_addr(req) {
         Ok(a) => a,
         Err(r) => return r,
@@ -709,9 +712,16 @@ fn register(reg: &Registry, service: &str, req: &Request) -> Response {
         Err(r) => return r,
     };
     match reg.put_with(service, addr, &opts) {
-        Ok(put) => Response::empty(200)
-            .with_header(HEADER_TTL, format_duration(put.ttl))
-            .with_header(HEADER_INDEX, put.index.to_string()),
+        Ok(put) => {
+            let r = Response::empty(200)
+                .with_header(HEADER_TTL, format_duration(put.ttl))
+                .with_header(HEADER_INDEX, put.index.to_string());
+            match udp {
+                // Renew by datagram from now on (`udp.rs`).
+                Some(port) => r.with_header(HEADER_UDP, port.to_string()),
+                None => r,
+            }
+        }
         Err(e @ Error::Full { .. }) => {
             Response::text(503, e.to_string()).with_header("Retry-After", "5")
         }
@@ -744,6 +754,7 @@ mod tests {
             token: None,
             protect_reads: false,
             local_ip: [127, 0, 0, 1].into(),
+            udp_port: None,
         }
     }
 

@@ -334,6 +334,26 @@ fn pipe(
     let _ = down.join();
 }
 
+/// `chunk` without an `X-Myrpc-Udp` header line: the proxy passes TCP
+/// only, so the registry's UDP port is not reachable through it, and its
+/// advertisement does not pass either. (On loopback a heartbeat would
+/// otherwise renew at the registry's UDP port beside the proxy, past every
+/// fault the proxy injects.) The registry writes an answer's head at once,
+/// so the line is never split across reads here.
+fn without_udp(chunk: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const NAME: &[u8] = b"\r\nX-Myrpc-Udp:";
+    let Some(at) = chunk.windows(NAME.len()).position(|w| w == NAME) else {
+        return chunk.into();
+    };
+    let end = chunk[at + 2..]
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(chunk.len(), |e| at + 2 + e);
+    let mut out = chunk[..at].to_vec();
+    out.extend_from_slice(&chunk[end..]);
+    out.into()
+}
+
 /// Copies `from` to `to` (a byte per `drip` if set, counting each chunk
 /// read as a hit if `count`), then closes both.
 fn forward(
@@ -361,12 +381,12 @@ fn forward(
                     if count {
                         shared.hit();
                     }
-                    if to.write_all(&buf[..n]).is_err() {
+                    if to.write_all(&without_udp(&buf[..n])).is_err() {
                         break;
                     }
                 }
                 Some(d) => {
-                    for b in &buf[..n] {
+                    for b in without_udp(&buf[..n]).iter() {
                         if shared.over(epoch, deadline) || to.write_all(&[*b]).is_err() {
                             break 'outer;
                         }

@@ -415,6 +415,17 @@ impl Entries {
         (changed, queued)
     }
 
+    /// A heartbeat that carries nothing but itself (a UDP renewal): the
+    /// entry keeps its TTL, labels and status, and only its deadline moves,
+    /// past its queued item, which is moved when it comes due.
+    pub(super) fn touch(&mut self, bucket: usize, now: Tick) {
+        let hot = self
+            .table
+            .get_bucket_mut(bucket)
+            .expect("a bucket from find");
+        hot.stamp = now + hot.ttl_ns();
+    }
+
     /// Adds an absent `key` beating at `now`, queued for expiry; returns its
     /// deadline.
     pub(super) fn insert(
