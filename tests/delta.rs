@@ -490,7 +490,10 @@ fn a_watching_discovery_applies_deltas_and_ends_with_the_registrys_list() {
     wait_until("the first list", soon, || d.index() == Some(reg.index(SVC)));
     let before = recorder.answered();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    // Removing an address that is not listed changes nothing: no poll.
+    let mut changes = 0;
     for step in 0..30u32 {
+        let was = reg.index(SVC);
         let a = format!("tcp@10.0.0.{}:7001", rng.below(220));
         match step % 3 {
             0 => {
@@ -509,6 +512,7 @@ fn a_watching_discovery_applies_deltas_and_ends_with_the_registrys_list() {
             }
         }
         let n = reg.index(SVC);
+        changes += usize::from(n > was);
         wait_until("the discovery to see the change", soon, || {
             d.index().is_some_and(|i| i >= n)
         });
@@ -521,14 +525,21 @@ fn a_watching_discovery_applies_deltas_and_ends_with_the_registrys_list() {
     let asked = polls.iter().filter(|r| r.contains("delta=1")).count();
     let deltas = recorder.answers_containing("\"delta\":true");
     assert!(
-        asked >= 30,
-        "long-polls asking delta=1: {asked} of {polls:#?}"
+        changes >= 20,
+        "only {changes} of the 30 steps changed the list"
     );
-    assert!(deltas >= 25, "delta answers: {deltas}");
+    assert!(
+        asked >= changes,
+        "long-polls asking delta=1: {asked} for {changes} changes, of {polls:#?}"
+    );
+    assert!(
+        deltas + 5 >= changes,
+        "delta answers: {deltas} for {changes} changes"
+    );
     // The first request is a plain listing, without delta.
     assert!(!polls[0].contains("delta=1"), "{}", polls[0]);
     // 200 servers in full are about 20 KB a change; the deltas far less.
-    let per_change = (recorder.answered() - before) / 30;
+    let per_change = (recorder.answered() - before) / changes;
     assert!(per_change < 2_000, "{per_change} bytes answered per change");
     d.stop().unwrap();
 }
