@@ -313,19 +313,12 @@ impl LoadOptions {
                 timeout: self.timeout,
             };
             let shared = budget.clone();
-            let spawned = thread::Builder::new()
-                .name(format!("loadgen-udp-{t}"))
-                .spawn(move || udp::udp_loop(&load, &shared));
-            match spawned {
-                Ok(w) => workers.push(w),
-                Err(e) => {
-                    budget.stop();
-                    for w in workers {
-                        let _ = w.join();
-                    }
-                    return Err(Error::io("spawn a load thread", e));
-                }
-            }
+            spawn_worker(
+                &mut workers,
+                &budget,
+                format!("loadgen-udp-{t}"),
+                move || udp::udp_loop(&load, &shared),
+            )?;
         }
         self.finish(workers, &budget, started, on_tick.take())
     }
@@ -386,21 +379,9 @@ impl LoadOptions {
             let ids: Vec<usize> = (t * per..((t + 1) * per).min(self.clients)).collect();
             let (target, reqs, shared) = (target.clone(), reqs.clone(), budget.clone());
             let timeout = self.timeout;
-            let spawned = thread::Builder::new()
-                .name(format!("loadgen-{t}"))
-                .spawn(move || event_loop(ids, &target, &reqs, timeout, &shared));
-            match spawned {
-                Ok(w) => workers.push(w),
-                Err(e) => {
-                    // The threads already running stop after their current
-                    // request; join them before reporting.
-                    budget.stop();
-                    for w in workers {
-                        let _ = w.join();
-                    }
-                    return Err(Error::io("spawn a load thread", e));
-                }
-            }
+            spawn_worker(&mut workers, &budget, format!("loadgen-{t}"), move || {
+                event_loop(ids, &target, &reqs, timeout, &shared)
+            })?;
         }
         self.finish(workers, &budget, started, on_tick.take())
     }
@@ -542,6 +523,30 @@ impl fmt::Display for LoadReport {
                 .map(|(k, v)| format!("{k}: {v}"))
                 .collect();
             write!(f, "errors       {}", list.join(", "))
+        }
+    }
+}
+
+/// Starts one load thread; when it cannot be spawned, stops the threads
+/// already running (they end after their current request) and joins them
+/// before reporting.
+fn spawn_worker(
+    workers: &mut Vec<thread::JoinHandle<event_loop::Tally>>,
+    budget: &Budget,
+    name: String,
+    work: impl FnOnce() -> event_loop::Tally + Send + 'static,
+) -> Result<()> {
+    match thread::Builder::new().name(name).spawn(work) {
+        Ok(w) => {
+            workers.push(w);
+            Ok(())
+        }
+        Err(e) => {
+            budget.stop();
+            for w in workers.drain(..) {
+                let _ = w.join();
+            }
+            Err(Error::io("spawn a load thread", e))
         }
     }
 }
