@@ -21,8 +21,7 @@ use parking_lot::Mutex;
 
 /// A kind of line that is rate-limited.
 struct Limit {
-    /// The target; one ending in `::` names every target under it, each a
-    /// kind of its own.
+    /// The target, exactly.
     target: &'static str,
     /// Lines of one kind written per second; the rest are counted.
     burst: u32,
@@ -41,10 +40,7 @@ const LIMITS: &[Limit] = &[Limit {
 }];
 
 fn limit_of(target: &str) -> Option<&'static Limit> {
-    LIMITS.iter().find(|l| match l.target.strip_suffix("::") {
-        Some(_) => target.starts_with(l.target),
-        None => target == l.target,
-    })
+    LIMITS.iter().find(|l| l.target == target)
 }
 
 /// How many lines of each kind pass in each window of time, the others
