@@ -1,136 +1,14 @@
 //! The etcd backend against a real etcd on loopback (Debian's etcd-server).
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use regcenter::{
     Discovery, EtcdRegistration, EtcdRegistrationBuilder, RegistryDiscovery, SelectMode,
 };
 
+use crate::common::etcd::{self, Cluster as Etcd, agent};
 use crate::common::wait_until;
-
-/// An etcd process on free loopback ports with its own data directory,
-/// stopped (by its PID) and removed on drop.
-struct Etcd {
-    child: Option<Child>,
-    dir: PathBuf,
-    client: u16,
-    peer: u16,
-}
-
-/// A client for the test's own calls to etcd, bounded in time.
-fn agent() -> ureq::Agent {
-    let t = Some(Duration::from_secs(2));
-    ureq::Agent::config_builder()
-        .timeout_connect(t)
-        .timeout_recv_response(t)
-        .timeout_recv_body(t)
-        .proxy(None)
-        .build()
-        .into()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn etcd_binary() -> Option<&'static str> {
-    let found = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "etcd is missing under CI: .ci/run installs it (apt-get install -y etcd-server)"
-        );
-        eprintln!(
-            "SKIPPED: etcd is not installed (apt-get install etcd-server); the etcd tests did not run"
-        );
-    }
-    found
-}
-
-impl Etcd {
-    fn start() -> Option<Etcd> {
-        etcd_binary()?;
-        let dir = std::env::temp_dir().join(format!(
-            "regcenter-etcd-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        let mut e = Etcd {
-            child: None,
-            dir,
-            client: free_port(),
-            peer: free_port(),
-        };
-        e.launch();
-        Some(e)
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
-    }
-
-    fn launch(&mut self) {
-        let (c, p) = (self.client, self.peer);
-        let child = Command::new(etcd_binary().expect("checked at start"))
-            .args(["--name", "t", "--data-dir"])
-            .arg(self.dir.join("data"))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{c}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{c}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{p}"),
-            ])
-            .args(["--initial-cluster", &format!("t=http://127.0.0.1:{p}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        self.child = Some(child);
-        let url = format!("{}/health", self.url());
-        wait_until("etcd to be healthy", Duration::from_secs(20), || {
-            agent()
-                .get(&url)
-                .call()
-                .ok()
-                .and_then(|mut r| r.body_mut().read_to_string().ok())
-                .is_some_and(|b| b.contains("true"))
-        });
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on the child we started, by its PID.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-    }
-
-    /// Restarts on the same ports; `wipe`: with its data lost.
-    fn restart(&mut self, wipe: bool) {
-        self.stop();
-        if wipe {
-            let _ = std::fs::remove_dir_all(self.dir.join("data"));
-        }
-        self.launch();
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn registration(e: &Etcd, addr: &str, service: &str) -> EtcdRegistrationBuilder {
     EtcdRegistration::builder(&[&e.url()], addr)
@@ -154,7 +32,7 @@ fn discovery(e: &Etcd, service: &str, watch: bool) -> RegistryDiscovery {
 
 #[test]
 fn register_list_weights_and_metadata() {
-    let Some(e) = Etcd::start() else { return };
+    let Some(e) = etcd::start() else { return };
     let heavy = registration(&e, "tcp@heavy:1", "arith")
         .weight(3)
         .meta("zone", "eu")
@@ -211,7 +89,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 #[test]
 fn keep_alive_holds_past_several_ttls_and_stop_revokes_at_once() {
-    let Some(e) = Etcd::start() else { return };
+    let Some(e) = etcd::start() else { return };
     let reg = registration(&e, "tcp@kept:1", "svc").start().unwrap();
     let d = discovery(&e, "svc", false);
     // TTL 2 s, kept alive every ~0.67 s: 7 keep-alives span more than 2 TTLs.
@@ -226,7 +104,7 @@ fn keep_alive_holds_past_several_ttls_and_stop_revokes_at_once() {
 
 #[test]
 fn a_registration_whose_process_dies_disappears_after_its_ttl() {
-    let Some(e) = Etcd::start() else { return };
+    let Some(e) = etcd::start() else { return };
     let mut child = Command::new(env!("CARGO_BIN_EXE_regcenter"))
         .args([
             "register",
@@ -260,7 +138,7 @@ fn a_registration_whose_process_dies_disappears_after_its_ttl() {
 
 #[test]
 fn watch_mode_sees_a_registration_and_a_removal_quickly() {
-    let Some(e) = Etcd::start() else { return };
+    let Some(e) = etcd::start() else { return };
     let d = discovery(&e, "w", true);
     assert!(d.get_all().unwrap().is_empty());
     let t = Instant::now();
@@ -286,7 +164,7 @@ fn watch_mode_sees_a_registration_and_a_removal_quickly() {
 
 #[test]
 fn after_etcd_loses_its_data_the_registration_comes_back_and_discovery_recovers() {
-    let Some(mut e) = Etcd::start() else { return };
+    let Some(mut e) = etcd::start() else { return };
     let reg = registration(&e, "tcp@back:1", "r").start().unwrap();
     let d = discovery(&e, "r", true);
     assert_eq!(d.get_all().unwrap(), ["tcp@back:1"]);
@@ -303,7 +181,7 @@ fn after_etcd_loses_its_data_the_registration_comes_back_and_discovery_recovers(
 
 #[test]
 fn discovery_keeps_its_list_while_etcd_is_down() {
-    let Some(mut e) = Etcd::start() else { return };
+    let Some(mut e) = etcd::start() else { return };
     let reg = registration(&e, "tcp@stay:1", "k")
         .ttl(Duration::from_secs(30))
         .start()
@@ -324,7 +202,7 @@ fn discovery_keeps_its_list_while_etcd_is_down() {
 
 #[test]
 fn a_prefix_puts_the_key_under_it_and_only_discovery_with_it_sees_it() {
-    let Some(e) = Etcd::start() else { return };
+    let Some(e) = etcd::start() else { return };
     let reg = registration(&e, "tcp@elsewhere:1", "p")
         .prefix("/other/")
         .start()

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test module uses a different subset
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod process;
 pub mod proxy;
 
