@@ -29,16 +29,16 @@ pub const DEFAULT_PREFIX: &str = "/regcenter";
 /// TTL of a registration that asks for none (etcd grants at least 2 s).
 const DEFAULT_TTL: Duration = Duration::from_secs(5);
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn unb64(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn unb64(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
 /// The end of the key range holding every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(&last) = end.last() {
         if last < 0xff {
@@ -51,7 +51,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// etcd's int64 fields arrive as JSON strings.
-fn int(v: &Value) -> Option<u64> {
+pub(crate) fn int(v: &Value) -> Option<u64> {
     v.as_str()
         .and_then(|s| s.parse().ok())
         .or_else(|| v.as_u64())
@@ -99,7 +99,12 @@ impl Etcd {
         format!("etcd {}", self.endpoints.join(","))
     }
 
-    fn endpoint(&self) -> &str {
+    /// Every endpoint, in the order given.
+    pub(crate) fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    pub(crate) fn endpoint(&self) -> &str {
         &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
     }
 

@@ -31,6 +31,10 @@ pub const HEADER_UDP: &str = "X-Myrpc-Udp";
 /// `true` on listings of a registry that started without a snapshot and has
 /// not yet waited its maximum TTL: servers may still be re-registering.
 pub const HEADER_RECOVERING: &str = "X-Myrpc-Recovering";
+/// On every answer of a front-end on etcd (`serve --etcd`) that cannot
+/// reach etcd: `etcd unreachable`. Its listings are the last state it
+/// read; it renews what it knows and refuses registrations with 503.
+pub const HEADER_DEGRADED: &str = "X-Myrpc-Degraded";
 /// Longest accepted value of any `X-Myrpc-*` request header, in bytes.
 pub const MAX_HEADER_VALUE: usize = 1024;
 

@@ -12,6 +12,8 @@ mod drain;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod filters;
+#[cfg(feature = "etcd")]
+mod frontends;
 mod hardening;
 mod heartbeat;
 mod hostile;

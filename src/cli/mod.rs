@@ -422,6 +422,11 @@ impl Args {
         matches!(self.last(flag), Some(Value::Switch))
     }
 
+    /// Whether `flag` was given, whatever its value.
+    fn given(&self, flag: &Flag) -> bool {
+        self.last(flag).is_some()
+    }
+
     fn op(&self, flag: &Flag) -> Option<Op> {
         match self.last(flag) {
             Some(Value::Op(op)) => Some(*op),

@@ -34,6 +34,9 @@ pub(super) const COMMAND: Command = Command {
         FREE_FORM_ADDRESSES,
         UDP,
         NO_UDP,
+        ETCD,
+        ETCD_PREFIX,
+        ETCD_LEASE,
     ],
     notes: "\
 durations are Go-style: 500ms, 5s, 1m30s
@@ -172,6 +175,27 @@ const NO_UDP: Flag = Flag::switch(
     "receive no renewals over UDP; POST answers then advertise none",
 );
 
+const ETCD: Flag = Flag::new(
+    "etcd",
+    Kind::Text,
+    "URL[,URL...]",
+    "keep the table in etcd at these endpoints, one registry\n\
+     for every front-end on them (builds with the `etcd` feature)",
+);
+const ETCD_PREFIX: Flag = Flag::new(
+    "etcd-prefix",
+    Kind::Text,
+    "PREFIX",
+    "the key prefix in etcd (default /regcenter)",
+);
+const ETCD_LEASE: Flag = Flag::new(
+    "etcd-lease",
+    Kind::Duration,
+    "D",
+    "TTL of this front-end's etcd lease: after its death the\n\
+     others take its entries over within it (default 3s)",
+);
+
 fn run(a: Args) -> Result<(), Failure> {
     let addr = a.text(&ADDR).unwrap_or("127.0.0.1:9999").to_string();
     let addr = addr.as_str();
@@ -254,6 +278,7 @@ fn run(a: Args) -> Result<(), Failure> {
         Some(every) => b = b.snapshot_interval(every),
         None => {}
     }
+    b = etcd(b, &a, snapshot.is_some())?;
     preflight(snapshot)?;
     match (a.text(&TLS_CERT), a.text(&TLS_KEY)) {
         (None, None) => {}
@@ -360,6 +385,57 @@ fn start_failure(e: regcenter::Error, addr: &str) -> Failure {
         }
     }
     e.into()
+}
+
+/// `--etcd`, `--etcd-prefix`, `--etcd-lease`.
+fn etcd(
+    b: regcenter::RegistryServerBuilder,
+    a: &Args,
+    snapshot: bool,
+) -> Result<regcenter::RegistryServerBuilder, Failure> {
+    let Some(list) = a.text(&ETCD) else {
+        for flag in [&ETCD_PREFIX, &ETCD_LEASE] {
+            if a.given(flag) {
+                return Err(Failure::Usage(format!(
+                    "--{} needs --etcd URL[,URL...]",
+                    flag.name
+                )));
+            }
+        }
+        return Ok(b);
+    };
+    if snapshot {
+        return Err(Failure::Usage(
+            "--snapshot and --etcd exclude each other: etcd keeps the table of front-ends on it"
+                .into(),
+        ));
+    }
+    on_etcd(b, a, list)
+}
+
+#[cfg(feature = "etcd")]
+fn on_etcd(
+    b: regcenter::RegistryServerBuilder,
+    a: &Args,
+    list: &str,
+) -> Result<regcenter::RegistryServerBuilder, Failure> {
+    let mut b = b.etcd(&super::etcd_endpoints(list));
+    if let Some(p) = a.text(&ETCD_PREFIX) {
+        b = b.etcd_prefix(p);
+    }
+    if let Some(t) = a.duration(&ETCD_LEASE) {
+        b = b.etcd_lease_ttl(t);
+    }
+    Ok(b)
+}
+
+#[cfg(not(feature = "etcd"))]
+fn on_etcd(
+    _: regcenter::RegistryServerBuilder,
+    _: &Args,
+    _: &str,
+) -> Result<regcenter::RegistryServerBuilder, Failure> {
+    super::etcd_builder("").map(|_| unreachable!("refused without the feature"))
 }
 
 #[cfg(feature = "tls")]

@@ -54,6 +54,13 @@ pub(crate) struct Delta {
     pub(crate) removed: Vec<String>,
 }
 
+/// What [`Registry::put_locked`] did.
+struct Put {
+    index: u64,
+    changed: bool,
+    added: bool,
+}
+
 /// How log lines name a service: `service "arith"`, and the default
 /// service (the empty name) as `the default service`, not `service ""`.
 pub(crate) struct ServiceName<'a>(pub(crate) &'a str);
@@ -214,9 +221,9 @@ impl Registry {
         );
     }
 
-    /// A snapshot was restored into this table: it knows what it had, and
-    /// is not recovering.
-    fn recovered(&self) {
+    /// A snapshot was restored into this table, or it mirrors a shared
+    /// store: it knows what it had, and is not recovering.
+    pub(crate) fn recovered(&self) {
         self.inner
             .recovery
             .store(table::NOT_RECOVERING, Ordering::Relaxed);
@@ -271,16 +278,41 @@ impl Registry {
         let ttl = self.effective_ttl(opts.ttl);
         let now = self.inner.now();
         let mut locked = self.locked(now);
-        let t = &mut *locked;
         let labels = Labels {
             weight: opts.weight,
             meta: &opts.meta,
             status: opts.status,
         };
+        let put = self.put_locked(&mut locked, service, key, ttl, &labels, now)?;
+        if put.changed && put.added {
+            // Logged once the lock is released: a logger writes, and every
+            // heartbeat would wait for it.
+            drop(locked);
+            log::info!("registered {addr} in {}", ServiceName(service));
+        }
+        Ok(PutOutcome {
+            ttl,
+            index: put.index,
+            changed: put.changed,
+        })
+    }
+
+    /// What [`put_with`](Registry::put_with) does under the lock, checked
+    /// input given.
+    fn put_locked(
+        &self,
+        t: &mut Locked<'_>,
+        service: &str,
+        key: Key<'_>,
+        ttl: Duration,
+        labels: &Labels<'_>,
+        now: Tick,
+    ) -> Result<Put> {
+        let t = &mut **t;
         if let Some(svc) = t.services.get_mut(service)
             && let Some(i) = svc.entries.find(&key)
         {
-            let (changed, queued) = svc.entries.renew(i, ttl, &labels, now);
+            let (changed, queued) = svc.entries.renew(i, ttl, labels, now);
             t.stats.renewals += 1;
             t.history.count(now, Event::Renewal, 1);
             if changed {
@@ -289,7 +321,7 @@ impl Registry {
                 let left = svc.entries.len();
                 svc.log
                     .push(t.counter, changelog::Kind::Changed, key.owned(), left);
-                svc.record(t.counter, Some(&opts.meta), &mut t.retired);
+                svc.record(t.counter, Some(labels.meta), &mut t.retired);
                 t.retired.extend(svc.invalidate());
                 announce(&mut t.changed, &svc.name);
             }
@@ -297,10 +329,10 @@ impl Registry {
             if queued && t.settle(service) {
                 self.inner.wake.notify_all();
             }
-            return Ok(PutOutcome {
-                ttl,
+            return Ok(Put {
                 index,
                 changed,
+                added: false,
             });
         }
         if t.entries >= self.inner.max_entries {
@@ -313,19 +345,148 @@ impl Registry {
         let index = t.add(
             service,
             key,
-            &opts.meta,
+            labels.meta,
             &self.inner.wake,
-            |entries, key| entries.insert(key, ttl, &labels, now),
+            |entries, key| entries.insert(key, ttl, labels, now),
         );
-        // Logged once the lock is released: a logger writes, and every
-        // heartbeat would wait for it.
-        drop(locked);
-        log::info!("registered {addr} in {}", ServiceName(service));
-        Ok(PutOutcome {
-            ttl,
+        Ok(Put {
             index,
             changed: true,
+            added: true,
         })
+    }
+
+    #[cfg(feature = "etcd")]
+    /// Applies a change a shared store (etcd, under `serve --etcd`) made
+    /// at `revision`: `Some` puts the entry with these labels, `None`
+    /// removes it. The entry never expires here, since the store decides
+    /// expiry for every front-end at once; and the change takes the
+    /// store's revision as its index (or the counter, if that is ahead), so
+    /// front-ends of one store agree on indexes. Returns whether the
+    /// listing changed; bad input changes nothing.
+    pub(crate) fn mirror(
+        &self,
+        revision: u64,
+        service: &str,
+        addr: &str,
+        labels: Option<(u32, &BTreeMap<String, String>, Status)>,
+    ) -> bool {
+        if validate_service(service).is_err() {
+            return false;
+        }
+        let Ok(key) = Key::checked(addr, false) else {
+            return false;
+        };
+        let now = self.inner.now();
+        let mut locked = self.locked(now);
+        // The change's own increment lands on the revision.
+        let target = locked.counter.max(revision);
+        locked.counter = target.saturating_sub(1);
+        let changed = match labels {
+            Some((weight, meta, status)) => {
+                let labels = Labels {
+                    weight: weight.clamp(1, MAX_WEIGHT),
+                    meta,
+                    status: Some(status),
+                };
+                self.put_locked(&mut locked, service, key, Duration::ZERO, &labels, now)
+                    .is_ok_and(|p| p.changed)
+            }
+            None => {
+                let removed = locked.remove(service, &key);
+                if removed {
+                    locked.stats.deregistrations += 1;
+                    locked.history.deregistered(service, addr, now);
+                }
+                removed
+            }
+        };
+        locked.counter = locked.counter.max(target);
+        changed
+    }
+
+    #[cfg(feature = "etcd")]
+    /// Moves the counter to the revision a shared store has reached, so
+    /// that a listing of a service absent here reports it.
+    pub(crate) fn mirror_reached(&self, revision: u64) {
+        let mut t = self.inner.table.lock();
+        t.counter = t.counter.max(revision);
+    }
+
+    #[cfg(feature = "etcd")]
+    /// Raises the index of `service` to `index` when a client shows an
+    /// index another front-end of the same store gave it, ahead of this
+    /// one's for an unchanged listing (it was loaded at a later revision
+    /// there, or saw a change this one saw as part of a reload). The store
+    /// has been followed past `index` (the caller made sure), so the
+    /// listing is the store's at `index`: saying so keeps every index a
+    /// client sees growing, whichever front-end it asks. Long-polls parked
+    /// below it are answered.
+    pub(crate) fn mirror_raise(&self, service: &str, index: u64) {
+        let now = self.inner.now();
+        let mut locked = self.locked(now);
+        let t = &mut *locked;
+        if let Some(svc) = t.services.get_mut(service)
+            && svc.index < index
+        {
+            svc.index = index;
+            t.retired.extend(svc.invalidate());
+            announce(&mut t.changed, &svc.name);
+        }
+        t.counter = t.counter.max(index);
+    }
+
+    #[cfg(feature = "etcd")]
+    /// Checks a put as [`put_with`](Registry::put_with) would, changing
+    /// nothing.
+    pub(crate) fn check_put(&self, service: &str, addr: &str, opts: &PutOptions) -> Result<()> {
+        validate_service(service)?;
+        Key::checked(addr, !self.inner.free_form_addresses)?;
+        opts.validate()
+    }
+
+    #[cfg(feature = "etcd")]
+    /// Whether `addr` in `service` has the labels `opts` asks for (a status
+    /// left out keeps the one in force); `None` when it is not there.
+    pub(crate) fn same_labels(&self, service: &str, addr: &str, opts: &PutOptions) -> Option<bool> {
+        let key = Key::checked(addr, false).ok()?;
+        let t = self.inner.table.lock();
+        let svc = t.services.get(service)?;
+        let e = svc.entries.view(svc.entries.find(&key)?);
+        Some(
+            e.weight() == opts.weight
+                && *e.meta() == opts.meta
+                && opts.status.is_none_or(|s| s == e.status()),
+        )
+    }
+
+    #[cfg(feature = "etcd")]
+    /// The weight, labels and status of `addr` in `service`, if it is there.
+    pub(crate) fn labels_of(
+        &self,
+        service: &str,
+        addr: &str,
+    ) -> Option<(u32, BTreeMap<String, String>, Status)> {
+        let key = Key::checked(addr, false).ok()?;
+        let t = self.inner.table.lock();
+        let svc = t.services.get(service)?;
+        let e = svc.entries.view(svc.entries.find(&key)?);
+        Some((e.weight(), e.meta().clone(), e.status()))
+    }
+
+    #[cfg(feature = "etcd")]
+    /// The most entries the table holds.
+    pub(crate) fn max_entries(&self) -> usize {
+        self.inner.max_entries
+    }
+
+    #[cfg(feature = "etcd")]
+    /// Counts a renewal that a front-end on a shared store kept to itself.
+    pub(crate) fn count_renewal(&self) {
+        let now = self.inner.now();
+        let mut t = self.inner.table.lock();
+        t.stats.renewals += 1;
+        t.history.count(now, Event::Renewal, 1);
     }
 
     /// Renews `addr` in `service` if it is registered, and only then:

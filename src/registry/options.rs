@@ -169,6 +169,17 @@ pub struct PutOutcome {
     pub changed: bool,
 }
 
+impl PutOutcome {
+    #[cfg(feature = "etcd")]
+    pub(crate) fn new(ttl: Duration, index: u64, changed: bool) -> PutOutcome {
+        PutOutcome {
+            ttl,
+            index,
+            changed,
+        }
+    }
+}
+
 /// Builds a [`Registry`] with non-default TTLs, limits or clock.
 #[derive(Clone)]
 #[must_use]

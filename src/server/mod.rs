@@ -9,6 +9,45 @@ mod pool;
 mod prom;
 mod refusals;
 mod route;
+#[cfg(feature = "etcd")]
+pub(crate) mod shared;
+#[cfg(not(feature = "etcd"))]
+pub(crate) mod shared {
+    //! Without the `etcd` feature there is no shared store: these types
+    //! have no values, so the routes' calls into them are never made.
+
+    use crate::error::Result;
+    use crate::registry::{PutOptions, PutOutcome};
+
+    #[derive(Debug)]
+    pub(crate) enum Inner {}
+
+    impl Inner {
+        pub(crate) fn degraded(&self) -> bool {
+            match *self {}
+        }
+        pub(crate) fn put(&self, _: &str, _: &str, _: &PutOptions) -> Result<PutOutcome> {
+            match *self {}
+        }
+        pub(crate) fn remove(&self, _: &str, _: &str) -> Result<bool> {
+            match *self {}
+        }
+        pub(crate) fn renew_existing(&self, _: &str, _: &str) -> Result<bool> {
+            match *self {}
+        }
+        pub(crate) fn catch_up(&self, _: &str, _: u64) {
+            match *self {}
+        }
+    }
+
+    pub(crate) enum Shared {}
+
+    impl Shared {
+        pub(crate) fn stop(&mut self) -> bool {
+            match *self {}
+        }
+    }
+}
 mod status;
 pub(crate) mod udp;
 mod watch;
@@ -64,6 +103,8 @@ pub struct RegistryServerBuilder {
     udp_advertised: Option<u16>,
     #[cfg(feature = "tls")]
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    #[cfg(feature = "etcd")]
+    etcd: Option<shared::SharedConfig>,
 }
 
 /// Where UDP renewals are received.
@@ -100,6 +141,51 @@ impl RegistryServerBuilder {
     /// HTTP's port number; turns UDP on. Defaults to HTTP's port number.
     pub fn udp_port(mut self, port: u16) -> Self {
         self.udp = Udp::Port(port);
+        self
+    }
+
+    /// Keeps the table in etcd, reached through the JSON gateway of
+    /// `endpoints` (e.g. `http://127.0.0.1:2379`, tried in turn), so that
+    /// every front-end on the same etcd and prefix serves one registry:
+    /// the same protocol, with registrations and changes written to etcd
+    /// and heartbeats that change nothing kept by the front-end that
+    /// receives them (docs/ETCD.md). The start fails when etcd cannot be
+    /// reached. Not with a snapshot (etcd keeps the state). Defaults to
+    /// none: the table is this server's own.
+    #[cfg(feature = "etcd")]
+    pub fn etcd(mut self, endpoints: &[&str]) -> Self {
+        let endpoints = endpoints.iter().map(|e| e.to_string()).collect();
+        let old = self.etcd.take();
+        let mut cfg = shared::SharedConfig::new(endpoints);
+        if let Some(old) = old {
+            cfg.prefix = old.prefix;
+            cfg.lease_ttl = old.lease_ttl;
+        }
+        self.etcd = Some(cfg);
+        self
+    }
+
+    /// The key prefix in etcd, that of the library's `EtcdRegistration` so
+    /// that each lists the other's entries. Defaults to `/regcenter`.
+    #[cfg(feature = "etcd")]
+    pub fn etcd_prefix(mut self, prefix: &str) -> Self {
+        let cfg = self
+            .etcd
+            .get_or_insert_with(|| shared::SharedConfig::new(Vec::new()));
+        cfg.prefix = prefix.to_string();
+        self
+    }
+
+    /// The TTL of this front-end's own lease in etcd (whole seconds, at
+    /// least 2): when it dies, the entries only it heard from are handed
+    /// to the others this long after, and deleted one TTL of theirs later
+    /// if nobody hears from them. Defaults to 3 s.
+    #[cfg(feature = "etcd")]
+    pub fn etcd_lease_ttl(mut self, ttl: Duration) -> Self {
+        let cfg = self
+            .etcd
+            .get_or_insert_with(|| shared::SharedConfig::new(Vec::new()));
+        cfg.lease_ttl = ttl;
         self
     }
 
@@ -325,6 +411,21 @@ impl RegistryServerBuilder {
         if let Some(path) = &self.snapshot {
             snapshot::check_path(path)?;
         }
+        #[cfg(feature = "etcd")]
+        if let Some(e) = &self.etcd {
+            if e.endpoints.is_empty() {
+                return Err(Error::config(
+                    "etcd",
+                    "no endpoint given; e.g. http://127.0.0.1:2379",
+                ));
+            }
+            if self.snapshot.is_some() {
+                return Err(Error::config(
+                    "snapshot",
+                    "not with etcd, which keeps the table; leave one of them out",
+                ));
+            }
+        }
         #[cfg(feature = "tls")]
         let identity = match &self.tls {
             Some((cert, key)) => Some(http::load_identity(cert, key)?),
@@ -377,6 +478,7 @@ impl RegistryServerBuilder {
             subscription: None,
             snapshot: None,
             udp: None,
+            shared: None,
             #[cfg(feature = "tls")]
             tls: None,
         };
@@ -393,6 +495,19 @@ impl RegistryServerBuilder {
                 format!("rc{port}-snap"),
             )?);
         }
+        #[cfg(feature = "etcd")]
+        if let Some(e) = self.etcd {
+            server.shared = Some(shared::Shared::start(
+                e,
+                registry.clone(),
+                server.url.clone(),
+                &format!("rc{port}"),
+            )?);
+        }
+        #[cfg(feature = "etcd")]
+        let shared = server.shared.as_ref().map(shared::Shared::inner);
+        #[cfg(not(feature = "etcd"))]
+        let shared = None;
         let health = server.snapshot.as_ref().map(snapshot::Writer::health);
         let metrics = Arc::new(Metrics::new(self.threads, health));
         let udp_bind = match self.udp {
@@ -407,6 +522,7 @@ impl RegistryServerBuilder {
                     at,
                     or_any,
                     registry.clone(),
+                    shared.clone(),
                     metrics.clone(),
                     token,
                     format!("rc{port}-udp"),
@@ -424,6 +540,7 @@ impl RegistryServerBuilder {
                 .udp
                 .as_ref()
                 .map(|u| self.udp_advertised.unwrap_or(u.port())),
+            shared,
         };
         // Each connection has at most one request in service, so the pool
         // never needs more threads than connections.
@@ -619,6 +736,8 @@ pub struct RegistryServer {
     subscription: Option<u64>,
     snapshot: Option<snapshot::Writer>,
     udp: Option<udp::UdpRenewals>,
+    /// The link to etcd of a front-end on it.
+    shared: Option<shared::Shared>,
     #[cfg(feature = "tls")]
     tls: Option<http::TlsFront>,
 }
@@ -642,6 +761,8 @@ impl RegistryServer {
             udp_advertised: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
     }
 
@@ -728,6 +849,10 @@ impl RegistryServer {
         ctx.refusals.finish();
         if let Some(mut u) = self.udp.take() {
             panicked |= u.stop();
+        }
+        // Nothing renews or writes any more: the claims can go.
+        if let Some(mut s) = self.shared.take() {
+            panicked |= s.stop();
         }
         if let Some(s) = self.sweeper.take() {
             panicked |= s.stop().is_err();

@@ -104,7 +104,7 @@ impl Response {
         self.with_header("Retry-After", secs.to_string())
     }
 
-    fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+    pub(crate) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self
     }
@@ -132,6 +132,9 @@ pub(crate) struct RouteConfig {
     pub(crate) local_ip: std::net::IpAddr,
     /// The port of UDP renewals, advertised in POST answers, when on.
     pub(crate) udp_port: Option<u16>,
+    /// The store shared with other front-ends (`serve --etcd`), which
+    /// takes every write; `None`: the table is this registry's own.
+    pub(crate) shared: Option<Arc<super::shared::Inner>>,
 }
 
 impl RouteConfig {
@@ -201,6 +204,11 @@ fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Outcome {
     let (path, query) = req.url.split_once('?').unwrap_or((&req.url, ""));
     if path == "/healthz" {
         return match req.method {
+            // Still 200: a load balancer keeps sending reads, which are
+            // served from the last state read (X-Myrpc-Degraded says so).
+            Method::Get | Method::Head if cfg.shared.as_ref().is_some_and(|s| s.degraded()) => {
+                Response::text(200, "degraded: etcd unreachable").into()
+            }
             Method::Get | Method::Head => Response::text(200, "ok").into(),
             _ => method_not_allowed("GET").into(),
         };
@@ -224,9 +232,9 @@ fn route(reg: &Registry, cfg: &RouteConfig, req: &Request) -> Outcome {
         return r.into();
     }
     match req.method {
-        Method::Get | Method::Head => list(reg, service, query, req.header("Accept")),
-        Method::Post => register(reg, service, req, cfg.udp_port).into(),
-        Method::Delete => deregister(reg, service, req).into(),
+        Method::Get | Method::Head => list(reg, cfg, service, query, req.header("Accept")),
+        Method::Post => register(reg, cfg, service, req).into(),
+        Method::Delete => deregister(reg, cfg, service, req).into(),
         Method::Other(_) => method_not_allowed("GET, POST, DELETE").into(),
     }
 }
@@ -325,7 +333,13 @@ impl From<Response> for Outcome {
     }
 }
 
-fn list(reg: &Registry, service: &str, query: &str, accept: Option<&str>) -> Outcome {
+fn list(
+    reg: &Registry,
+    cfg: &RouteConfig,
+    service: &str,
+    query: &str,
+    accept: Option<&str>,
+) -> Outcome {
     let mut format = if accept.is_some_and(|a| a.contains("application/json")) {
         Format::Json
     } else {
@@ -409,6 +423,13 @@ fn list(reg: &Registry, service: &str, query: &str, accept: Option<&str>) -> Out
     }
     if let Some(index) = index {
         let wait = wait.unwrap_or(DEFAULT_WAIT);
+        // An index from another front-end of the same store may be ahead
+        // of this one's.
+        if let Some(shared) = &cfg.shared
+            && filter.is_empty()
+        {
+            shared.catch_up(service, index);
+        }
         // Answer at once when the listing moved past the index, when the
         // index is from before a restart (beyond the counter), or when the
         // client asked not to wait.
@@ -702,7 +723,7 @@ fn put_options(req: &Request) -> Result<PutOptions, Response> {
     Ok(opts)
 }
 
-fn register(reg: &Registry, service: &str, req: &Request, udp: Option<u16>) -> Response {
+fn register(reg: &Registry, cfg: &RouteConfig, service: &str, req: &Request) -> Response {
     let addr = match required_addr(req) {
         Ok(a) => a,
         Err(r) => return r,
@@ -711,36 +732,52 @@ fn register(reg: &Registry, service: &str, req: &Request, udp: Option<u16>) -> R
         Ok(o) => o,
         Err(r) => return r,
     };
-    match reg.put_with(service, addr, &opts) {
+    let put = match &cfg.shared {
+        Some(shared) => shared.put(service, addr, &opts),
+        None => reg.put_with(service, addr, &opts),
+    };
+    match put {
         Ok(put) => {
             let r = Response::empty(200)
                 .with_header(HEADER_TTL, format_duration(put.ttl))
                 .with_header(HEADER_INDEX, put.index.to_string());
-            match udp {
+            match cfg.udp_port {
                 // Renew by datagram from now on (`udp.rs`).
                 Some(port) => r.with_header(HEADER_UDP, port.to_string()),
                 None => r,
             }
         }
-        Err(e @ Error::Full { .. }) => {
-            Response::text(503, e.to_string()).with_header("Retry-After", "5")
-        }
-        Err(e) => Response::text(400, e.to_string()),
+        Err(e) => refused(e),
     }
 }
 
-fn deregister(reg: &Registry, service: &str, req: &Request) -> Response {
+/// The answer to a write that failed: 503 when it may succeed later (the
+/// registry is full, or its store cannot be reached), else 400.
+fn refused(e: Error) -> Response {
+    match e {
+        Error::Full { .. } | Error::Unreachable { .. } | Error::Status { .. } => {
+            Response::text(503, e.to_string()).with_header("Retry-After", "5")
+        }
+        e => Response::text(400, e.to_string()),
+    }
+}
+
+fn deregister(reg: &Registry, cfg: &RouteConfig, service: &str, req: &Request) -> Response {
     let addr = match required_addr(req) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    match reg.remove(service, addr) {
+    let removed = match &cfg.shared {
+        Some(shared) => shared.remove(service, addr),
+        None => reg.remove(service, addr),
+    };
+    match removed {
         Ok(true) => Response::text(200, "removed"),
         Ok(false) => Response::text(
             404,
             format!("{} is not registered in service {service:?}", clip(addr)),
         ),
-        Err(e) => Response::text(400, e.to_string()),
+        Err(e) => refused(e),
     }
 }
 
@@ -755,6 +792,7 @@ mod tests {
             protect_reads: false,
             local_ip: [127, 0, 0, 1].into(),
             udp_port: None,
+            shared: None,
         }
     }
 

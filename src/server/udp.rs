@@ -197,6 +197,8 @@ fn parse(d: &[u8]) -> Option<Renewal<'_>> {
 /// The receiving side: checks, renews, answers, counts.
 struct Receiver {
     registry: Registry,
+    /// The store shared with other front-ends, which renews instead.
+    shared: Option<Arc<super::shared::Inner>>,
     metrics: Arc<Metrics>,
     token: Option<Vec<u8>>,
     /// The last stamp accepted per entry (service, NUL, address), kept
@@ -241,7 +243,11 @@ impl Receiver {
                 return Some(Code::Refused).filter(|_| self.may_refuse());
             }
         }
-        match self.registry.renew_existing(r.service, r.addr) {
+        let renewed = match &self.shared {
+            Some(shared) => shared.renew_existing(r.service, r.addr),
+            None => self.registry.renew_existing(r.service, r.addr),
+        };
+        match renewed {
             Ok(true) => {
                 c.udp_renewed.fetch_add(1, Ordering::Relaxed);
                 Some(Code::Renewed)
@@ -304,6 +310,7 @@ impl UdpRenewals {
         bind: SocketAddr,
         or_any: bool,
         registry: Registry,
+        shared: Option<Arc<super::shared::Inner>>,
         metrics: Arc<Metrics>,
         token: Option<Vec<u8>>,
         name: String,
@@ -319,6 +326,7 @@ impl UdpRenewals {
         let flag = stop.clone();
         let mut rx = Receiver {
             registry,
+            shared,
             metrics,
             token,
             last: HashMap::new(),

@@ -469,6 +469,12 @@ fn write(
 ) {
     let status = resp.status;
     let peer = rq.peer();
+    let resp = match &ctx.cfg.shared {
+        Some(shared) if shared.degraded() => {
+            resp.with_header(crate::protocol::HEADER_DEGRADED, "etcd unreachable")
+        }
+        _ => resp,
+    };
     // The request's target is copied only for the line that shows it.
     let url = log::log_enabled!(log::Level::Debug).then(|| rq.request().url);
     if let Some(peer) = peer {
