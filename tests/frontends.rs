@@ -496,3 +496,68 @@ fn serve_with_etcd_refuses_bad_settings_and_an_unreachable_etcd() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("127.0.0.1:9"), "{err}");
 }
+
+#[test]
+fn after_etcd_loses_its_data_front_ends_put_back_what_beats_and_follow_again() {
+    let Some(mut e) = etcd::start() else { return };
+    let a = front(&e, Duration::from_secs(60));
+    let at = a.local_addr();
+    for n in 1..=5 {
+        assert_eq!(post(at, &format!("tcp@127.0.0.1:700{n}"), &[]).status, 200);
+    }
+    let before = listing(at).0;
+    e.restart(true);
+    // The server keeps beating here: it is put back into the new etcd.
+    wait_until("the entry put back into etcd", Duration::from_secs(15), || {
+        assert_eq!(post(at, "tcp@127.0.0.1:7001", &[]).status, 200);
+        e.range("/regcenter/").iter().any(|(k, _)| k.ends_with("7001"))
+    });
+    // And what others register through the new etcd is followed.
+    let lib = EtcdRegistration::builder(&[&e.url()], "tcp@127.0.0.1:7100")
+        .start()
+        .unwrap();
+    wait_until("a registration in the new etcd", Duration::from_secs(10), || {
+        listing(at).1.contains(&"tcp@127.0.0.1:7100".to_string())
+    });
+    assert!(listing(at).0 >= before, "indexes do not go back");
+    lib.stop().unwrap();
+    a.shutdown().unwrap();
+}
+
+#[test]
+fn a_watch_whose_history_was_compacted_reads_the_table_again() {
+    use crate::common::proxy::{Fault, Proxy};
+    let Some(e) = etcd::start() else { return };
+    let member: SocketAddr = e.url().trim_start_matches("http://").parse().unwrap();
+    let proxy = Proxy::start(member);
+    let a = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .ttl(Duration::from_secs(60))
+        .threads(2)
+        .etcd(&[&format!("http://{}", proxy.addr())])
+        .start()
+        .unwrap();
+    let at = a.local_addr();
+    assert_eq!(post(at, "tcp@127.0.0.1:7001", &[]).status, 200);
+    // The front-end is cut off; meanwhile the table changes and etcd's
+    // history is compacted past what it applied.
+    proxy.set(Fault::Stall);
+    wait_until("the front-end to notice", Duration::from_secs(10), || {
+        raw(at, "GET", PATH, &[]).header("X-Myrpc-Degraded").is_some()
+    });
+    let lib = EtcdRegistration::builder(&[&e.url()], "tcp@127.0.0.1:7100")
+        .ttl(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    let gone = EtcdRegistration::builder(&[&e.url()], "tcp@127.0.0.1:7101")
+        .start()
+        .unwrap();
+    gone.stop().unwrap();
+    e.compact(e.revision());
+    proxy.set(Fault::Pass);
+    wait_until("the change at the front-end", Duration::from_secs(20), || {
+        listing(at).1 == ["tcp@127.0.0.1:7001", "tcp@127.0.0.1:7100"]
+    });
+    lib.stop().unwrap();
+    a.shutdown().unwrap();
+}

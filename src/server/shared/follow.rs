@@ -34,8 +34,9 @@ pub(super) fn run(s: &Inner) {
     let mut backoff = Duration::from_millis(50);
     let mut failing = false;
     while !s.stopping.load(Ordering::SeqCst) {
-        let attempt = if relist {
-            s.relist().map(|_| End::Again)
+        let lost = s.data_lost.swap(false, Ordering::SeqCst);
+        let attempt = if relist || lost {
+            s.relist(lost).map(|_| End::Again)
         } else {
             watch(s, endpoint)
         };
@@ -57,6 +58,9 @@ pub(super) fn run(s: &Inner) {
             Err(e) => {
                 if s.stopping.load(Ordering::SeqCst) {
                     return;
+                }
+                if lost {
+                    s.data_lost.store(true, Ordering::SeqCst);
                 }
                 if !failing {
                     log::warn!("following etcd failed: {e}; retrying on the next endpoint");

@@ -136,6 +136,9 @@ pub(crate) struct Inner {
     applied_moved: Condvar,
     degraded: AtomicBool,
     stopping: AtomicBool,
+    /// Set when etcd's revision went back: the watch gives way to a fresh
+    /// range.
+    data_lost: AtomicBool,
     /// Wakes the keeper early (a claim to write, or the stop).
     keeper_wake: Condvar,
     keeper_lock: Mutex<bool>,
@@ -178,12 +181,13 @@ impl Shared {
             applied_moved: Condvar::new(),
             degraded: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            data_lost: AtomicBool::new(false),
             keeper_wake: Condvar::new(),
             keeper_lock: Mutex::new(false),
             watch_agent: Mutex::new(None),
         });
         inner.grant()?;
-        inner.relist()?;
+        inner.relist(false)?;
         // Its listings are etcd's: complete from the start.
         inner.mirror.recovered();
         let mut shared = Shared {
@@ -434,7 +438,7 @@ impl Inner {
         if index <= self.mirror.index(service) {
             return;
         }
-        if self.wait_applied(index, ECHO_WAIT) || self.relist().is_ok_and(|r| r >= index) {
+        if self.wait_applied(index, ECHO_WAIT) || self.relist(false).is_ok_and(|r| r >= index) {
             self.mirror.mirror_raise(service, index);
         }
     }
@@ -480,9 +484,11 @@ impl Inner {
         Ok(id)
     }
 
-    /// Reads the whole table from etcd into the mirror (at start, and when
-    /// the watch's history was compacted away). Returns the revision read.
-    fn relist(&self) -> Result<u64> {
+    /// Reads the whole table from etcd into the mirror (at start, when the
+    /// watch's history was compacted away, and when `lost`: etcd lost its
+    /// data and its revision went back). Returns the revision the mirror
+    /// reflects.
+    fn relist(&self, lost: bool) -> Result<u64> {
         let (from, to) = self.layout.range();
         let v = self.etcd.call(
             "/v3/kv/range",
@@ -510,10 +516,15 @@ impl Inner {
         }
         let mut st = self.state.lock();
         if rev < st.applied {
+            if !lost {
+                // The watch applied newer changes while this was read.
+                return Ok(st.applied);
+            }
             log::warn!(
                 "etcd's revision went back from {} to {rev}: it lost its data; serving what it has now",
                 st.applied
             );
+            st.applied = rev;
         }
         let now = Instant::now();
         let mirror = &self.mirror;
@@ -543,7 +554,7 @@ impl Inner {
         st.known = entries;
         st.claims = claims;
         st.applied = st.applied.max(rev);
-        mirror.mirror_reached(rev);
+        mirror.mirror_reached(st.applied);
         drop(st);
         self.applied_moved.notify_all();
         Ok(rev)
@@ -700,7 +711,10 @@ impl Inner {
         };
         match self.etcd.call("/v3/lease/keepalive", &json!({ "ID": id })) {
             // A lease gone is answered without a TTL (CRATE-NOTES §4.3).
-            Ok(v) if int(&v["result"]["TTL"]).is_some_and(|t| t > 0) => true,
+            Ok(v) if int(&v["result"]["TTL"]).is_some_and(|t| t > 0) => {
+                self.check_revision(int(&v["result"]["header"]["revision"]));
+                true
+            }
             Ok(_) => {
                 log::warn!(
                     "this front-end's etcd lease expired; claiming its entries again under a new one"
@@ -708,6 +722,19 @@ impl Inner {
                 self.grant().is_ok()
             }
             Err(_) => false,
+        }
+    }
+
+    /// etcd's revision below the one applied means etcd lost its data and
+    /// started again: a watch resumed at the old revision would wait for
+    /// it in silence (CRATE-NOTES §4.5), so the table is read again.
+    fn check_revision(&self, now: Option<u64>) {
+        let Some(now) = now else { return };
+        if now < self.state.lock().applied {
+            self.data_lost.store(true, Ordering::SeqCst);
+            if let Some(a) = self.watch_agent.lock().take() {
+                a.shutdown();
+            }
         }
     }
 
