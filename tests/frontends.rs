@@ -508,17 +508,25 @@ fn after_etcd_loses_its_data_front_ends_put_back_what_beats_and_follow_again() {
     let before = listing(at).0;
     e.restart(true);
     // The server keeps beating here: it is put back into the new etcd.
-    wait_until("the entry put back into etcd", Duration::from_secs(15), || {
-        assert_eq!(post(at, "tcp@127.0.0.1:7001", &[]).status, 200);
-        e.range("/regcenter/").iter().any(|(k, _)| k.ends_with("7001"))
-    });
+    wait_until(
+        "the entry put back into etcd",
+        Duration::from_secs(15),
+        || {
+            assert_eq!(post(at, "tcp@127.0.0.1:7001", &[]).status, 200);
+            e.range("/regcenter/")
+                .iter()
+                .any(|(k, _)| k.ends_with("7001"))
+        },
+    );
     // And what others register through the new etcd is followed.
     let lib = EtcdRegistration::builder(&[&e.url()], "tcp@127.0.0.1:7100")
         .start()
         .unwrap();
-    wait_until("a registration in the new etcd", Duration::from_secs(10), || {
-        listing(at).1.contains(&"tcp@127.0.0.1:7100".to_string())
-    });
+    wait_until(
+        "a registration in the new etcd",
+        Duration::from_secs(10),
+        || listing(at).1.contains(&"tcp@127.0.0.1:7100".to_string()),
+    );
     assert!(listing(at).0 >= before, "indexes do not go back");
     lib.stop().unwrap();
     a.shutdown().unwrap();
@@ -543,7 +551,9 @@ fn a_watch_whose_history_was_compacted_reads_the_table_again() {
     // history is compacted past what it applied.
     proxy.set(Fault::Stall);
     wait_until("the front-end to notice", Duration::from_secs(10), || {
-        raw(at, "GET", PATH, &[]).header("X-Myrpc-Degraded").is_some()
+        raw(at, "GET", PATH, &[])
+            .header("X-Myrpc-Degraded")
+            .is_some()
     });
     let lib = EtcdRegistration::builder(&[&e.url()], "tcp@127.0.0.1:7100")
         .ttl(Duration::from_secs(60))
@@ -555,9 +565,63 @@ fn a_watch_whose_history_was_compacted_reads_the_table_again() {
     gone.stop().unwrap();
     e.compact(e.revision());
     proxy.set(Fault::Pass);
-    wait_until("the change at the front-end", Duration::from_secs(20), || {
-        listing(at).1 == ["tcp@127.0.0.1:7001", "tcp@127.0.0.1:7100"]
-    });
+    wait_until(
+        "the change at the front-end",
+        Duration::from_secs(20),
+        || listing(at).1 == ["tcp@127.0.0.1:7001", "tcp@127.0.0.1:7100"],
+    );
     lib.stop().unwrap();
     a.shutdown().unwrap();
+}
+
+#[test]
+fn register_with_also_beats_to_every_front_end() {
+    let Some(e) = etcd::start() else { return };
+    let (a, b) = (
+        front(&e, Duration::from_secs(3)),
+        front(&e, Duration::from_secs(3)),
+    );
+    let mut sidecar = Process::spawn(
+        &[
+            "register",
+            "--addr",
+            "tcp@127.0.0.1:7001",
+            "--registry",
+            a.url(),
+            "--also",
+            b.url(),
+        ],
+        &[],
+    );
+    // Each front-end hears it: each writes its claim.
+    wait_until(
+        "a claim from each front-end",
+        Duration::from_secs(10),
+        || e.range("/regcenter.claims/").len() == 2,
+    );
+    assert_eq!(listing(b.local_addr()).1, ["tcp@127.0.0.1:7001"]);
+    sidecar.signal(libc::SIGTERM);
+    assert!(sidecar.wait(Duration::from_secs(10)).success());
+    wait_until(
+        "the deregistration everywhere",
+        Duration::from_secs(5),
+        || listing(a.local_addr()).1.is_empty() && listing(b.local_addr()).1.is_empty(),
+    );
+    let out = crate::common::process::regcenter(&[
+        "register",
+        "--addr",
+        "tcp@127.0.0.1:7001",
+        "--etcd",
+        &e.url(),
+        "--also",
+        a.url(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
 }

@@ -441,6 +441,14 @@ impl Args {
         }
     }
 
+    /// Every value of a repeatable text flag, in order.
+    fn texts<'a>(&'a self, flag: &'a Flag) -> impl Iterator<Item = &'a str> {
+        self.given.iter().filter_map(move |(name, v)| match v {
+            Value::Text(t) if *name == flag.name => Some(t.as_str()),
+            _ => None,
+        })
+    }
+
     /// Every `key=value` of a repeatable flag, in order.
     fn pairs<'a>(&'a self, flag: &'a Flag) -> impl Iterator<Item = (&'a str, &'a str)> {
         self.given.iter().filter_map(move |(name, v)| match v {

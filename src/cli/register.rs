@@ -12,7 +12,7 @@ pub(super) const COMMAND: Command = Command {
     name: "register",
     synopsis: "--addr ADDR [options]",
     flags: &[
-        ADDR, REGISTRY, SERVICE, PERIOD, TTL, WEIGHT, META, TOKEN_FILE, CA_FILE, ETCD,
+        ADDR, REGISTRY, ALSO, SERVICE, PERIOD, TTL, WEIGHT, META, TOKEN_FILE, CA_FILE, ETCD,
     ],
     notes: "",
     run,
@@ -23,6 +23,13 @@ const ADDR: Flag = Flag::new(
     Kind::Text,
     "ADDR",
     "the address to keep registered, e.g. tcp@127.0.0.1:7001",
+);
+const ALSO: Flag = Flag::new(
+    "also",
+    Kind::Text,
+    "URL",
+    "beat to this registry too (another front-end of the\n\
+     same etcd, or a second registry); repeat for more",
 );
 const PERIOD: Flag = Flag::new(
     "period",
@@ -84,9 +91,17 @@ fn run(a: Args) -> Result<(), Failure> {
     if let Some(list) = a.text(&ETCD) {
         // An etcd registration sends no bearer token: `--token-file` does
         // not apply to it.
+        if a.given(&ALSO) {
+            return Err(Failure::Usage(
+                "--also is for registries; with --etcd the endpoints are one cluster".into(),
+            ));
+        }
         return register_etcd(list, addr, &a, signals);
     }
     let mut builder = announce_options!(Heartbeat::builder(a.registry(), addr), a);
+    for url in a.texts(&ALSO) {
+        builder = builder.also(url);
+    }
     if let Some(t) = token {
         builder = builder.token(t);
     }
