@@ -427,6 +427,7 @@ fn with_etcd_unreachable_reads_go_on_degraded_and_registrations_wait() {
     });
     assert_eq!(listing(at).1, ["tcp@127.0.0.1:7001", "tcp@127.0.0.1:7002"]);
     assert_eq!(raw(at, "GET", "/healthz", &[]).text().trim(), "ok");
+    assert!(raw(at, "GET", "/metrics", &[]).text().contains("\nregcenter_etcd_up 1\n"));
     // The entry it kept renewing was claimed again under its new lease.
     wait_until("the claim written again", Duration::from_secs(10), || {
         e.range("/regcenter.claims/").len() == 2

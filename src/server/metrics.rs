@@ -77,6 +77,18 @@ pub(crate) struct Metrics {
     snapshot: Option<Arc<Health>>,
 }
 
+/// The families of a front-end on etcd (`serve --etcd`).
+pub(crate) fn render_etcd(out: &mut String, degraded: bool, revision: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP regcenter_etcd_up 1 while etcd answers this front-end, 0 while it serves its last state (degraded).\n\
+         # TYPE regcenter_etcd_up gauge\nregcenter_etcd_up {}\n\
+         # HELP regcenter_etcd_revision The etcd revision this front-end's listings reflect.\n\
+         # TYPE regcenter_etcd_revision gauge\nregcenter_etcd_revision {revision}",
+        u8::from(!degraded)
+    );
+}
+
 impl Metrics {
     pub(crate) fn new(workers: usize, snapshot: Option<Arc<Health>>) -> Metrics {
         Metrics {

@@ -38,6 +38,9 @@ pub(crate) mod shared {
         pub(crate) fn catch_up(&self, _: &str, _: u64) {
             match *self {}
         }
+        pub(crate) fn applied(&self) -> u64 {
+            match *self {}
+        }
     }
 
     pub(crate) enum Shared {}

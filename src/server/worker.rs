@@ -527,9 +527,12 @@ fn operations(ctx: &Ctx, req: &Request) -> Option<Response> {
         return Some(r);
     }
     Some(if path == "/metrics" {
-        let body = ctx
+        let mut body = ctx
             .metrics
             .render(&ctx.registry, ctx.watchers.len(), ctx.front.rebuilds());
+        if let Some(shared) = &ctx.cfg.shared {
+            super::metrics::render_etcd(&mut body, shared.degraded(), shared.applied());
+        }
         Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", body)
     } else {
         let body = super::status::status_page(&ctx.registry, &ctx.url);

@@ -271,6 +271,11 @@ fn put(key: &str, value: &str, lease: Option<&str>) -> Value {
 }
 
 impl Inner {
+    /// The revision the mirror reflects.
+    pub(crate) fn applied(&self) -> u64 {
+        self.state.lock().applied
+    }
+
     /// Whether etcd could not be reached at the last try.
     pub(crate) fn degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
