@@ -427,7 +427,11 @@ fn with_etcd_unreachable_reads_go_on_degraded_and_registrations_wait() {
     });
     assert_eq!(listing(at).1, ["tcp@127.0.0.1:7001", "tcp@127.0.0.1:7002"]);
     assert_eq!(raw(at, "GET", "/healthz", &[]).text().trim(), "ok");
-    assert!(raw(at, "GET", "/metrics", &[]).text().contains("\nregcenter_etcd_up 1\n"));
+    assert!(
+        raw(at, "GET", "/metrics", &[])
+            .text()
+            .contains("\nregcenter_etcd_up 1\n")
+    );
     // The entry it kept renewing was claimed again under its new lease.
     wait_until("the claim written again", Duration::from_secs(10), || {
         e.range("/regcenter.claims/").len() == 2
@@ -623,6 +627,62 @@ fn register_with_also_beats_to_every_front_end() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_heartbeat_renews_over_udp_and_drains_through_front_ends() {
+    let Some(e) = etcd::start() else { return };
+    let (a, b) = (
+        front(&e, Duration::from_secs(60)),
+        front(&e, Duration::from_secs(60)),
+    );
+    let hb = regcenter::Heartbeat::builder(a.url(), "tcp@127.0.0.1:7001")
+        .also(b.url())
+        .ttl(Duration::from_secs(1))
+        .start()
+        .unwrap();
+    let udp_renewed = |s: &RegistryServer| -> u64 {
+        let m = raw(s.local_addr(), "GET", "/metrics", &[]).text();
+        m.lines()
+            .find_map(|l| l.strip_prefix("regcenter_udp_datagrams_total{result=\"renewed\"} "))
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    wait_until(
+        "UDP renewals at both front-ends",
+        Duration::from_secs(10),
+        || udp_renewed(&a) >= 2 && udp_renewed(&b) >= 2,
+    );
+    let before = e.revision();
+    let beats = hb.beats();
+    wait_until("six more beats", Duration::from_secs(10), || {
+        hb.beats() >= beats + 6
+    });
+    assert_eq!(e.revision(), before, "UDP renewals wrote to etcd");
+    // A drain is a change: written once, served by every front-end.
+    hb.drain().unwrap();
+    for s in [&a, &b] {
+        let json = raw(s.local_addr(), "GET", &format!("{PATH}?format=json"), &[]).json();
+        assert_eq!(json["servers"][0]["status"], "draining", "{json}");
+        assert_eq!(
+            raw(s.local_addr(), "GET", PATH, &[]).header("X-Myrpc-Servers"),
+            Some("")
+        );
+    }
+    let drained = e.revision();
+    let beats = hb.beats();
+    wait_until("six beats while draining", Duration::from_secs(10), || {
+        hb.beats() >= beats + 6
+    });
+    assert_eq!(
+        e.revision(),
+        drained,
+        "beats keep the drain without writing it again"
+    );
+    hb.stop().unwrap();
+    assert!(listing(b.local_addr()).1.is_empty());
+    assert!(e.range("/regcenter").is_empty());
     a.shutdown().unwrap();
     b.shutdown().unwrap();
 }
