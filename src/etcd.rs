@@ -104,6 +104,12 @@ impl Etcd {
         &self.endpoints
     }
 
+    /// The place in [`endpoints`](Etcd::endpoints) of the one that
+    /// answered last.
+    pub(crate) fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.endpoints.len()
+    }
+
     pub(crate) fn endpoint(&self) -> &str {
         &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
     }

@@ -686,3 +686,42 @@ fn a_heartbeat_renews_over_udp_and_drains_through_front_ends() {
     a.shutdown().unwrap();
     b.shutdown().unwrap();
 }
+
+#[test]
+fn a_paused_etcd_member_is_left_for_the_others() {
+    let Some(e) = Cluster::start(3) else { return };
+    let (a, b) = (
+        front(&e, Duration::from_secs(60)),
+        front(&e, Duration::from_secs(60)),
+    );
+    assert_eq!(post(a.local_addr(), "tcp@127.0.0.1:7001", &[]).status, 200);
+    // The member both front-ends call and watch first stops answering,
+    // without closing a connection.
+    e.pause_member(0, true);
+    let paused = Instant::now();
+    let mut took = Vec::new();
+    for n in 2..5 {
+        let addr = format!("tcp@127.0.0.1:700{n}");
+        let t = Instant::now();
+        let r = post(a.local_addr(), &addr, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        wait_until(
+            "the other front-end to list it",
+            Duration::from_secs(15),
+            || listing(b.local_addr()).1.contains(&addr),
+        );
+        took.push(t.elapsed());
+    }
+    eprintln!(
+        "with the first etcd member paused: registered and listed at the other front-end in {took:?} ({:?} after the pause)",
+        paused.elapsed()
+    );
+    assert!(
+        raw(b.local_addr(), "GET", PATH, &[])
+            .header("X-Myrpc-Degraded")
+            .is_none()
+    );
+    e.pause_member(0, false);
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}

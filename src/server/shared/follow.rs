@@ -29,16 +29,16 @@ enum End {
 }
 
 pub(super) fn run(s: &Inner) {
-    let mut endpoint = 0usize;
     let mut relist = false;
     let mut backoff = Duration::from_millis(50);
     let mut failing = false;
     while !s.stopping.load(Ordering::SeqCst) {
         let lost = s.data_lost.swap(false, Ordering::SeqCst);
+        let used = s.watch_endpoint.load(Ordering::SeqCst);
         let attempt = if relist || lost {
             s.relist(lost).map(|_| End::Again)
         } else {
-            watch(s, endpoint)
+            watch(s, used)
         };
         match attempt {
             Ok(End::Compacted) => {
@@ -66,7 +66,13 @@ pub(super) fn run(s: &Inner) {
                     log::warn!("following etcd failed: {e}; retrying on the next endpoint");
                     failing = true;
                 }
-                endpoint = endpoint.wrapping_add(1);
+                // Unless the keeper moved it meanwhile, to one that answers.
+                let _ = s.watch_endpoint.compare_exchange(
+                    used,
+                    used.wrapping_add(1),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
             }
         }
         // Slept on the keeper's condition, so a stop ends it at once.

@@ -26,7 +26,7 @@ mod keys;
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     keeper_lock: Mutex<bool>,
     /// The agent of the watch in progress: shut down to interrupt it.
     watch_agent: Mutex<Option<ureq::Agent>>,
+    /// The endpoint the watch uses (modulo their number).
+    watch_endpoint: AtomicUsize,
 }
 
 /// A front-end's link to etcd: [`Inner`] for the routes, and the threads.
@@ -185,6 +187,7 @@ impl Shared {
             keeper_wake: Condvar::new(),
             keeper_lock: Mutex::new(false),
             watch_agent: Mutex::new(None),
+            watch_endpoint: AtomicUsize::new(0),
         });
         inner.grant()?;
         inner.relist(false)?;
@@ -684,6 +687,9 @@ impl Inner {
             }
             if Instant::now() >= next_keepalive {
                 let ok = self.keep_alive();
+                if ok {
+                    self.follow_the_answering_endpoint();
+                }
                 if ok == failing {
                     failing = !ok;
                     self.degraded.store(failing, Ordering::Relaxed);
@@ -727,6 +733,21 @@ impl Inner {
                 self.grant().is_ok()
             }
             Err(_) => false,
+        }
+    }
+
+    /// Moves the watch to the endpoint that answered the keeper, when it
+    /// is elsewhere: a member that stopped answering (paused, or cut off
+    /// by a network that drops packets) keeps a watch silent, not broken,
+    /// and the keeper's calls find that out first.
+    fn follow_the_answering_endpoint(&self) {
+        let good = self.etcd.current();
+        let n = self.etcd.endpoints().len();
+        if self.watch_endpoint.load(Ordering::SeqCst) % n != good {
+            self.watch_endpoint.store(good, Ordering::SeqCst);
+            if let Some(a) = self.watch_agent.lock().take() {
+                a.shutdown();
+            }
         }
     }
 
