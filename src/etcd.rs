@@ -10,7 +10,7 @@
 //! when its lease expires.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,9 @@ use crate::rand::jitter;
 pub const DEFAULT_PREFIX: &str = "/regcenter";
 /// TTL of a registration that asks for none (etcd grants at least 2 s).
 const DEFAULT_TTL: Duration = Duration::from_secs(5);
+/// The oldest etcd whose JSON gateway serves `/v3/` (3.3 serves only
+/// `/v3beta/`, where every call here would fail as not found).
+const LEAST_VERSION: (u64, u64) = (3, 4);
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -99,10 +102,6 @@ impl Etcd {
         format!("etcd {}", self.endpoints.join(","))
     }
 
-    fn endpoint(&self) -> &str {
-        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
-    }
-
     /// One unary call, to each endpoint in turn until one answers.
     pub(crate) fn call(&self, path: &str, body: &Value) -> Result<Value> {
         let n = self.endpoints.len();
@@ -129,6 +128,15 @@ impl Etcd {
             .post(url)
             .header("Content-Type", "application/json")
             .send(body.to_string());
+        self.answer(url, reply)
+    }
+
+    /// The JSON of an answer, or the error it says.
+    fn answer(
+        &self,
+        url: &str,
+        reply: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value> {
         let mut resp = reply.map_err(|e| Error::Unreachable {
             url: url.to_string(),
             source: Box::new(e),
@@ -159,6 +167,227 @@ impl Etcd {
                 v["code"]
             ),
         })
+    }
+
+    /// Asks the endpoints in turn for etcd's version (`GET /version`) and
+    /// refuses one older than 3.4, whose gateway has no `/v3/` API.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the version found and the one
+    /// needed; [`Error::Unreachable`], [`Error::Status`] or
+    /// [`Error::BadResponse`] when no endpoint answers it.
+    pub(crate) fn check_version(&self) -> Result<()> {
+        let n = self.endpoints.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let url = format!("{}/version", self.endpoints[i]);
+            match self.answer(&url, self.agent.get(&url).call()) {
+                Ok(v) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return check_version(&url, &v);
+                }
+                Err(e) if e.is_transient() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one endpoint"))
+    }
+
+    /// Opens a watch stream through the gateway, on the endpoint in use
+    /// first and on each other in turn while they cannot be reached: the
+    /// body `{"create_request": create}`, the stream kept at most `wait`
+    /// (its whole body) and its answer awaited as long as `agent` waits for
+    /// any answer. Use an agent of its own, whose `shutdown` interrupts it.
+    ///
+    /// The watch asks for a leader (`Grpc-Metadata-hasleader: true`): a
+    /// member that loses quorum ends it with an error object, where
+    /// without the header it keeps it open and silent however the
+    /// majority's data changes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unreachable`] or [`Error::Status`] when no endpoint opens it.
+    pub(crate) fn watch(
+        &self,
+        agent: &ureq::Agent,
+        create: &Value,
+        wait: Duration,
+    ) -> Result<WatchStream> {
+        let body = json!({ "create_request": create }).to_string();
+        let n = self.endpoints.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let url = format!("{}/v3/watch", self.endpoints[i]);
+            let reply = agent
+                .post(&url)
+                .config()
+                .timeout_recv_body(Some(wait))
+                .build()
+                .header("Content-Type", "application/json")
+                .header("Grpc-Metadata-hasleader", "true")
+                .send(body.as_str());
+            let result = match reply {
+                Ok(resp) if resp.status().is_success() => Ok(resp),
+                Ok(resp) => self.answer(&url, Ok(resp)).and_then(|v| {
+                    Err(Error::BadResponse {
+                        url: url.clone(),
+                        reason: format!("etcd refused the watch: {v}"),
+                    })
+                }),
+                Err(e) => Err(Error::Unreachable {
+                    url: url.clone(),
+                    source: Box::new(e),
+                }),
+            };
+            match result {
+                Ok(resp) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(WatchStream {
+                        lines: std::io::BufRead::lines(std::io::BufReader::new(
+                            resp.into_body().into_reader(),
+                        )),
+                        url,
+                        endpoint: i,
+                    });
+                }
+                Err(e) if e.is_transient() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one endpoint"))
+    }
+
+    /// Moves off endpoint `i` if it is the one in use: it answered, but
+    /// badly (a watch stream it ended with an error), so the next call
+    /// tries another member first.
+    pub(crate) fn avoid(&self, i: usize) {
+        let next = (i + 1) % self.endpoints.len();
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// Refuses a `/version` answer older than [`LEAST_VERSION`], on the member
+/// or on the cluster.
+fn check_version(url: &str, v: &Value) -> Result<()> {
+    let parse = |s: &str| -> Option<(u64, u64)> {
+        let mut p = s.split('.');
+        Some((p.next()?.parse().ok()?, p.next()?.parse().ok()?))
+    };
+    let server = v["etcdserver"].as_str();
+    let cluster = v["etcdcluster"].as_str();
+    let Some(found) = server.and_then(parse) else {
+        return Err(Error::BadResponse {
+            url: url.to_string(),
+            reason: format!("not an etcd version answer: {v}"),
+        });
+    };
+    let cluster_found = cluster.and_then(parse);
+    if found < LEAST_VERSION || cluster_found.is_some_and(|c| c < LEAST_VERSION) {
+        return Err(Error::config(
+            "etcd",
+            format!(
+                "{url} answers etcd {} (cluster version {}); regcenter needs etcd {}.{} or newer, \
+                 whose JSON gateway serves /v3/: upgrade etcd",
+                server.unwrap_or("?"),
+                cluster.unwrap_or("?"),
+                LEAST_VERSION.0,
+                LEAST_VERSION.1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One message of a gateway watch stream.
+#[derive(Debug)]
+pub(crate) enum WatchMsg {
+    /// The watch is set up.
+    Created,
+    /// Events (a PUT has no `type`; a DELETE, lease expiry included, has
+    /// `"type": "DELETE"`), as etcd sent them.
+    Events(Vec<Value>),
+    /// Nothing changed up to the header's revision (a progress
+    /// notification).
+    Progress,
+    /// etcd cancelled the watch: the history it starts from was compacted
+    /// away (`compact_revision`, the oldest revision left), or for
+    /// `reason`. The stream stays open and says nothing more.
+    Canceled {
+        compact_revision: Option<u64>,
+        reason: String,
+    },
+}
+
+/// A watch stream opened by [`Etcd::watch`]: its messages, one a line.
+pub(crate) struct WatchStream {
+    url: String,
+    /// Index of the endpoint it is open on, for [`Etcd::avoid`].
+    endpoint: usize,
+    lines: std::io::Lines<std::io::BufReader<ureq::BodyReader<'static>>>,
+}
+
+impl WatchStream {
+    /// Where the stream is open.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Index of the endpoint it is open on.
+    pub(crate) fn endpoint(&self) -> usize {
+        self.endpoint
+    }
+}
+
+impl Iterator for WatchStream {
+    type Item = Result<WatchMsg>;
+
+    /// The next message; `None` once the stream has ended: closed (with or
+    /// without its last chunk), broken, or its wait passed. An error object
+    /// (etcd shutting down, a member without a leader) is the last item.
+    fn next(&mut self) -> Option<Result<WatchMsg>> {
+        let line = self.lines.next()?.ok()?;
+        let v: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                return Some(Err(Error::BadResponse {
+                    url: self.url.clone(),
+                    reason: format!("a watch message that is not JSON: {e}"),
+                }));
+            }
+        };
+        if v["error"].is_object() {
+            let e = &v["error"];
+            return Some(Err(Error::Status {
+                url: self.url.clone(),
+                status: int(&e["http_code"]).unwrap_or(503) as u16,
+                reason: format!(
+                    "etcd ended the watch: {} (grpc code {})",
+                    e["message"].as_str().unwrap_or("no message"),
+                    e["grpc_code"]
+                ),
+            }));
+        }
+        let r = &v["result"];
+        Some(Ok(if r["canceled"] == true {
+            WatchMsg::Canceled {
+                compact_revision: int(&r["compact_revision"]).filter(|&c| c > 0),
+                reason: r["cancel_reason"].as_str().unwrap_or("").to_string(),
+            }
+        } else if r["created"] == true {
+            WatchMsg::Created
+        } else {
+            match r["events"].as_array() {
+                Some(e) if !e.is_empty() => WatchMsg::Events(e.clone()),
+                _ => WatchMsg::Progress,
+            }
+        }))
     }
 }
 
@@ -351,6 +580,7 @@ impl EtcdRegistration {
         #[cfg(not(feature = "tls"))]
         let trust = crate::client::Trust::default();
         let etcd = Etcd::new(&options.endpoints, options.timeout, &trust)?;
+        etcd.check_version()?;
         let ttl = options.ttl.unwrap_or(DEFAULT_TTL);
         let ttl_secs = ttl.as_secs_f64().ceil().max(2.0) as u64;
         let period = options
@@ -486,6 +716,9 @@ pub(crate) struct EtcdSource {
     watch_agent: ureq::Agent,
     key: Vec<u8>,
     end: Vec<u8>,
+    /// Whether etcd's version was found new enough (asked at the first
+    /// fetch, and again until one answers).
+    version_ok: AtomicBool,
 }
 
 impl EtcdSource {
@@ -503,6 +736,7 @@ impl EtcdSource {
             watch_agent: crate::client::agent_trusting(timeout, trust),
             end: prefix_end(&key),
             key,
+            version_ok: AtomicBool::new(false),
         })
     }
 
@@ -520,6 +754,10 @@ impl EtcdSource {
     }
 
     pub(crate) fn fetch(&self, watch: Option<u64>, wait: Duration) -> Result<Fetched> {
+        if !self.version_ok.load(Ordering::Relaxed) {
+            self.etcd.check_version()?;
+            self.version_ok.store(true, Ordering::Relaxed);
+        }
         let now = self.range()?;
         let Some(rev) = watch else {
             return Ok(now);
@@ -576,43 +814,49 @@ impl EtcdSource {
         })
     }
 
-    /// Blocks until an event after `rev` arrives or `wait` passes.
+    /// Blocks until an event after `rev` arrives, the stream ends or `wait`
+    /// passes; the caller lists again in every case but an error.
     fn wait_event(&self, rev: u64, wait: Duration) -> Result<()> {
-        use std::io::BufRead;
-        let url = format!("{}/v3/watch", self.etcd.endpoint());
-        let body = json!({ "create_request": {
-            "key": b64(&self.key), "range_end": b64(&self.end), "start_revision": (rev + 1).to_string()
-        }});
-        let resp = self
-            .watch_agent
-            .post(&url)
-            .config()
-            .timeout_recv_body(Some(wait))
-            .build()
-            .header("Content-Type", "application/json")
-            .send(body.to_string())
-            .map_err(|e| Error::Unreachable {
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
-        let reader = std::io::BufReader::new(resp.into_body().into_reader());
-        for line in reader.lines() {
-            let Ok(line) = line else {
-                return Ok(()); // the wait passed (or the stream broke): range again
-            };
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if v["error"].is_object() {
-                return Err(Error::Status {
-                    url,
-                    status: int(&v["error"]["http_code"]).unwrap_or(503) as u16,
-                    reason: format!("etcd watch: {}", v["error"]["message"]),
-                });
-            }
-            if v["result"]["events"]
-                .as_array()
-                .is_some_and(|e| !e.is_empty())
-            {
-                return Ok(());
+        let create = json!({
+            "key": b64(&self.key), "range_end": b64(&self.end),
+            "start_revision": (rev + 1).to_string(),
+        });
+        let mut stream = self.etcd.watch(&self.watch_agent, &create, wait)?;
+        while let Some(msg) = stream.next() {
+            match msg {
+                Ok(WatchMsg::Created | WatchMsg::Progress) => {}
+                Ok(WatchMsg::Events(events)) => {
+                    log::debug!("{}: {} events after {rev}", self.describe(), events.len());
+                    return Ok(());
+                }
+                // The history after `rev` is gone: the caller lists again,
+                // and the next watch starts after that listing's revision,
+                // which no compaction up to now can reach.
+                Ok(WatchMsg::Canceled {
+                    compact_revision: Some(c),
+                    ..
+                }) => {
+                    log::info!(
+                        "etcd compacted its history to revision {c}, past the watch of {} from \
+                         {}; listing again",
+                        self.describe(),
+                        rev + 1
+                    );
+                    return Ok(());
+                }
+                Ok(WatchMsg::Canceled { reason, .. }) => {
+                    return Err(Error::Status {
+                        url: stream.url().to_string(),
+                        status: 503,
+                        reason: format!("etcd cancelled the watch: {reason}"),
+                    });
+                }
+                Err(e) => {
+                    // A member that ended the watch with an error (no
+                    // leader, shutting down) is not asked first next time.
+                    self.etcd.avoid(stream.endpoint());
+                    return Err(e);
+                }
             }
         }
         Ok(())
