@@ -233,12 +233,14 @@ impl Etcd {
                 .send(body.as_str());
             let result = match reply {
                 Ok(resp) if resp.status().is_success() => Ok(resp),
-                Ok(resp) => self.answer(&url, Ok(resp)).and_then(|v| {
-                    Err(Error::BadResponse {
+                // etcd's reason comes in the unary error shape.
+                Ok(resp) => match self.answer(&url, Ok(resp)) {
+                    Err(e) => Err(e),
+                    Ok(v) => Err(Error::BadResponse {
                         url: url.clone(),
-                        reason: format!("etcd refused the watch: {v}"),
-                    })
-                }),
+                        reason: format!("etcd answered the watch with {v}"),
+                    }),
+                },
                 Err(e) => Err(Error::Unreachable {
                     url: url.clone(),
                     source: Box::new(e),
@@ -884,5 +886,27 @@ mod tests {
             int(&json!("4111120205240231178")),
             Some(4_111_120_205_240_231_178)
         );
+    }
+
+    #[test]
+    fn versions() {
+        let v = |server: &str, cluster: &str| {
+            check_version(
+                "http://e/version",
+                &json!({ "etcdserver": server, "etcdcluster": cluster }),
+            )
+        };
+        assert!(v("3.4.23", "3.4.0").is_ok());
+        assert!(v("3.5.9", "3.5.0").is_ok());
+        assert!(v("3.10.1", "3.10.0").is_ok());
+        let old = v("3.3.25", "3.3.0").unwrap_err();
+        assert!(matches!(old, Error::InvalidConfig { .. }), "{old}");
+        assert!(old.to_string().contains("3.3.25"), "{old}");
+        // A member of 3.4 in a cluster still at 3.3 (an upgrade half done).
+        assert!(v("3.4.23", "3.3.0").is_err());
+        assert!(matches!(
+            check_version("http://e/version", &json!({ "version": "1" })),
+            Err(Error::BadResponse { .. })
+        ));
     }
 }

@@ -650,6 +650,7 @@ impl StandIn {
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
                 }
+                drop(s.0.lock());
                 s.1.notify_all();
                 for c in conns {
                     let _ = c.join();
@@ -698,6 +699,9 @@ impl StandIn {
 impl Drop for StandIn {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Under the lock, so that no watch thread is between its check of
+        // the stop flag and its wait.
+        drop(self.shared.0.lock());
         self.shared.1.notify_all();
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
