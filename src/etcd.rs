@@ -104,13 +104,25 @@ impl Etcd {
 
     /// One unary call, to each endpoint in turn until one answers.
     pub(crate) fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        self.call_bounded(path, body, None)
+    }
+
+    /// [`call`](Etcd::call), each member given at most `within` (to
+    /// connect, send, and answer) before the next is asked: a member that
+    /// hangs (paused, or cut off behind a firewall that drops packets) costs
+    /// that long, not the whole call timeout.
+    pub(crate) fn call_within(&self, path: &str, body: &Value, within: Duration) -> Result<Value> {
+        self.call_bounded(path, body, Some(within))
+    }
+
+    fn call_bounded(&self, path: &str, body: &Value, within: Option<Duration>) -> Result<Value> {
         let n = self.endpoints.len();
         let first = self.current.load(Ordering::Relaxed);
         let mut last = None;
         for k in 0..n {
             let i = (first + k) % n;
             let url = format!("{}{path}", self.endpoints[i]);
-            match self.call_one(&url, body) {
+            match self.call_one(&url, body, within) {
                 Ok(v) => {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(v);
@@ -122,10 +134,19 @@ impl Etcd {
         Err(last.expect("at least one endpoint"))
     }
 
-    fn call_one(&self, url: &str, body: &Value) -> Result<Value> {
-        let reply = self
-            .agent
-            .post(url)
+    fn call_one(&self, url: &str, body: &Value, within: Option<Duration>) -> Result<Value> {
+        let request = self.agent.post(url);
+        let request = match within {
+            Some(t) => request
+                .config()
+                .timeout_connect(Some(t))
+                .timeout_send_request(Some(t))
+                .timeout_recv_response(Some(t))
+                .timeout_recv_body(Some(t))
+                .build(),
+            None => request,
+        };
+        let reply = request
             .header("Content-Type", "application/json")
             .send(body.to_string());
         self.answer(url, reply)
@@ -415,6 +436,11 @@ struct RegShared {
     key: String,
     value: String,
     ttl_secs: u64,
+    /// How long one member may take to answer a keep-alive before the next
+    /// is asked: a third of the TTL (at least 500 ms, at most the call
+    /// timeout), so that a member that hangs leaves time to renew through
+    /// another before the lease runs out.
+    renew_within: Duration,
     lease: Mutex<String>,
     beats: AtomicU64,
     stop: Mutex<bool>,
@@ -445,9 +471,11 @@ impl RegShared {
     /// Keeps the lease alive; registers again when etcd no longer has it.
     fn keep_alive(&self) -> Result<()> {
         let id = self.lease.lock().clone();
-        let v = self
-            .etcd
-            .call("/v3/lease/keepalive", &json!({ "ID": id }))?;
+        let v = self.etcd.call_within(
+            "/v3/lease/keepalive",
+            &json!({ "ID": id }),
+            self.renew_within,
+        )?;
         // A gone lease is answered 200 without a TTL (CRATE-NOTES §4.3).
         if int(&v["result"]["TTL"]).is_some_and(|t| t > 0) {
             return Ok(());
@@ -601,6 +629,9 @@ impl EtcdRegistration {
             key: key_of(prefix, &options.service, addr),
             value,
             ttl_secs,
+            renew_within: (Duration::from_secs(ttl_secs) / 3)
+                .max(Duration::from_millis(500))
+                .min(options.timeout),
             lease: Mutex::new(String::new()),
             beats: AtomicU64::new(0),
             stop: Mutex::new(false),

@@ -427,3 +427,38 @@ fn etcd_older_than_3_4_is_refused_at_start_and_at_the_first_fetch() {
         r.stop().unwrap();
     }
 }
+
+#[test]
+fn a_paused_follower_in_use_does_not_let_a_lease_expire() {
+    let Some(c) = Cluster::start(3) else { return };
+    // A follower is the endpoint in use: the leader keeps counting the
+    // lease down while the keep-alives sent to the follower hang.
+    let lead = leader(&c);
+    let follower = (lead + 1) % 3;
+    let urls: Vec<String> = [follower, (lead + 2) % 3, lead]
+        .iter()
+        .map(|&i| c.member_url(i))
+        .collect();
+    let addrs = ["tcp@kept:1"];
+    let want = keys("kept", &addrs);
+    // The call timeout a user leaves as it is (2 s), as long as the TTL.
+    let r = registration(&urls, "kept", addrs[0])
+        .timeout(Duration::from_secs(2))
+        .start()
+        .unwrap();
+    let d = watching(&[urls[2].clone()], "kept");
+    wait_until("the list", Duration::from_secs(5), || {
+        d.get_all().unwrap() == addrs
+    });
+    c.pause_member(follower, true);
+    let paused = longest_gap(&c, lead, "/regcenter/kept/", &want, &d, &addrs, TTL * 2);
+    c.pause_member(follower, false);
+    eprintln!(
+        "follower in use paused: registration missing from etcd {:?}, from the list {:?}",
+        paused.0, paused.1
+    );
+    assert_eq!(paused.0, Duration::ZERO, "the lease expired");
+    assert_eq!(paused.1, Duration::ZERO, "the server left the list");
+    r.stop().unwrap();
+    d.stop().unwrap();
+}
