@@ -107,11 +107,13 @@ fn keep_alive_never_gives_up_across_ten_restarts() {
     };
     let r = registration(&c.urls(), "ten", "tcp@ten:1").start().unwrap();
     let want = keys("ten", &["tcp@ten:1"]);
+    let mut slowest = Duration::ZERO;
     for round in 1..=10 {
         let before = r.beats();
         // Every member stops, then starts on its data: keep-alives fail
         // while the cluster is down and elects a leader.
         c.restart(false);
+        let t = Instant::now();
         wait_until(
             &format!("keep-alives after restart {round}"),
             Duration::from_secs(15),
@@ -121,7 +123,9 @@ fn keep_alive_never_gives_up_across_ten_restarts() {
                         == Some(want.clone())
             },
         );
+        slowest = slowest.max(t.elapsed());
     }
+    eprintln!("ten restarts: keep-alives resumed at most {slowest:?} after etcd was healthy");
     r.stop().unwrap();
 }
 
