@@ -555,7 +555,10 @@ impl EtcdRegistrationBuilder {
         self
     }
 
-    /// Bound of each phase of each call to etcd. Defaults to 2 s.
+    /// Bound of each phase of each call to etcd. Defaults to 2 s. A
+    /// keep-alive gives each member at most a third of the TTL (and at
+    /// least 500 ms) before it asks the next, so that one member that hangs
+    /// does not let the lease run out.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -567,7 +570,9 @@ impl EtcdRegistrationBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidAddr`], [`Error::InvalidService`],
-    /// [`Error::InvalidConfig`] for bad input; [`Error::Unreachable`] or
+    /// [`Error::InvalidConfig`] for bad input or an etcd older than 3.4
+    /// (its `/version`, asked first, names the version found);
+    /// [`Error::Unreachable`] or
     /// [`Error::Status`] (with etcd's message) when the first registration
     /// fails; [`Error::Io`] when the thread cannot be spawned.
     pub fn start(self) -> Result<EtcdRegistration> {
