@@ -384,7 +384,11 @@ fn a_paused_leader_and_a_killed_member_do_not_lose_live_registrations() {
 #[test]
 fn renewals_keep_the_lease_alive_without_writing() {
     let Some(c) = Cluster::start(3) else { return };
+    // A TTL that a loaded machine's stalls cannot outlast: the lease must
+    // not expire here, or the put that follows would be right.
     let r = registration(&c.urls(), "renew", "tcp@renew:1")
+        .ttl(Duration::from_secs(10))
+        .timeout(Duration::from_secs(2))
         .period(Duration::from_millis(100))
         .start()
         .unwrap();
