@@ -10,7 +10,7 @@
 //! when its lease expires.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,9 @@ use crate::rand::jitter;
 pub const DEFAULT_PREFIX: &str = "/regcenter";
 /// TTL of a registration that asks for none (etcd grants at least 2 s).
 const DEFAULT_TTL: Duration = Duration::from_secs(5);
+/// The oldest etcd whose JSON gateway serves `/v3/` (3.3 serves only
+/// `/v3beta/`, where every call here would fail as not found).
+const LEAST_VERSION: (u64, u64) = (3, 4);
 
 pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -110,19 +113,27 @@ impl Etcd {
         self.current.load(Ordering::Relaxed) % self.endpoints.len()
     }
 
-    pub(crate) fn endpoint(&self) -> &str {
-        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
-    }
-
     /// One unary call, to each endpoint in turn until one answers.
     pub(crate) fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        self.call_bounded(path, body, None)
+    }
+
+    /// [`call`](Etcd::call), each member given at most `within` (to
+    /// connect, send, and answer) before the next is asked: a member that
+    /// hangs (paused, or cut off behind a firewall that drops packets) costs
+    /// that long, not the whole call timeout.
+    pub(crate) fn call_within(&self, path: &str, body: &Value, within: Duration) -> Result<Value> {
+        self.call_bounded(path, body, Some(within))
+    }
+
+    fn call_bounded(&self, path: &str, body: &Value, within: Option<Duration>) -> Result<Value> {
         let n = self.endpoints.len();
         let first = self.current.load(Ordering::Relaxed);
         let mut last = None;
         for k in 0..n {
             let i = (first + k) % n;
             let url = format!("{}{path}", self.endpoints[i]);
-            match self.call_one(&url, body) {
+            match self.call_one(&url, body, within) {
                 Ok(v) => {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(v);
@@ -134,12 +145,30 @@ impl Etcd {
         Err(last.expect("at least one endpoint"))
     }
 
-    fn call_one(&self, url: &str, body: &Value) -> Result<Value> {
-        let reply = self
-            .agent
-            .post(url)
+    fn call_one(&self, url: &str, body: &Value, within: Option<Duration>) -> Result<Value> {
+        let request = self.agent.post(url);
+        let request = match within {
+            Some(t) => request
+                .config()
+                .timeout_connect(Some(t))
+                .timeout_send_request(Some(t))
+                .timeout_recv_response(Some(t))
+                .timeout_recv_body(Some(t))
+                .build(),
+            None => request,
+        };
+        let reply = request
             .header("Content-Type", "application/json")
             .send(body.to_string());
+        self.answer(url, reply)
+    }
+
+    /// The JSON of an answer, or the error it says.
+    fn answer(
+        &self,
+        url: &str,
+        reply: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value> {
         let mut resp = reply.map_err(|e| Error::Unreachable {
             url: url.to_string(),
             source: Box::new(e),
@@ -171,6 +200,229 @@ impl Etcd {
             ),
         })
     }
+
+    /// Asks the endpoints in turn for etcd's version (`GET /version`) and
+    /// refuses one older than 3.4, whose gateway has no `/v3/` API.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the version found and the one
+    /// needed; [`Error::Unreachable`], [`Error::Status`] or
+    /// [`Error::BadResponse`] when no endpoint answers it.
+    pub(crate) fn check_version(&self) -> Result<()> {
+        let n = self.endpoints.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let url = format!("{}/version", self.endpoints[i]);
+            match self.answer(&url, self.agent.get(&url).call()) {
+                Ok(v) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return check_version(&url, &v);
+                }
+                Err(e) if e.is_transient() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one endpoint"))
+    }
+
+    /// Opens a watch stream through the gateway, on the endpoint in use
+    /// first and on each other in turn while they cannot be reached: the
+    /// body `{"create_request": create}`, the stream kept at most `wait`
+    /// (its whole body) and its answer awaited as long as `agent` waits for
+    /// any answer. Use an agent of its own, whose `shutdown` interrupts it.
+    ///
+    /// The watch asks for a leader (`Grpc-Metadata-hasleader: true`): a
+    /// member that loses quorum ends it with an error object, where
+    /// without the header it keeps it open and silent however the
+    /// majority's data changes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unreachable`] or [`Error::Status`] when no endpoint opens it.
+    pub(crate) fn watch(
+        &self,
+        agent: &ureq::Agent,
+        create: &Value,
+        wait: Duration,
+    ) -> Result<WatchStream> {
+        let body = json!({ "create_request": create }).to_string();
+        let n = self.endpoints.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let url = format!("{}/v3/watch", self.endpoints[i]);
+            let reply = agent
+                .post(&url)
+                .config()
+                .timeout_recv_body(Some(wait))
+                .build()
+                .header("Content-Type", "application/json")
+                .header("Grpc-Metadata-hasleader", "true")
+                .send(body.as_str());
+            let result = match reply {
+                Ok(resp) if resp.status().is_success() => Ok(resp),
+                // etcd's reason comes in the unary error shape.
+                Ok(resp) => match self.answer(&url, Ok(resp)) {
+                    Err(e) => Err(e),
+                    Ok(v) => Err(Error::BadResponse {
+                        url: url.clone(),
+                        reason: format!("etcd answered the watch with {v}"),
+                    }),
+                },
+                Err(e) => Err(Error::Unreachable {
+                    url: url.clone(),
+                    source: Box::new(e),
+                }),
+            };
+            match result {
+                Ok(resp) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(WatchStream {
+                        lines: std::io::BufRead::lines(std::io::BufReader::new(
+                            resp.into_body().into_reader(),
+                        )),
+                        url,
+                        endpoint: i,
+                    });
+                }
+                Err(e) if e.is_transient() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one endpoint"))
+    }
+
+    /// Moves off endpoint `i` if it is the one in use: it answered, but
+    /// badly (a watch stream it ended with an error), so the next call
+    /// tries another member first.
+    pub(crate) fn avoid(&self, i: usize) {
+        let next = (i + 1) % self.endpoints.len();
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// Refuses a `/version` answer older than [`LEAST_VERSION`], on the member
+/// or on the cluster.
+fn check_version(url: &str, v: &Value) -> Result<()> {
+    let parse = |s: &str| -> Option<(u64, u64)> {
+        let mut p = s.split('.');
+        Some((p.next()?.parse().ok()?, p.next()?.parse().ok()?))
+    };
+    let server = v["etcdserver"].as_str();
+    let cluster = v["etcdcluster"].as_str();
+    let Some(found) = server.and_then(parse) else {
+        return Err(Error::BadResponse {
+            url: url.to_string(),
+            reason: format!("not an etcd version answer: {v}"),
+        });
+    };
+    let cluster_found = cluster.and_then(parse);
+    if found < LEAST_VERSION || cluster_found.is_some_and(|c| c < LEAST_VERSION) {
+        return Err(Error::config(
+            "etcd",
+            format!(
+                "{url} answers etcd {} (cluster version {}); regcenter needs etcd {}.{} or newer, \
+                 whose JSON gateway serves /v3/: upgrade etcd",
+                server.unwrap_or("?"),
+                cluster.unwrap_or("?"),
+                LEAST_VERSION.0,
+                LEAST_VERSION.1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One message of a gateway watch stream.
+#[derive(Debug)]
+pub(crate) enum WatchMsg {
+    /// The watch is set up.
+    Created,
+    /// Events (a PUT has no `type`; a DELETE, lease expiry included, has
+    /// `"type": "DELETE"`), as etcd sent them.
+    Events(Vec<Value>),
+    /// Nothing changed up to the header's revision (a progress
+    /// notification).
+    Progress,
+    /// etcd cancelled the watch: the history it starts from was compacted
+    /// away (`compact_revision`, the oldest revision left), or for
+    /// `reason`. The stream stays open and says nothing more.
+    Canceled {
+        compact_revision: Option<u64>,
+        reason: String,
+    },
+}
+
+/// A watch stream opened by [`Etcd::watch`]: its messages, one a line.
+pub(crate) struct WatchStream {
+    url: String,
+    /// Index of the endpoint it is open on, for [`Etcd::avoid`].
+    endpoint: usize,
+    lines: std::io::Lines<std::io::BufReader<ureq::BodyReader<'static>>>,
+}
+
+impl WatchStream {
+    /// Where the stream is open.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Index of the endpoint it is open on.
+    pub(crate) fn endpoint(&self) -> usize {
+        self.endpoint
+    }
+}
+
+impl Iterator for WatchStream {
+    type Item = Result<WatchMsg>;
+
+    /// The next message; `None` once the stream has ended: closed (with or
+    /// without its last chunk), broken, or its wait passed. An error object
+    /// (etcd shutting down, a member without a leader) is the last item.
+    fn next(&mut self) -> Option<Result<WatchMsg>> {
+        let line = self.lines.next()?.ok()?;
+        let v: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                return Some(Err(Error::BadResponse {
+                    url: self.url.clone(),
+                    reason: format!("a watch message that is not JSON: {e}"),
+                }));
+            }
+        };
+        if v["error"].is_object() {
+            let e = &v["error"];
+            return Some(Err(Error::Status {
+                url: self.url.clone(),
+                status: int(&e["http_code"]).unwrap_or(503) as u16,
+                reason: format!(
+                    "etcd ended the watch: {} (grpc code {})",
+                    e["message"].as_str().unwrap_or("no message"),
+                    e["grpc_code"]
+                ),
+            }));
+        }
+        let r = &v["result"];
+        Some(Ok(if r["canceled"] == true {
+            WatchMsg::Canceled {
+                compact_revision: int(&r["compact_revision"]).filter(|&c| c > 0),
+                reason: r["cancel_reason"].as_str().unwrap_or("").to_string(),
+            }
+        } else if r["created"] == true {
+            WatchMsg::Created
+        } else {
+            match r["events"].as_array() {
+                Some(e) if !e.is_empty() => WatchMsg::Events(e.clone()),
+                _ => WatchMsg::Progress,
+            }
+        }))
+    }
 }
 
 fn key_of(prefix: &str, service: &str, addr: &str) -> String {
@@ -195,6 +447,11 @@ struct RegShared {
     key: String,
     value: String,
     ttl_secs: u64,
+    /// How long one member may take to answer a keep-alive before the next
+    /// is asked: a third of the TTL (at least 500 ms, at most the call
+    /// timeout), so that a member that hangs leaves time to renew through
+    /// another before the lease runs out.
+    renew_within: Duration,
     lease: Mutex<String>,
     beats: AtomicU64,
     stop: Mutex<bool>,
@@ -225,9 +482,11 @@ impl RegShared {
     /// Keeps the lease alive; registers again when etcd no longer has it.
     fn keep_alive(&self) -> Result<()> {
         let id = self.lease.lock().clone();
-        let v = self
-            .etcd
-            .call("/v3/lease/keepalive", &json!({ "ID": id }))?;
+        let v = self.etcd.call_within(
+            "/v3/lease/keepalive",
+            &json!({ "ID": id }),
+            self.renew_within,
+        )?;
         // A gone lease is answered 200 without a TTL (CRATE-NOTES §4.3).
         if int(&v["result"]["TTL"]).is_some_and(|t| t > 0) {
             return Ok(());
@@ -307,7 +566,10 @@ impl EtcdRegistrationBuilder {
         self
     }
 
-    /// Bound of each phase of each call to etcd. Defaults to 2 s.
+    /// Bound of each phase of each call to etcd. Defaults to 2 s. A
+    /// keep-alive gives each member at most a third of the TTL (and at
+    /// least 500 ms) before it asks the next, so that one member that hangs
+    /// does not let the lease run out.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -319,7 +581,9 @@ impl EtcdRegistrationBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidAddr`], [`Error::InvalidService`],
-    /// [`Error::InvalidConfig`] for bad input; [`Error::Unreachable`] or
+    /// [`Error::InvalidConfig`] for bad input or an etcd older than 3.4
+    /// (its `/version`, asked first, names the version found);
+    /// [`Error::Unreachable`] or
     /// [`Error::Status`] (with etcd's message) when the first registration
     /// fails; [`Error::Io`] when the thread cannot be spawned.
     pub fn start(self) -> Result<EtcdRegistration> {
@@ -362,6 +626,7 @@ impl EtcdRegistration {
         #[cfg(not(feature = "tls"))]
         let trust = crate::client::Trust::default();
         let etcd = Etcd::new(&options.endpoints, options.timeout, &trust)?;
+        etcd.check_version()?;
         let ttl = options.ttl.unwrap_or(DEFAULT_TTL);
         let ttl_secs = ttl.as_secs_f64().ceil().max(2.0) as u64;
         let period = options
@@ -380,6 +645,9 @@ impl EtcdRegistration {
             key: key_of(prefix, &options.service, addr),
             value,
             ttl_secs,
+            renew_within: (Duration::from_secs(ttl_secs) / 3)
+                .max(Duration::from_millis(500))
+                .min(options.timeout),
             lease: Mutex::new(String::new()),
             beats: AtomicU64::new(0),
             stop: Mutex::new(false),
@@ -497,6 +765,9 @@ pub(crate) struct EtcdSource {
     watch_agent: ureq::Agent,
     key: Vec<u8>,
     end: Vec<u8>,
+    /// Whether etcd's version was found new enough (asked at the first
+    /// fetch, and again until one answers).
+    version_ok: AtomicBool,
 }
 
 impl EtcdSource {
@@ -514,6 +785,7 @@ impl EtcdSource {
             watch_agent: crate::client::agent_trusting(timeout, trust),
             end: prefix_end(&key),
             key,
+            version_ok: AtomicBool::new(false),
         })
     }
 
@@ -531,6 +803,10 @@ impl EtcdSource {
     }
 
     pub(crate) fn fetch(&self, watch: Option<u64>, wait: Duration) -> Result<Fetched> {
+        if !self.version_ok.load(Ordering::Relaxed) {
+            self.etcd.check_version()?;
+            self.version_ok.store(true, Ordering::Relaxed);
+        }
         let now = self.range()?;
         let Some(rev) = watch else {
             return Ok(now);
@@ -587,43 +863,49 @@ impl EtcdSource {
         })
     }
 
-    /// Blocks until an event after `rev` arrives or `wait` passes.
+    /// Blocks until an event after `rev` arrives, the stream ends or `wait`
+    /// passes; the caller lists again in every case but an error.
     fn wait_event(&self, rev: u64, wait: Duration) -> Result<()> {
-        use std::io::BufRead;
-        let url = format!("{}/v3/watch", self.etcd.endpoint());
-        let body = json!({ "create_request": {
-            "key": b64(&self.key), "range_end": b64(&self.end), "start_revision": (rev + 1).to_string()
-        }});
-        let resp = self
-            .watch_agent
-            .post(&url)
-            .config()
-            .timeout_recv_body(Some(wait))
-            .build()
-            .header("Content-Type", "application/json")
-            .send(body.to_string())
-            .map_err(|e| Error::Unreachable {
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
-        let reader = std::io::BufReader::new(resp.into_body().into_reader());
-        for line in reader.lines() {
-            let Ok(line) = line else {
-                return Ok(()); // the wait passed (or the stream broke): range again
-            };
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if v["error"].is_object() {
-                return Err(Error::Status {
-                    url,
-                    status: int(&v["error"]["http_code"]).unwrap_or(503) as u16,
-                    reason: format!("etcd watch: {}", v["error"]["message"]),
-                });
-            }
-            if v["result"]["events"]
-                .as_array()
-                .is_some_and(|e| !e.is_empty())
-            {
-                return Ok(());
+        let create = json!({
+            "key": b64(&self.key), "range_end": b64(&self.end),
+            "start_revision": (rev + 1).to_string(),
+        });
+        let mut stream = self.etcd.watch(&self.watch_agent, &create, wait)?;
+        while let Some(msg) = stream.next() {
+            match msg {
+                Ok(WatchMsg::Created | WatchMsg::Progress) => {}
+                Ok(WatchMsg::Events(events)) => {
+                    log::debug!("{}: {} events after {rev}", self.describe(), events.len());
+                    return Ok(());
+                }
+                // The history after `rev` is gone: the caller lists again,
+                // and the next watch starts after that listing's revision,
+                // which no compaction up to now can reach.
+                Ok(WatchMsg::Canceled {
+                    compact_revision: Some(c),
+                    ..
+                }) => {
+                    log::info!(
+                        "etcd compacted its history to revision {c}, past the watch of {} from \
+                         {}; listing again",
+                        self.describe(),
+                        rev + 1
+                    );
+                    return Ok(());
+                }
+                Ok(WatchMsg::Canceled { reason, .. }) => {
+                    return Err(Error::Status {
+                        url: stream.url().to_string(),
+                        status: 503,
+                        reason: format!("etcd cancelled the watch: {reason}"),
+                    });
+                }
+                Err(e) => {
+                    // A member that ended the watch with an error (no
+                    // leader, shutting down) is not asked first next time.
+                    self.etcd.avoid(stream.endpoint());
+                    return Err(e);
+                }
             }
         }
         Ok(())
@@ -651,5 +933,27 @@ mod tests {
             int(&json!("4111120205240231178")),
             Some(4_111_120_205_240_231_178)
         );
+    }
+
+    #[test]
+    fn versions() {
+        let v = |server: &str, cluster: &str| {
+            check_version(
+                "http://e/version",
+                &json!({ "etcdserver": server, "etcdcluster": cluster }),
+            )
+        };
+        assert!(v("3.4.23", "3.4.0").is_ok());
+        assert!(v("3.5.9", "3.5.0").is_ok());
+        assert!(v("3.10.1", "3.10.0").is_ok());
+        let old = v("3.3.25", "3.3.0").unwrap_err();
+        assert!(matches!(old, Error::InvalidConfig { .. }), "{old}");
+        assert!(old.to_string().contains("3.3.25"), "{old}");
+        // A member of 3.4 in a cluster still at 3.3 (an upgrade half done).
+        assert!(v("3.4.23", "3.3.0").is_err());
+        assert!(matches!(
+            check_version("http://e/version", &json!({ "version": "1" })),
+            Err(Error::BadResponse { .. })
+        ));
     }
 }

@@ -11,6 +11,8 @@ mod discovery;
 mod drain;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "etcd")]
+mod etcd_cluster;
 mod filters;
 #[cfg(feature = "etcd")]
 mod frontends;

@@ -172,6 +172,7 @@ impl Shared {
             ));
         }
         let etcd = Etcd::new(&cfg.endpoints, CALL_TIMEOUT, &cfg.trust)?;
+        etcd.check_version()?;
         let inner = Arc::new(Inner {
             etcd,
             trust: cfg.trust,
