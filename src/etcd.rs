@@ -853,6 +853,11 @@ impl EtcdSource {
                     .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
                     .collect();
             }
+            // Written by a front-end (`serve --etcd`) drained through it:
+            // listed, never picked, as from a registry.
+            if let Some(status) = value["status"].as_str().and_then(|s| s.parse().ok()) {
+                i.status = status;
+            }
             list.push(i);
         }
         list.sort_by(|a, b| a.addr.cmp(&b.addr));
