@@ -14,6 +14,8 @@ mod etcd;
 mod filters;
 #[cfg(feature = "etcd")]
 mod frontends;
+#[cfg(feature = "etcd")]
+mod frontends_attack;
 mod hardening;
 mod heartbeat;
 mod hostile;
