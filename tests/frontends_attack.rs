@@ -284,3 +284,47 @@ fn a_relist_for_a_long_poll_does_not_undo_what_the_watch_applied() {
     a.shutdown().unwrap();
     b.shutdown().unwrap();
 }
+
+
+#[test]
+fn a_deregistration_racing_a_heartbeat_at_another_front_end_leaves_nothing_forever() {
+    let Some(e) = etcd::start() else { return };
+    let (a, b) = (
+        front(&e, Duration::from_secs(60)),
+        front(&e, Duration::from_secs(60)),
+    );
+    let (at_a, at_b) = (a.local_addr(), b.local_addr());
+    let ttl = [("X-Myrpc-Ttl", "1s")];
+    for n in 0..150 {
+        let addr = format!("tcp@127.0.0.1:{}", 7000 + n);
+        assert_eq!(post(at_a, &addr, &ttl).status, 200);
+        wait_until("B lists it", Duration::from_secs(5), || {
+            listing(at_b).1.contains(&addr)
+        });
+        // Its server beats to B for the first time while an operator
+        // deregisters it at A.
+        let beat = {
+            let addr = addr.clone();
+            thread::spawn(move || post(at_b, &addr, &[("X-Myrpc-Ttl", "1s")]).status)
+        };
+        let r = raw(at_a, "DELETE", PATH, &[("X-Myrpc-Server", &addr)]);
+        assert_eq!(r.status, 200);
+        assert_eq!(beat.join().unwrap(), 200);
+    }
+    // Whatever each race left, the servers are silent now: a 1 s TTL
+    // later nothing of them is left, in etcd or at either front-end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = e.range("/regcenter//");
+    while !left.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        left = e.range("/regcenter//");
+    }
+    let keys: Vec<&String> = left.iter().map(|(k, _)| k).collect();
+    assert!(
+        left.is_empty(),
+        "silent servers still in etcd 10 s after their last beat: {keys:?}"
+    );
+    assert!(listing(at_b).1.is_empty());
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}
