@@ -285,7 +285,6 @@ fn a_relist_for_a_long_poll_does_not_undo_what_the_watch_applied() {
     b.shutdown().unwrap();
 }
 
-
 #[test]
 fn a_deregistration_racing_a_heartbeat_at_another_front_end_leaves_nothing_forever() {
     let Some(e) = etcd::start() else { return };

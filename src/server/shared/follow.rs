@@ -35,7 +35,7 @@ pub(super) fn run(s: &Inner) {
     let mut failing = false;
     while !s.stopping.load(Ordering::SeqCst) {
         let attempt = if relist {
-            s.relist().map(|_| End::Again)
+            s.relist(false).map(|_| End::Again)
         } else {
             watch(s, endpoint)
         };

@@ -111,6 +111,9 @@ struct State {
     claims: HashMap<Id, BTreeSet<String>>,
     /// Expired claims whose deletion failed, retried.
     releasing: Vec<(Id, String)>,
+    /// Entries this front-end's lease claims though it hears nothing of
+    /// them, at the keeper's last pass (`release_strays`).
+    strays: std::collections::HashSet<Id>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -183,7 +186,7 @@ impl Shared {
             watch_agent: Mutex::new(None),
         });
         inner.grant()?;
-        inner.relist()?;
+        inner.relist(false)?;
         // Its listings are etcd's: complete from the start.
         inner.mirror.recovered();
         let mut shared = Shared {
@@ -318,23 +321,37 @@ impl Inner {
             ttl: Some(ttl),
         };
         let lease = self.lease()?;
+        // Known here before etcd has the claim, so that the keeper never
+        // takes the claim for a stray (`release_strays`); what was here
+        // before comes back if the write fails.
+        let before = self.state.lock().mine.insert(
+            id.clone(),
+            Mine {
+                deadline: Instant::now() + ttl,
+                ttl,
+                value: value.clone(),
+                claimed: Some(lease.clone()),
+            },
+        );
         let v = self.etcd.call(
             "/v3/kv/txn",
             &json!({ "success": [
                 put(&self.layout.entry(&id), &value.encode(addr), None),
                 put(&self.layout.claim(&id, &lease), &self.me, Some(&lease)),
             ]}),
-        )?;
-        let rev = revision(&v);
-        self.state.lock().mine.insert(
-            id,
-            Mine {
-                deadline: Instant::now() + ttl,
-                ttl,
-                value,
-                claimed: Some(lease),
-            },
         );
+        let v = match v {
+            Ok(v) => v,
+            Err(e) => {
+                let mut st = self.state.lock();
+                match before {
+                    Some(b) => st.mine.insert(id, b),
+                    None => st.mine.remove(&id),
+                };
+                return Err(e);
+            }
+        };
+        let rev = revision(&v);
         self.wait_applied(rev, ECHO_WAIT);
         Ok(PutOutcome::new(ttl, m.index(service).max(rev), true))
     }
@@ -434,7 +451,7 @@ impl Inner {
         if index <= self.mirror.index(service) {
             return;
         }
-        if self.wait_applied(index, ECHO_WAIT) || self.relist().is_ok_and(|r| r >= index) {
+        if self.wait_applied(index, ECHO_WAIT) || self.relist(true).is_ok_and(|r| r >= index) {
             self.mirror.mirror_raise(service, index);
         }
     }
@@ -482,7 +499,12 @@ impl Inner {
 
     /// Reads the whole table from etcd into the mirror (at start, and when
     /// the watch's history was compacted away). Returns the revision read.
-    fn relist(&self) -> Result<u64> {
+    /// `forward_only` (a read from outside the watch thread, which races
+    /// its `apply`): a read older than what the watch applied meanwhile is
+    /// dropped rather than put over newer changes, which the watch, going
+    /// on from its own revision, would never bring back; the revision
+    /// applied is returned then.
+    fn relist(&self, forward_only: bool) -> Result<u64> {
         let (from, to) = self.layout.range();
         let v = self.etcd.call(
             "/v3/kv/range",
@@ -509,6 +531,9 @@ impl Inner {
             }
         }
         let mut st = self.state.lock();
+        if forward_only && rev < st.applied {
+            return Ok(st.applied);
+        }
         if rev < st.applied {
             log::warn!(
                 "etcd's revision went back from {} to {rev}: it lost its data; serving what it has now",
@@ -595,6 +620,22 @@ impl Inner {
                         st.mine.remove(&id);
                     } else {
                         let value = EntryValue::decode(&keys::dec(&kv["value"]));
+                        if let Some(m) = st.mine.get_mut(&id) {
+                            // A TTL its server asked at another front-end
+                            // holds here too: counted from the last beat
+                            // heard here, as one registry would.
+                            if let Some(t) = value.ttl
+                                && t != m.ttl
+                            {
+                                let beat = m.deadline.checked_sub(m.ttl).unwrap_or(now);
+                                m.deadline = beat + t;
+                                m.ttl = t;
+                            }
+                            m.value = EntryValue {
+                                ttl: Some(m.ttl),
+                                ..value.clone()
+                            };
+                        }
                         self.mirror.mirror(
                             rev,
                             &id.0,
@@ -683,7 +724,10 @@ impl Inner {
                 next_keepalive = Instant::now() + if failing { TICK * 4 } else { period };
             }
             if !failing {
-                let steps = self.release_expired() && self.write_claims() && self.delete_orphans();
+                let steps = self.release_expired()
+                    && self.write_claims()
+                    && self.release_strays()
+                    && self.delete_orphans();
                 if !steps {
                     next_keepalive = Instant::now();
                 }
@@ -782,6 +826,54 @@ impl Inner {
         };
         let v = self.etcd.call("/v3/kv/txn", &body)?;
         Ok(!leased && succeeded(&v))
+    }
+
+    /// Takes back the claims this front-end holds for entries it no longer
+    /// hears from. A claim written back with its entry (`write_claims`)
+    /// just after the entry was deleted is one: the deletion, applied
+    /// after it, forgets the entry here, and nothing else would ever take
+    /// that claim back, keeping the entry listed for as long as this
+    /// front-end lives. A claim is taken for a stray only when seen so
+    /// on two passes, so that a release already sent is not sent again.
+    fn release_strays(&self) -> bool {
+        let due: Vec<(Id, String, bool)> = {
+            let mut st = self.state.lock();
+            let Some(lease) = st.lease.clone() else {
+                return true;
+            };
+            let now: std::collections::HashSet<Id> = st
+                .claims
+                .iter()
+                .filter(|(id, c)| c.contains(&lease) && !st.mine.contains_key(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let seen = std::mem::replace(&mut st.strays, now);
+            st.strays
+                .iter()
+                .filter(|id| seen.contains(*id))
+                .take(BATCH)
+                .map(|id| {
+                    let leased = st.known.get(id).is_some_and(|k| k.leased);
+                    (id.clone(), lease.clone(), leased)
+                })
+                .collect()
+        };
+        for (id, lease, leased) in due {
+            match self.release(&id, &lease, leased) {
+                Ok(true) => log::info!(
+                    "expired {} from {}: nobody beats for it here any more",
+                    id.1,
+                    ServiceName(&id.0)
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    log::debug!("taking back the stray claim of {} failed: {e}", id.1);
+                    return false;
+                }
+            }
+            self.state.lock().strays.remove(&id);
+        }
+        true
     }
 
     /// Writes the claims this front-end owes: entries it heard from first
