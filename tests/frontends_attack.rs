@@ -327,3 +327,65 @@ fn a_deregistration_racing_a_heartbeat_at_another_front_end_leaves_nothing_forev
     a.shutdown().unwrap();
     b.shutdown().unwrap();
 }
+
+#[test]
+fn a_long_poll_never_gets_half_of_a_revision() {
+    let Some(e) = etcd::start() else { return };
+    let b = front(&e, Duration::from_secs(60));
+    let at = b.local_addr();
+    let lease = call(&e.url(), "/v3/lease/grant", &json!({ "TTL": 600 })).expect("grant");
+    let lease = lease["ID"].as_str().unwrap().to_string();
+    let mut torn = 0;
+    for round in 0..20 {
+        let (index, before) = listing(at);
+        let waiting = thread::spawn(move || {
+            raw(
+                at,
+                "GET",
+                &format!("{PATH}?format=text&index={index}&wait=5s"),
+                &[],
+            )
+        });
+        wait_until("the long-poll to park", Duration::from_secs(10), || {
+            b.parked() == 1
+        });
+        // One etcd transaction, one revision: 50 servers at once (a tool
+        // writing the library's layout, or the library's entries of one
+        // deployment).
+        let ops: Vec<_> = (0..50)
+            .map(|i| {
+                let addr = format!("tcp@127.0.0.3:{}", 10_000 + round * 100 + i);
+                let key = format!("/regcenter//{addr}");
+                let value = json!({ "addr": addr, "weight": 1, "meta": {} });
+                json!({ "request_put": { "key": b64(key.as_bytes()), "value": b64(value.to_string().as_bytes()), "lease": lease } })
+            })
+            .collect();
+        call(&e.url(), "/v3/kv/txn", &json!({ "success": ops })).expect("txn");
+        let r = waiting.join().unwrap();
+        let got = r.text().lines().count();
+        if got != before.len() + 50 {
+            torn += 1;
+            // The rest of the revision must come as a change, past the
+            // index of that answer.
+            let again = raw(
+                at,
+                "GET",
+                &format!("{PATH}?format=text&index={}&wait=1s", index_of(&r)),
+                &[],
+            );
+            assert_eq!(
+                again.text().lines().count(),
+                before.len() + 50,
+                "round {round}"
+            );
+            assert!(
+                index_of(&again) > index_of(&r),
+                "round {round}: answered {got} of {} under index {}, then the rest under the same index",
+                before.len() + 50,
+                index_of(&r)
+            );
+        }
+    }
+    eprintln!("{torn} of 20 long-polls answered part of one revision");
+    b.shutdown().unwrap();
+}

@@ -54,6 +54,16 @@ pub(crate) struct Delta {
     pub(crate) removed: Vec<String>,
 }
 
+/// A change a shared store made, for [`Registry::mirror`]: its revision,
+/// service, address, and labels (`None`: removed).
+#[cfg(feature = "etcd")]
+pub(crate) type Mirrored<'a> = (
+    u64,
+    &'a str,
+    &'a str,
+    Option<(u32, &'a BTreeMap<String, String>, Status)>,
+);
+
 /// What [`Registry::put_locked`] did.
 struct Put {
     index: u64,
@@ -362,46 +372,48 @@ impl Registry {
     /// removes it. The entry never expires here, since the store decides
     /// expiry for every front-end at once; and the change takes the
     /// store's revision as its index (or the counter, if that is ahead), so
-    /// front-ends of one store agree on indexes. Returns whether the
-    /// listing changed; bad input changes nothing.
-    pub(crate) fn mirror(
-        &self,
-        revision: u64,
-        service: &str,
-        addr: &str,
-        labels: Option<(u32, &BTreeMap<String, String>, Status)>,
-    ) -> bool {
-        if validate_service(service).is_err() {
-            return false;
-        }
-        let Ok(key) = Key::checked(addr, false) else {
-            return false;
-        };
+    /// front-ends of one store agree on indexes. The changes are applied
+    /// under one lock, so that no listing shows part of them. Returns how
+    /// many changed the listing; bad input changes nothing.
+    pub(crate) fn mirror(&self, changes: &[Mirrored<'_>]) -> usize {
         let now = self.inner.now();
+        // One lock for them all: a long-poll woken by the first change of a
+        // revision would otherwise be answered the revision's index with
+        // only part of it, and the rest would come under the same index.
         let mut locked = self.locked(now);
-        // The change's own increment lands on the revision.
-        let target = locked.counter.max(revision);
-        locked.counter = target.saturating_sub(1);
-        let changed = match labels {
-            Some((weight, meta, status)) => {
-                let labels = Labels {
-                    weight: weight.clamp(1, MAX_WEIGHT),
-                    meta,
-                    status: Some(status),
-                };
-                self.put_locked(&mut locked, service, key, Duration::ZERO, &labels, now)
-                    .is_ok_and(|p| p.changed)
+        let mut changed = 0;
+        for &(revision, service, addr, labels) in changes {
+            if validate_service(service).is_err() {
+                continue;
             }
-            None => {
-                let removed = locked.remove(service, &key);
-                if removed {
-                    locked.stats.deregistrations += 1;
-                    locked.history.deregistered(service, addr, now);
+            let Ok(key) = Key::checked(addr, false) else {
+                continue;
+            };
+            // The change's own increment lands on the revision.
+            let target = locked.counter.max(revision);
+            locked.counter = target.saturating_sub(1);
+            let moved = match labels {
+                Some((weight, meta, status)) => {
+                    let labels = Labels {
+                        weight: weight.clamp(1, MAX_WEIGHT),
+                        meta,
+                        status: Some(status),
+                    };
+                    self.put_locked(&mut locked, service, key, Duration::ZERO, &labels, now)
+                        .is_ok_and(|p| p.changed)
                 }
-                removed
-            }
-        };
-        locked.counter = locked.counter.max(target);
+                None => {
+                    let removed = locked.remove(service, &key);
+                    if removed {
+                        locked.stats.deregistrations += 1;
+                        locked.history.deregistered(service, addr, now);
+                    }
+                    removed
+                }
+            };
+            locked.counter = locked.counter.max(target);
+            changed += usize::from(moved);
+        }
         changed
     }
 

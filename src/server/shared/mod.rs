@@ -37,7 +37,7 @@ use crate::client::Trust;
 use crate::error::{Error, Result};
 use crate::etcd::{Etcd, int};
 use crate::protocol::Status;
-use crate::registry::{PutOptions, PutOutcome, Registry, ServiceName};
+use crate::registry::{Mirrored, PutOptions, PutOutcome, Registry, ServiceName};
 use keys::{EntryValue, Id, Layout, enc, prefix_range};
 
 /// What `serve --etcd` is given.
@@ -542,16 +542,24 @@ impl Inner {
         }
         let now = Instant::now();
         let mirror = &self.mirror;
-        for e in mirror.entries() {
-            let id = (e.service, e.addr);
-            if !entries.contains_key(&id) {
-                mirror.mirror(rev, &id.0, &id.1, None);
-                st.mine.remove(&id);
-            }
+        let gone: Vec<Id> = mirror
+            .entries()
+            .into_iter()
+            .map(|e| (e.service, e.addr))
+            .filter(|id| !entries.contains_key(id))
+            .collect();
+        let mut batch: Vec<Mirrored<'_>> = Vec::with_capacity(gone.len() + entries.len());
+        for id in &gone {
+            batch.push((rev, &id.0, &id.1, None));
+            st.mine.remove(id);
         }
-        for (id, k) in &mut entries {
+        for (id, k) in &entries {
             let v = &k.value;
-            mirror.mirror(rev, &id.0, &id.1, Some((v.weight, &v.meta, v.status)));
+            batch.push((rev, &id.0, &id.1, Some((v.weight, &v.meta, v.status))));
+        }
+        mirror.mirror(&batch);
+        drop(batch);
+        for (id, k) in &mut entries {
             let before = st.known.get(id).and_then(|k| k.orphan);
             k.orphan = self.orphan_deadline(id, k, &claims, now, before);
         }
@@ -602,6 +610,7 @@ impl Inner {
         let floor = st.applied;
         let mut top = floor;
         let mut touched: Vec<Id> = Vec::new();
+        let mut changes: Vec<(u64, Id, Option<EntryValue>)> = Vec::new();
         for ev in events {
             let kv = &ev["kv"];
             let rev = int(&kv["mod_revision"]).unwrap_or(0);
@@ -613,7 +622,7 @@ impl Inner {
             match self.layout.parse(&keys::dec(&kv["key"])) {
                 Some(keys::Key::Entry(id)) => {
                     if deleted {
-                        self.mirror.mirror(rev, &id.0, &id.1, None);
+                        changes.push((rev, id.clone(), None));
                         st.known.remove(&id);
                         // Deregistered or expired everywhere: a heartbeat
                         // from now on registers it again.
@@ -636,12 +645,7 @@ impl Inner {
                                 ..value.clone()
                             };
                         }
-                        self.mirror.mirror(
-                            rev,
-                            &id.0,
-                            &id.1,
-                            Some((value.weight, &value.meta, value.status)),
-                        );
+                        changes.push((rev, id.clone(), Some(value.clone())));
                         let orphan = st.known.get(&id).and_then(|k| k.orphan);
                         st.known.insert(
                             id.clone(),
@@ -675,6 +679,15 @@ impl Inner {
                 None => {}
             }
         }
+        let batch: Vec<Mirrored<'_>> = changes
+            .iter()
+            .map(|(rev, id, v)| {
+                let labels = v.as_ref().map(|v| (v.weight, &v.meta, v.status));
+                (*rev, id.0.as_str(), id.1.as_str(), labels)
+            })
+            .collect();
+        self.mirror.mirror(&batch);
+        drop(batch);
         let State { known, claims, .. } = &mut *st;
         for id in touched {
             if let Some(k) = known.get(&id) {
