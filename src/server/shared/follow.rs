@@ -24,8 +24,12 @@ const QUIET: Duration = Duration::from_secs(5);
 enum End {
     /// Its history was compacted: read the table again.
     Compacted,
-    /// Closed, cancelled, or quiet for too long: open it again.
+    /// Closed or cancelled: open it again.
     Again,
+    /// Quiet for too long, broken, or cut by the keeper's probe of its
+    /// member: open it again on the next endpoint, since this one's member
+    /// may be the trouble (frozen, or cut off by the network).
+    Moved,
 }
 
 pub(super) fn run(s: &Inner) {
@@ -43,6 +47,10 @@ pub(super) fn run(s: &Inner) {
             Ok(End::Compacted) => {
                 log::info!("etcd compacted the history being watched: reading the table again");
                 relist = true;
+                continue;
+            }
+            Ok(End::Moved) => {
+                endpoint = endpoint.wrapping_add(1);
                 continue;
             }
             Ok(End::Again) => {
@@ -89,7 +97,7 @@ fn watch(s: &Inner, endpoint: usize) -> crate::error::Result<End> {
     // An agent of its own, so that a stop can shut this watch down
     // without failing anything else.
     let agent = crate::client::agent_trusting(Duration::from_secs(2), &s.trust);
-    *s.watch_agent.lock() = Some(agent.clone());
+    *s.watch_agent.lock() = Some((agent.clone(), base.clone()));
     if s.stopping.load(Ordering::SeqCst) {
         return Ok(End::Again);
     }
@@ -113,8 +121,8 @@ fn watch(s: &Inner, endpoint: usize) -> crate::error::Result<End> {
     let reader = std::io::BufReader::new(resp.into_body().into_reader());
     for line in reader.lines() {
         let Ok(line) = line else {
-            // Quiet too long, or the connection broke: resume.
-            return Ok(End::Again);
+            // Quiet too long, or the connection broke: resume elsewhere.
+            return Ok(End::Moved);
         };
         let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         if v["error"].is_object() {

@@ -68,6 +68,8 @@ pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 /// Bound of each phase of each unary call to etcd. A member that does not
 /// answer costs this much before the next is tried.
 const CALL_TIMEOUT: Duration = Duration::from_millis(800);
+/// How often the keeper makes sure the member the watch follows answers.
+const PROBE: Duration = Duration::from_secs(1);
 /// How often the keeper looks for expired entries and claims to write.
 const TICK: Duration = Duration::from_millis(50);
 /// How long a write waits for the watch to bring it back before it is
@@ -143,7 +145,8 @@ pub(crate) struct Inner {
     keeper_wake: Condvar,
     keeper_lock: Mutex<bool>,
     /// The agent of the watch in progress: shut down to interrupt it.
-    watch_agent: Mutex<Option<ureq::Agent>>,
+    /// And the endpoint it watches, which the keeper probes (`probe`).
+    watch_agent: Mutex<Option<(ureq::Agent, String)>>,
 }
 
 /// A front-end's link to etcd: [`Inner`] for the routes, and the threads.
@@ -223,7 +226,7 @@ impl Shared {
         i.stopping.store(true, Ordering::SeqCst);
         *i.keeper_lock.lock() = true;
         i.keeper_wake.notify_all();
-        if let Some(a) = i.watch_agent.lock().take() {
+        if let Some((a, _)) = i.watch_agent.lock().take() {
             a.shutdown();
         }
         let mut panicked = false;
@@ -710,6 +713,7 @@ impl Inner {
         let period = self.lease_ttl / 3;
         let mut next_keepalive = Instant::now() + period;
         let mut failing = false;
+        let mut next_probe = Instant::now() + PROBE;
         loop {
             {
                 let mut stop = self.keeper_lock.lock();
@@ -719,6 +723,10 @@ impl Inner {
                 if *stop {
                     return;
                 }
+            }
+            if Instant::now() >= next_probe {
+                self.probe();
+                next_probe = Instant::now() + PROBE;
             }
             if Instant::now() >= next_keepalive {
                 let ok = self.keep_alive();
@@ -744,6 +752,28 @@ impl Inner {
                 if !steps {
                     next_keepalive = Instant::now();
                 }
+            }
+        }
+    }
+
+    /// Asks the member the watch follows whether it answers at all. A
+    /// frozen member (or one the network cut off) keeps a watch open and
+    /// silent, and etcd's progress notifications, which would tell, come
+    /// every 10 minutes by default: without this the watch would stay
+    /// blind until it has been quiet for `QUIET`. A member that does not
+    /// answer within `CALL_TIMEOUT` has its watch cut, to be opened again
+    /// on the next endpoint.
+    fn probe(&self) {
+        let Some((agent, base)) = self.watch_agent.lock().clone() else {
+            return;
+        };
+        let probe = crate::client::agent_trusting(CALL_TIMEOUT, &self.trust);
+        if probe.get(&format!("{base}/health")).call().is_err() {
+            let mut w = self.watch_agent.lock();
+            if w.as_ref().is_some_and(|(_, b)| *b == base) {
+                log::info!("etcd at {base} does not answer: following etcd elsewhere");
+                agent.shutdown();
+                *w = None;
             }
         }
     }
