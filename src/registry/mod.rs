@@ -294,6 +294,10 @@ impl Registry {
             status: opts.status,
         };
         let put = self.put_locked(&mut locked, service, key, ttl, &labels, now)?;
+        if !put.added {
+            locked.stats.renewals += 1;
+            locked.history.count(now, Event::Renewal, 1);
+        }
         if put.changed && put.added {
             // Logged once the lock is released: a logger writes, and every
             // heartbeat would wait for it.
@@ -322,9 +326,9 @@ impl Registry {
         if let Some(svc) = t.services.get_mut(service)
             && let Some(i) = svc.entries.find(&key)
         {
+            // Counted as a renewal by the caller that received one: a
+            // change a shared store brings (`mirror`) is not.
             let (changed, queued) = svc.entries.renew(i, ttl, labels, now);
-            t.stats.renewals += 1;
-            t.history.count(now, Event::Renewal, 1);
             if changed {
                 t.counter += 1;
                 svc.index = t.counter;
