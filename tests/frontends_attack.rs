@@ -250,8 +250,10 @@ fn a_relist_for_a_long_poll_does_not_undo_what_the_watch_applied() {
                 && started.elapsed() < Duration::from_secs(60)
             {
                 let addr = format!("tcp@127.0.0.1:{}", 20_000 + n);
-                assert_eq!(post(at_a, &addr, &[]).status, 200);
-                n += 1;
+                // A registration refused under load (503) is not counted.
+                let status = post(at_a, &addr, &[]).status;
+                assert!(status == 200 || status == 503, "{status}");
+                n += usize::from(status == 200);
             }
             n
         })
@@ -298,7 +300,10 @@ fn a_deregistration_racing_a_heartbeat_at_another_front_end_leaves_nothing_forev
     let ttl = [("X-Myrpc-Ttl", "1s")];
     for n in 0..150 {
         let addr = format!("tcp@127.0.0.1:{}", 7000 + n);
-        assert_eq!(post(at_a, &addr, &ttl).status, 200);
+        // A registration refused under load (503, Retry-After) is retried.
+        wait_until("the registration", Duration::from_secs(10), || {
+            post(at_a, &addr, &ttl).status == 200
+        });
         wait_until("B lists it", Duration::from_secs(5), || {
             listing(at_b).1.contains(&addr)
         });
@@ -308,9 +313,23 @@ fn a_deregistration_racing_a_heartbeat_at_another_front_end_leaves_nothing_forev
             let addr = addr.clone();
             thread::spawn(move || post(at_b, &addr, &[("X-Myrpc-Ttl", "1s")]).status)
         };
-        let r = raw(at_a, "DELETE", PATH, &[("X-Myrpc-Server", &addr)]);
-        assert_eq!(r.status, 200);
-        assert_eq!(beat.join().unwrap(), 200);
+        let mut refused = false;
+        wait_until("the deregistration", Duration::from_secs(10), || {
+            let r = raw(at_a, "DELETE", PATH, &[("X-Myrpc-Server", &addr)]);
+            if r.status == 503 {
+                // Refused under load, perhaps after etcd took it.
+                refused = true;
+                return false;
+            }
+            assert!(
+                r.status == 200 || refused && r.status == 404,
+                "{}",
+                r.text()
+            );
+            true
+        });
+        let beat = beat.join().unwrap();
+        assert!(beat == 200 || beat == 503, "{beat}");
     }
     // Whatever each race left, the servers are silent now: a 1 s TTL
     // later nothing of them is left, in etcd or at either front-end.
