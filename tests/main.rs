@@ -16,6 +16,8 @@ mod etcd_cluster;
 mod filters;
 #[cfg(feature = "etcd")]
 mod frontends;
+#[cfg(feature = "etcd")]
+mod frontends_attack;
 mod hardening;
 mod heartbeat;
 mod hostile;

@@ -54,6 +54,16 @@ pub(crate) struct Delta {
     pub(crate) removed: Vec<String>,
 }
 
+/// A change a shared store made, for [`Registry::mirror`]: its revision,
+/// service, address, and labels (`None`: removed).
+#[cfg(feature = "etcd")]
+pub(crate) type Mirrored<'a> = (
+    u64,
+    &'a str,
+    &'a str,
+    Option<(u32, &'a BTreeMap<String, String>, Status)>,
+);
+
 /// What [`Registry::put_locked`] did.
 struct Put {
     index: u64,
@@ -284,6 +294,10 @@ impl Registry {
             status: opts.status,
         };
         let put = self.put_locked(&mut locked, service, key, ttl, &labels, now)?;
+        if !put.added {
+            locked.stats.renewals += 1;
+            locked.history.count(now, Event::Renewal, 1);
+        }
         if put.changed && put.added {
             // Logged once the lock is released: a logger writes, and every
             // heartbeat would wait for it.
@@ -312,9 +326,9 @@ impl Registry {
         if let Some(svc) = t.services.get_mut(service)
             && let Some(i) = svc.entries.find(&key)
         {
+            // Counted as a renewal by the caller that received one: a
+            // change a shared store brings (`mirror`) is not.
             let (changed, queued) = svc.entries.renew(i, ttl, labels, now);
-            t.stats.renewals += 1;
-            t.history.count(now, Event::Renewal, 1);
             if changed {
                 t.counter += 1;
                 svc.index = t.counter;
@@ -362,46 +376,48 @@ impl Registry {
     /// removes it. The entry never expires here, since the store decides
     /// expiry for every front-end at once; and the change takes the
     /// store's revision as its index (or the counter, if that is ahead), so
-    /// front-ends of one store agree on indexes. Returns whether the
-    /// listing changed; bad input changes nothing.
-    pub(crate) fn mirror(
-        &self,
-        revision: u64,
-        service: &str,
-        addr: &str,
-        labels: Option<(u32, &BTreeMap<String, String>, Status)>,
-    ) -> bool {
-        if validate_service(service).is_err() {
-            return false;
-        }
-        let Ok(key) = Key::checked(addr, false) else {
-            return false;
-        };
+    /// front-ends of one store agree on indexes. The changes are applied
+    /// under one lock, so that no listing shows part of them. Returns how
+    /// many changed the listing; bad input changes nothing.
+    pub(crate) fn mirror(&self, changes: &[Mirrored<'_>]) -> usize {
         let now = self.inner.now();
+        // One lock for them all: a long-poll woken by the first change of a
+        // revision would otherwise be answered the revision's index with
+        // only part of it, and the rest would come under the same index.
         let mut locked = self.locked(now);
-        // The change's own increment lands on the revision.
-        let target = locked.counter.max(revision);
-        locked.counter = target.saturating_sub(1);
-        let changed = match labels {
-            Some((weight, meta, status)) => {
-                let labels = Labels {
-                    weight: weight.clamp(1, MAX_WEIGHT),
-                    meta,
-                    status: Some(status),
-                };
-                self.put_locked(&mut locked, service, key, Duration::ZERO, &labels, now)
-                    .is_ok_and(|p| p.changed)
+        let mut changed = 0;
+        for &(revision, service, addr, labels) in changes {
+            if validate_service(service).is_err() {
+                continue;
             }
-            None => {
-                let removed = locked.remove(service, &key);
-                if removed {
-                    locked.stats.deregistrations += 1;
-                    locked.history.deregistered(service, addr, now);
+            let Ok(key) = Key::checked(addr, false) else {
+                continue;
+            };
+            // The change's own increment lands on the revision.
+            let target = locked.counter.max(revision);
+            locked.counter = target.saturating_sub(1);
+            let moved = match labels {
+                Some((weight, meta, status)) => {
+                    let labels = Labels {
+                        weight: weight.clamp(1, MAX_WEIGHT),
+                        meta,
+                        status: Some(status),
+                    };
+                    self.put_locked(&mut locked, service, key, Duration::ZERO, &labels, now)
+                        .is_ok_and(|p| p.changed)
                 }
-                removed
-            }
-        };
-        locked.counter = locked.counter.max(target);
+                None => {
+                    let removed = locked.remove(service, &key);
+                    if removed {
+                        locked.stats.deregistrations += 1;
+                        locked.history.deregistered(service, addr, now);
+                    }
+                    removed
+                }
+            };
+            locked.counter = locked.counter.max(target);
+            changed += usize::from(moved);
+        }
         changed
     }
 
@@ -426,13 +442,17 @@ impl Registry {
         let now = self.inner.now();
         let mut locked = self.locked(now);
         let t = &mut *locked;
-        if let Some(svc) = t.services.get_mut(service)
-            && svc.index < index
-        {
-            svc.index = index;
-            t.retired.extend(svc.invalidate());
+        if let Some(svc) = t.services.get_mut(service) {
+            // Filtered listings too, each of which a client may bring an
+            // index of from another front-end.
+            svc.pairs.raise(index);
+            if svc.index < index {
+                svc.index = index;
+                t.retired.extend(svc.invalidate());
+            }
             announce(&mut t.changed, &svc.name);
         }
+        t.vanished = t.vanished.max(index);
         t.counter = t.counter.max(index);
     }
 

@@ -35,7 +35,7 @@ pub(crate) mod shared {
         pub(crate) fn renew_existing(&self, _: &str, _: &str) -> Result<bool> {
             match *self {}
         }
-        pub(crate) fn catch_up(&self, _: &str, _: u64) {
+        pub(crate) fn catch_up(&self, _: &str, _: &[(String, String)], _: u64) {
             match *self {}
         }
         pub(crate) fn applied(&self) -> u64 {

@@ -426,9 +426,9 @@ fn list(
         // An index from another front-end of the same store may be ahead
         // of this one's.
         if let Some(shared) = &cfg.shared
-            && filter.is_empty()
+            && !wait.is_zero()
         {
-            shared.catch_up(service, index);
+            shared.catch_up(service, &filter, index);
         }
         // Answer at once when the listing moved past the index, when the
         // index is from before a restart (beyond the counter), or when the

@@ -24,8 +24,12 @@ const QUIET: Duration = Duration::from_secs(5);
 enum End {
     /// Its history was compacted: read the table again.
     Compacted,
-    /// Closed, cancelled, or quiet for too long: open it again.
+    /// Closed or cancelled: open it again.
     Again,
+    /// Quiet for too long, or broken: open it again on the next endpoint,
+    /// since this one's member may be the trouble (frozen, or cut off by
+    /// the network).
+    Moved,
 }
 
 pub(super) fn run(s: &Inner) {
@@ -44,6 +48,10 @@ pub(super) fn run(s: &Inner) {
             Ok(End::Compacted) => {
                 log::info!("etcd compacted the history being watched: reading the table again");
                 relist = true;
+                continue;
+            }
+            Ok(End::Moved) => {
+                advance(s, used);
                 continue;
             }
             Ok(End::Again) => {
@@ -66,13 +74,7 @@ pub(super) fn run(s: &Inner) {
                     log::warn!("following etcd failed: {e}; retrying on the next endpoint");
                     failing = true;
                 }
-                // Unless the keeper moved it meanwhile, to one that answers.
-                let _ = s.watch_endpoint.compare_exchange(
-                    used,
-                    used.wrapping_add(1),
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                );
+                advance(s, used);
             }
         }
         // Slept on the keeper's condition, so a stop ends it at once.
@@ -82,6 +84,17 @@ pub(super) fn run(s: &Inner) {
         }
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
+}
+
+/// Moves the watch off endpoint `used`, unless the keeper moved it
+/// meanwhile, to one that answers.
+fn advance(s: &Inner, used: usize) {
+    let _ = s.watch_endpoint.compare_exchange(
+        used,
+        used.wrapping_add(1),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
 }
 
 /// One watch from the revision after the last applied, on endpoint
@@ -123,8 +136,8 @@ fn watch(s: &Inner, endpoint: usize) -> crate::error::Result<End> {
     let reader = std::io::BufReader::new(resp.into_body().into_reader());
     for line in reader.lines() {
         let Ok(line) = line else {
-            // Quiet too long, or the connection broke: resume.
-            return Ok(End::Again);
+            // Quiet too long, or the connection broke: resume elsewhere.
+            return Ok(End::Moved);
         };
         let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         if v["error"].is_object() {
@@ -153,7 +166,9 @@ fn watch(s: &Inner, endpoint: usize) -> crate::error::Result<End> {
             _ if r["created"].as_bool() != Some(true) => {
                 s.apply(&[], int(&r["header"]["revision"]));
             }
-            _ => {}
+            // But it is etcd's revision now: below what was applied, etcd
+            // lost its data, and this watch would wait in silence.
+            _ => s.check_revision(int(&r["header"]["revision"])),
         }
         if s.stopping.load(Ordering::SeqCst) {
             return Ok(End::Again);

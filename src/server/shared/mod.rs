@@ -37,7 +37,7 @@ use crate::client::Trust;
 use crate::error::{Error, Result};
 use crate::etcd::{Etcd, int};
 use crate::protocol::Status;
-use crate::registry::{PutOptions, PutOutcome, Registry, ServiceName};
+use crate::registry::{Mirrored, PutOptions, PutOutcome, Registry, ServiceName};
 use keys::{EntryValue, Id, Layout, enc, prefix_range};
 
 /// What `serve --etcd` is given.
@@ -111,6 +111,9 @@ struct State {
     claims: HashMap<Id, BTreeSet<String>>,
     /// Expired claims whose deletion failed, retried.
     releasing: Vec<(Id, String)>,
+    /// Entries this front-end's lease claims though it hears nothing of
+    /// them, at the keeper's last pass (`release_strays`).
+    strays: std::collections::HashSet<Id>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -136,6 +139,8 @@ pub(crate) struct Inner {
     applied_moved: Condvar,
     degraded: AtomicBool,
     stopping: AtomicBool,
+    /// Asks the lease's thread to keep it alive now (a call failed).
+    recheck: AtomicBool,
     /// Set when etcd's revision went back: the watch gives way to a fresh
     /// range.
     data_lost: AtomicBool,
@@ -185,6 +190,7 @@ impl Shared {
             degraded: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             data_lost: AtomicBool::new(false),
+            recheck: AtomicBool::new(false),
             keeper_wake: Condvar::new(),
             keeper_lock: Mutex::new(false),
             watch_agent: Mutex::new(None),
@@ -205,12 +211,19 @@ impl Shared {
                 .spawn(move || follow::run(&i))
                 .map_err(|e| Error::io("spawn the etcd watch thread", e))?,
         );
-        let i = inner;
+        let i = inner.clone();
         shared.threads.push(
             thread::Builder::new()
                 .name(format!("{name}-etcdk"))
                 .spawn(move || i.keep())
                 .map_err(|e| Error::io("spawn the etcd keeper thread", e))?,
+        );
+        let i = inner;
+        shared.threads.push(
+            thread::Builder::new()
+                .name(format!("{name}-etcdl"))
+                .spawn(move || i.keep_lease())
+                .map_err(|e| Error::io("spawn the etcd lease thread", e))?,
         );
         Ok(shared)
     }
@@ -331,23 +344,37 @@ impl Inner {
             ttl: Some(ttl),
         };
         let lease = self.lease()?;
-        let v = self.etcd.call(
+        // Known here before etcd has the claim, so that the keeper never
+        // takes the claim for a stray (`release_strays`); what was here
+        // before comes back if the write fails.
+        let before = self.state.lock().mine.insert(
+            id.clone(),
+            Mine {
+                deadline: Instant::now() + ttl,
+                ttl,
+                value: value.clone(),
+                claimed: Some(lease.clone()),
+            },
+        );
+        let v = self.call(
             "/v3/kv/txn",
             &json!({ "success": [
                 put(&self.layout.entry(&id), &value.encode(addr), None),
                 put(&self.layout.claim(&id, &lease), &self.me, Some(&lease)),
             ]}),
-        )?;
-        let rev = revision(&v);
-        self.state.lock().mine.insert(
-            id,
-            Mine {
-                deadline: Instant::now() + ttl,
-                ttl,
-                value,
-                claimed: Some(lease),
-            },
         );
+        let v = match v {
+            Ok(v) => v,
+            Err(e) => {
+                let mut st = self.state.lock();
+                match before {
+                    Some(b) => st.mine.insert(id, b),
+                    None => st.mine.remove(&id),
+                };
+                return Err(e);
+            }
+        };
+        let rev = revision(&v);
         self.wait_applied(rev, ECHO_WAIT);
         Ok(PutOutcome::new(ttl, m.index(service).max(rev), true))
     }
@@ -426,7 +453,7 @@ impl Inner {
         }
         let id: Id = (service.to_string(), addr.to_string());
         let (from, to) = prefix_range(&self.layout.claims_of(&id));
-        let v = self.etcd.call(
+        let v = self.call(
             "/v3/kv/txn",
             &json!({ "success": [
                 { "request_delete_range": { "key": enc(&self.layout.entry(&id)) } },
@@ -443,13 +470,35 @@ impl Inner {
     /// index another front-end gave it, waits (briefly) until this one has
     /// followed etcd that far, and then serves the unchanged listing at
     /// that index, so the client never sees its index go back.
-    pub(crate) fn catch_up(&self, service: &str, index: u64) {
-        if index <= self.mirror.index(service) {
+    pub(crate) fn catch_up(&self, service: &str, filter: &[(String, String)], index: u64) {
+        let current = match filter {
+            [] => self.mirror.index(service),
+            _ => self.mirror.index_matching(service, filter),
+        };
+        if index <= current {
             return;
         }
-        if self.wait_applied(index, ECHO_WAIT) || self.relist(false).is_ok_and(|r| r >= index) {
-            self.mirror.mirror_raise(service, index);
+        if index > self.applied() {
+            // An index etcd has not reached at all (of another registry, or
+            // of before etcd lost its data) is answered at once, as one
+            // registry answers an index from before its restart; asking
+            // costs a millisecond, where waiting for it would cost the wait.
+            let (key, _) = self.layout.range();
+            let asked = self.call(
+                "/v3/kv/range",
+                &json!({ "key": enc(&key), "count_only": true }),
+            );
+            if asked.is_ok_and(|v| revision(&v) < index) {
+                return;
+            }
+            // The watch brings it in milliseconds; a watch that lags by a
+            // second is bypassed with a fresh read.
+            if !self.wait_applied(index, ECHO_WAIT) && !self.relist(false).is_ok_and(|r| r >= index)
+            {
+                return;
+            }
         }
+        self.mirror.mirror_raise(service, index);
     }
 
     /// Waits until the mirror reflects `rev`; whether it does.
@@ -474,7 +523,7 @@ impl Inner {
 
     /// Grants a new lease: every claim is written again under it.
     fn grant(&self) -> Result<String> {
-        let v = self.etcd.call(
+        let v = self.call(
             "/v3/lease/grant",
             &json!({ "TTL": self.lease_ttl.as_secs().max(2) }),
         )?;
@@ -537,16 +586,24 @@ impl Inner {
         }
         let now = Instant::now();
         let mirror = &self.mirror;
-        for e in mirror.entries() {
-            let id = (e.service, e.addr);
-            if !entries.contains_key(&id) {
-                mirror.mirror(rev, &id.0, &id.1, None);
-                st.mine.remove(&id);
-            }
+        let gone: Vec<Id> = mirror
+            .entries()
+            .into_iter()
+            .map(|e| (e.service, e.addr))
+            .filter(|id| !entries.contains_key(id))
+            .collect();
+        let mut batch: Vec<Mirrored<'_>> = Vec::with_capacity(gone.len() + entries.len());
+        for id in &gone {
+            batch.push((rev, &id.0, &id.1, None));
+            st.mine.remove(id);
         }
-        for (id, k) in &mut entries {
+        for (id, k) in &entries {
             let v = &k.value;
-            mirror.mirror(rev, &id.0, &id.1, Some((v.weight, &v.meta, v.status)));
+            batch.push((rev, &id.0, &id.1, Some((v.weight, &v.meta, v.status))));
+        }
+        mirror.mirror(&batch);
+        drop(batch);
+        for (id, k) in &mut entries {
             let before = st.known.get(id).and_then(|k| k.orphan);
             k.orphan = self.orphan_deadline(id, k, &claims, now, before);
         }
@@ -597,6 +654,7 @@ impl Inner {
         let floor = st.applied;
         let mut top = floor;
         let mut touched: Vec<Id> = Vec::new();
+        let mut changes: Vec<(u64, Id, Option<EntryValue>)> = Vec::new();
         for ev in events {
             let kv = &ev["kv"];
             let rev = int(&kv["mod_revision"]).unwrap_or(0);
@@ -608,19 +666,30 @@ impl Inner {
             match self.layout.parse(&keys::dec(&kv["key"])) {
                 Some(keys::Key::Entry(id)) => {
                     if deleted {
-                        self.mirror.mirror(rev, &id.0, &id.1, None);
+                        changes.push((rev, id.clone(), None));
                         st.known.remove(&id);
                         // Deregistered or expired everywhere: a heartbeat
                         // from now on registers it again.
                         st.mine.remove(&id);
                     } else {
                         let value = EntryValue::decode(&keys::dec(&kv["value"]));
-                        self.mirror.mirror(
-                            rev,
-                            &id.0,
-                            &id.1,
-                            Some((value.weight, &value.meta, value.status)),
-                        );
+                        if let Some(m) = st.mine.get_mut(&id) {
+                            // A TTL its server asked at another front-end
+                            // holds here too: counted from the last beat
+                            // heard here, as one registry would.
+                            if let Some(t) = value.ttl
+                                && t != m.ttl
+                            {
+                                let beat = m.deadline.checked_sub(m.ttl).unwrap_or(now);
+                                m.deadline = beat + t;
+                                m.ttl = t;
+                            }
+                            m.value = EntryValue {
+                                ttl: Some(m.ttl),
+                                ..value.clone()
+                            };
+                        }
+                        changes.push((rev, id.clone(), Some(value.clone())));
                         let orphan = st.known.get(&id).and_then(|k| k.orphan);
                         st.known.insert(
                             id.clone(),
@@ -654,6 +723,15 @@ impl Inner {
                 None => {}
             }
         }
+        let batch: Vec<Mirrored<'_>> = changes
+            .iter()
+            .map(|(rev, id, v)| {
+                let labels = v.as_ref().map(|v| (v.weight, &v.meta, v.status));
+                (*rev, id.0.as_str(), id.1.as_str(), labels)
+            })
+            .collect();
+        self.mirror.mirror(&batch);
+        drop(batch);
         let State { known, claims, .. } = &mut *st;
         for id in touched {
             if let Some(k) = known.get(&id) {
@@ -670,12 +748,51 @@ impl Inner {
         self.applied_moved.notify_all();
     }
 
-    /// The keeper's loop: the lease kept alive, claims written, expired
-    /// entries taken back, orphans deleted.
-    fn keep(&self) {
+    /// The lease's loop: kept alive every third of its TTL (every 200 ms
+    /// while etcd does not answer, so an outage ends quickly), the
+    /// degraded mark set and cleared, the watch moved to the member that
+    /// answers. A thread of its own, so that no amount of work for the
+    /// keeper (a mass expiry, claims after an outage) delays a keep-alive
+    /// past the lease's TTL.
+    fn keep_lease(&self) {
         let period = self.lease_ttl / 3;
-        let mut next_keepalive = Instant::now() + period;
         let mut failing = false;
+        loop {
+            {
+                let mut stop = self.keeper_lock.lock();
+                let wait = if failing { TICK * 4 } else { period };
+                let until = Instant::now() + wait;
+                while !*stop && !self.recheck.load(Ordering::SeqCst) {
+                    if self.keeper_wake.wait_until(&mut stop, until).timed_out() {
+                        break;
+                    }
+                }
+                if *stop {
+                    return;
+                }
+            }
+            self.recheck.store(false, Ordering::SeqCst);
+            let ok = self.keep_alive();
+            if ok {
+                self.follow_the_answering_endpoint();
+            }
+            if ok == failing {
+                failing = !ok;
+                self.degraded.store(failing, Ordering::Relaxed);
+                match failing {
+                    true => log::warn!(
+                        "etcd ({}) is unreachable: serving the last state read, renewing known entries, refusing registrations",
+                        self.etcd.describe()
+                    ),
+                    false => log::info!("etcd is reachable again"),
+                }
+            }
+        }
+    }
+
+    /// The keeper's loop: claims written, expired entries taken back,
+    /// orphans deleted, a batch of each a tick, while etcd answers.
+    fn keep(&self) {
         loop {
             {
                 let mut stop = self.keeper_lock.lock();
@@ -686,29 +803,15 @@ impl Inner {
                     return;
                 }
             }
-            if Instant::now() >= next_keepalive {
-                let ok = self.keep_alive();
-                if ok {
-                    self.follow_the_answering_endpoint();
-                }
-                if ok == failing {
-                    failing = !ok;
-                    self.degraded.store(failing, Ordering::Relaxed);
-                    match failing {
-                        true => log::warn!(
-                            "etcd ({}) is unreachable: serving the last state read, renewing known entries, refusing registrations",
-                            self.etcd.describe()
-                        ),
-                        false => log::info!("etcd is reachable again"),
-                    }
-                }
-                // Retried soon while failing, so the outage ends quickly.
-                next_keepalive = Instant::now() + if failing { TICK * 4 } else { period };
-            }
-            if !failing {
-                let steps = self.release_expired() && self.write_claims() && self.delete_orphans();
+            if !self.degraded() {
+                let steps = self.release_expired()
+                    && self.write_claims()
+                    && self.release_strays()
+                    && self.delete_orphans();
                 if !steps {
-                    next_keepalive = Instant::now();
+                    // Whether etcd still answers is the lease's to tell.
+                    self.recheck.store(true, Ordering::SeqCst);
+                    self.keeper_wake.notify_all();
                 }
             }
         }
@@ -721,12 +824,9 @@ impl Inner {
         let Some(id) = lease else {
             return self.grant().is_ok();
         };
-        match self.etcd.call("/v3/lease/keepalive", &json!({ "ID": id })) {
+        match self.call("/v3/lease/keepalive", &json!({ "ID": id })) {
             // A lease gone is answered without a TTL (CRATE-NOTES §4.3).
-            Ok(v) if int(&v["result"]["TTL"]).is_some_and(|t| t > 0) => {
-                self.check_revision(int(&v["result"]["header"]["revision"]));
-                true
-            }
+            Ok(v) if int(&v["result"]["TTL"]).is_some_and(|t| t > 0) => true,
             Ok(_) => {
                 log::warn!(
                     "this front-end's etcd lease expired; claiming its entries again under a new one"
@@ -752,10 +852,23 @@ impl Inner {
         }
     }
 
+    /// One unary call to etcd, its answer's revision checked: etcd's
+    /// revision never goes back, so one below what the mirror reflects
+    /// means etcd lost its data.
+    fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        let v = self.etcd.call(path, body)?;
+        let header = match v.get("result") {
+            Some(r) => &r["header"],
+            None => &v["header"],
+        };
+        self.check_revision(int(&header["revision"]));
+        Ok(v)
+    }
+
     /// etcd's revision below the one applied means etcd lost its data and
     /// started again: a watch resumed at the old revision would wait for
     /// it in silence (CRATE-NOTES §4.5), so the table is read again.
-    fn check_revision(&self, now: Option<u64>) {
+    pub(super) fn check_revision(&self, now: Option<u64>) {
         let Some(now) = now else { return };
         if now < self.state.lock().applied {
             self.data_lost.store(true, Ordering::SeqCst);
@@ -795,8 +908,9 @@ impl Inner {
             }
         }
         let mut ok = true;
-        for (id, lease, leased) in due {
-            if !ok {
+        for (n, (id, lease, leased)) in due.into_iter().enumerate() {
+            // The rest at the next tick, so that one tick stays short.
+            if !ok || n >= BATCH {
                 self.state.lock().releasing.push((id, lease));
                 continue;
             }
@@ -834,8 +948,56 @@ impl Inner {
                 "failure": [drop_claim],
             })
         };
-        let v = self.etcd.call("/v3/kv/txn", &body)?;
+        let v = self.call("/v3/kv/txn", &body)?;
         Ok(!leased && succeeded(&v))
+    }
+
+    /// Takes back the claims this front-end holds for entries it no longer
+    /// hears from. A claim written back with its entry (`write_claims`)
+    /// just after the entry was deleted is one: the deletion, applied
+    /// after it, forgets the entry here, and nothing else would ever take
+    /// that claim back, keeping the entry listed for as long as this
+    /// front-end lives. A claim is taken for a stray only when seen so
+    /// on two passes, so that a release already sent is not sent again.
+    fn release_strays(&self) -> bool {
+        let due: Vec<(Id, String, bool)> = {
+            let mut st = self.state.lock();
+            let Some(lease) = st.lease.clone() else {
+                return true;
+            };
+            let now: std::collections::HashSet<Id> = st
+                .claims
+                .iter()
+                .filter(|(id, c)| c.contains(&lease) && !st.mine.contains_key(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let seen = std::mem::replace(&mut st.strays, now);
+            st.strays
+                .iter()
+                .filter(|id| seen.contains(*id))
+                .take(BATCH)
+                .map(|id| {
+                    let leased = st.known.get(id).is_some_and(|k| k.leased);
+                    (id.clone(), lease.clone(), leased)
+                })
+                .collect()
+        };
+        for (id, lease, leased) in due {
+            match self.release(&id, &lease, leased) {
+                Ok(true) => log::info!(
+                    "expired {} from {}: nobody beats for it here any more",
+                    id.1,
+                    ServiceName(&id.0)
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    log::debug!("taking back the stray claim of {} failed: {e}", id.1);
+                    return false;
+                }
+            }
+            self.state.lock().strays.remove(&id);
+        }
+        true
     }
 
     /// Writes the claims this front-end owes: entries it heard from first
@@ -864,7 +1026,7 @@ impl Inner {
                 "success": [claim],
                 "failure": [put(&entry, &value.encode(&id.1), None), claim],
             });
-            match self.etcd.call("/v3/kv/txn", &body) {
+            match self.call("/v3/kv/txn", &body) {
                 Ok(v) => {
                     if !succeeded(&v) {
                         log::info!(
@@ -911,7 +1073,7 @@ impl Inner {
                 ],
                 "success": [{ "request_delete_range": { "key": enc(&entry) } }],
             });
-            match self.etcd.call("/v3/kv/txn", &body) {
+            match self.call("/v3/kv/txn", &body) {
                 Ok(v) => {
                     if succeeded(&v) {
                         log::info!(
