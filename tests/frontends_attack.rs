@@ -459,7 +459,7 @@ fn a_front_end_whose_member_froze_through_a_compaction_catches_up() {
     assert!(v.get("error").is_none(), "{v}");
     e.pause_member(0, false);
     let want = ["tcp@127.0.0.1:7001", "tcp@127.0.0.1:7003"];
-    wait_until("B to catch up", Duration::from_secs(15), || {
+    wait_until("B to catch up", Duration::from_secs(30), || {
         listing(b.local_addr()).1 == want
     });
     assert!(listing(b.local_addr()).0 >= listing(a.local_addr()).0);
