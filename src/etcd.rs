@@ -102,6 +102,17 @@ impl Etcd {
         format!("etcd {}", self.endpoints.join(","))
     }
 
+    /// The lease ID of a `/v3/lease/grant` answer.
+    pub(crate) fn lease_id(&self, grant: &Value) -> Result<String> {
+        grant["ID"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::BadResponse {
+                url: self.describe(),
+                reason: "lease grant without an ID".into(),
+            })
+    }
+
     /// Every endpoint, in the order given.
     pub(crate) fn endpoints(&self) -> &[String] {
         &self.endpoints
@@ -464,13 +475,7 @@ impl RegShared {
         let grant = self
             .etcd
             .call("/v3/lease/grant", &json!({ "TTL": self.ttl_secs }))?;
-        let id = grant["ID"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| Error::BadResponse {
-                url: self.etcd.describe(),
-                reason: "lease grant without an ID".into(),
-            })?;
+        let id = self.etcd.lease_id(&grant)?;
         self.etcd.call(
             "/v3/kv/put",
             &json!({ "key": b64(self.key.as_bytes()), "value": b64(self.value.as_bytes()), "lease": id }),

@@ -11,11 +11,11 @@ use crate::common::etcd::{self, Cluster};
 use crate::common::process::Process;
 use crate::common::{Raw, raw, wait_until};
 
-const PATH: &str = "/myRPC/registry";
+pub const PATH: &str = "/myRPC/registry";
 
 /// A front-end on `e` on a free port: entries' TTL `ttl` unless they ask,
 /// servers may ask for as little as 100 ms.
-fn front(e: &Cluster, ttl: Duration) -> RegistryServer {
+pub fn front(e: &Cluster, ttl: Duration) -> RegistryServer {
     let urls = e.urls();
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     RegistryServer::builder()
@@ -29,20 +29,32 @@ fn front(e: &Cluster, ttl: Duration) -> RegistryServer {
         .unwrap()
 }
 
-fn post(at: SocketAddr, server: &str, headers: &[(&str, &str)]) -> Raw {
+/// Two front-ends on `e`, entries' TTL a minute unless they ask.
+pub fn fronts(e: &Cluster) -> (RegistryServer, RegistryServer) {
+    let ttl = Duration::from_secs(60);
+    (front(e, ttl), front(e, ttl))
+}
+
+pub fn post(at: SocketAddr, server: &str, headers: &[(&str, &str)]) -> Raw {
     let mut h = vec![("X-Myrpc-Server", server)];
     h.extend_from_slice(headers);
     raw(at, "POST", PATH, &h)
 }
 
-/// The text listing of the default service: index and addresses.
-fn listing(at: SocketAddr) -> (u64, Vec<String>) {
-    let r = raw(at, "GET", &format!("{PATH}?format=text"), &[]);
+/// The text listing of the default service with `query` (`&meta.k=v`…):
+/// index and addresses.
+pub fn listing_at(at: SocketAddr, query: &str) -> (u64, Vec<String>) {
+    let r = raw(at, "GET", &format!("{PATH}?format=text{query}"), &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     (index_of(&r), r.text().lines().map(str::to_string).collect())
 }
 
-fn index_of(r: &Raw) -> u64 {
+/// The text listing of the default service: index and addresses.
+pub fn listing(at: SocketAddr) -> (u64, Vec<String>) {
+    listing_at(at, "")
+}
+
+pub fn index_of(r: &Raw) -> u64 {
     r.header("X-Myrpc-Index").unwrap().parse().unwrap()
 }
 
@@ -59,10 +71,7 @@ fn poll(at: SocketAddr, index: u64, wait: &str) -> Raw {
 #[test]
 fn a_registration_at_one_front_end_is_served_and_woken_at_the_others() {
     let Some(e) = etcd::start() else { return };
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     let (at_a, at_b) = (a.local_addr(), b.local_addr());
     let mut took = Vec::new();
     for n in 0..20 {
@@ -131,10 +140,7 @@ fn a_registration_at_one_front_end_is_served_and_woken_at_the_others() {
 #[test]
 fn renewals_stay_at_the_front_end_and_do_not_write_to_etcd() {
     let Some(e) = etcd::start() else { return };
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     let servers: Vec<String> = (0..200)
         .map(|i| format!("tcp@127.0.0.1:{}", 10_000 + i))
         .collect();
@@ -183,10 +189,7 @@ fn renewals_stay_at_the_front_end_and_do_not_write_to_etcd() {
 #[test]
 fn a_silent_server_expires_at_every_front_end_whichever_it_beat_to() {
     let Some(e) = etcd::start() else { return };
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     let ttl = [("X-Myrpc-Ttl", "1s")];
     // Beats to A and B in turn, then stops.
     let mut last = Instant::now();
@@ -449,10 +452,7 @@ fn with_one_etcd_member_down_nothing_changes() {
     let Some(mut e) = Cluster::start(3) else {
         return;
     };
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     assert_eq!(post(a.local_addr(), "tcp@127.0.0.1:7001", &[]).status, 200);
     // The first member: where both front-ends' calls and watches go first.
     e.stop_member(0, true);
@@ -651,10 +651,7 @@ fn register_with_also_beats_to_every_front_end() {
 #[test]
 fn a_heartbeat_renews_over_udp_and_drains_through_front_ends() {
     let Some(e) = etcd::start() else { return };
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     let hb = regcenter::Heartbeat::builder(a.url(), "tcp@127.0.0.1:7001")
         .also(b.url())
         .ttl(Duration::from_secs(1))
@@ -707,10 +704,7 @@ fn a_heartbeat_renews_over_udp_and_drains_through_front_ends() {
 #[test]
 fn a_paused_etcd_member_is_left_for_the_others() {
     let Some(e) = Cluster::start(3) else { return };
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     assert_eq!(post(a.local_addr(), "tcp@127.0.0.1:7001", &[]).status, 200);
     // The member both front-ends call and watch first stops answering,
     // without closing a connection.

@@ -13,43 +13,9 @@ use regcenter::RegistryServer;
 use serde_json::json;
 
 use crate::common::etcd::{self, Cluster, b64, call};
-use crate::common::{Raw, raw, wait_until};
+use crate::common::{raw, wait_until};
 
-const PATH: &str = "/myRPC/registry";
-
-fn front(e: &Cluster, ttl: Duration) -> RegistryServer {
-    let urls = e.urls();
-    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-    RegistryServer::builder()
-        .addr("127.0.0.1:0")
-        .ttl(ttl)
-        .min_ttl(Duration::from_millis(100))
-        .threads(2)
-        .etcd(&urls)
-        .etcd_lease_ttl(Duration::from_secs(2))
-        .start()
-        .unwrap()
-}
-
-fn post(at: SocketAddr, server: &str, headers: &[(&str, &str)]) -> Raw {
-    let mut h = vec![("X-Myrpc-Server", server)];
-    h.extend_from_slice(headers);
-    raw(at, "POST", PATH, &h)
-}
-
-fn listing_at(at: SocketAddr, query: &str) -> (u64, Vec<String>) {
-    let r = raw(at, "GET", &format!("{PATH}?format=text{query}"), &[]);
-    assert_eq!(r.status, 200, "{}", r.text());
-    (index_of(&r), r.text().lines().map(str::to_string).collect())
-}
-
-fn listing(at: SocketAddr) -> (u64, Vec<String>) {
-    listing_at(at, "")
-}
-
-fn index_of(r: &Raw) -> u64 {
-    r.header("X-Myrpc-Index").unwrap().parse().unwrap()
-}
+use crate::frontends::{PATH, front, fronts, index_of, listing, listing_at, post};
 
 #[test]
 fn a_front_end_follows_an_etcd_that_lost_its_data() {
@@ -82,10 +48,7 @@ fn a_front_end_follows_an_etcd_that_lost_its_data() {
 #[test]
 fn a_shorter_ttl_asked_at_one_front_end_holds_at_the_others() {
     let Some(e) = etcd::start() else { return };
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     let s = "tcp@127.0.0.1:7001";
     // Registered with the default 60 s, and heard by both front-ends.
     assert_eq!(post(a.local_addr(), s, &[]).status, 200);
@@ -149,10 +112,7 @@ fn a_paused_member_under_the_watch_does_not_hide_changes() {
     let Some(e) = Cluster::start(3) else {
         return;
     };
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     assert_eq!(post(a.local_addr(), "tcp@127.0.0.1:7001", &[]).status, 200);
     wait_until("B lists the first", Duration::from_secs(5), || {
         listing(b.local_addr()).1.len() == 1
@@ -206,10 +166,7 @@ fn bulk(e: &Cluster, n: usize) {
 fn a_relist_for_a_long_poll_does_not_undo_what_the_watch_applied() {
     let Some(e) = etcd::start() else { return };
     bulk(&e, 3000);
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     let (at_a, at_b) = (a.local_addr(), b.local_addr());
     assert_eq!(listing_at(at_b, "").1.len(), 0);
     let done = Arc::new(AtomicBool::new(false));
@@ -290,10 +247,7 @@ fn a_relist_for_a_long_poll_does_not_undo_what_the_watch_applied() {
 #[test]
 fn a_deregistration_racing_a_heartbeat_at_another_front_end_leaves_nothing_forever() {
     let Some(e) = etcd::start() else { return };
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     let (at_a, at_b) = (a.local_addr(), b.local_addr());
     let ttl = [("X-Myrpc-Ttl", "1s")];
     for n in 0..150 {
@@ -470,10 +424,7 @@ fn a_front_end_whose_member_froze_through_a_compaction_catches_up() {
 #[test]
 fn a_front_end_counts_only_the_renewals_it_received() {
     let Some(e) = etcd::start() else { return };
-    let (a, b) = (
-        front(&e, Duration::from_secs(60)),
-        front(&e, Duration::from_secs(60)),
-    );
+    let (a, b) = fronts(&e);
     let s = "tcp@127.0.0.1:7001";
     assert_eq!(post(a.local_addr(), s, &[]).status, 200);
     for w in 2..5 {

@@ -527,13 +527,7 @@ impl Inner {
             "/v3/lease/grant",
             &json!({ "TTL": self.lease_ttl.as_secs().max(2) }),
         )?;
-        let id = v["ID"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| Error::BadResponse {
-                url: self.etcd.describe(),
-                reason: "lease grant without an ID".into(),
-            })?;
+        let id = self.etcd.lease_id(&v)?;
         let mut st = self.state.lock();
         st.lease = Some(id.clone());
         for m in st.mine.values_mut() {
