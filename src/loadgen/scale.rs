@@ -438,6 +438,7 @@ impl ScaleOptions {
             seen,
             renewals: beats.acked,
             renewing: beats.ran,
+            udp_drops: beats.drops,
             beat_p99: pct(&beat_latency, 0.99),
             p50: pct(&from_ack, 0.50),
             p99: pct(&from_ack, 0.99),
@@ -472,6 +473,9 @@ struct Tally {
     ran: Duration,
     acked: u64,
     latencies: Vec<u32>,
+    /// Datagrams the kernel dropped at the registry's UDP socket and at
+    /// the generator's, when readable (Linux).
+    drops: Option<(u64, u64)>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -531,6 +535,9 @@ fn udp_beats(
     let mut tally = Tally::default();
     let socket = match std::net::UdpSocket::bind(SocketAddr::new(to.ip(), 0)).and_then(|s| {
         s.connect(to)?;
+        // Room for the replies of a second of renewals, so that a moment
+        // off the CPU loses none here (the kernel caps it at rmem_max).
+        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
         Ok(s)
     }) {
         Ok(s) => s,
@@ -540,6 +547,8 @@ fn udp_beats(
         }
     };
     let names: Vec<String> = (0..targets.len()).map(service_name).collect();
+    let own = socket.local_addr().map_or(0, |a| a.port());
+    let drops_before = (udp_drops(to.port()), udp_drops(own));
     let mut buf = Vec::with_capacity(wire::MAX_REQUEST);
     let mut reply = [0u8; wire::REPLY_LEN + 1];
     let (mut sent, mut answered) = (0u64, 0u64);
@@ -593,7 +602,38 @@ fn udp_beats(
         *tally.errors.entry("renewal unanswered".into()).or_insert(0) += sent - answered;
     }
     tally.ran = start.elapsed();
+    tally.drops = match (drops_before, (udp_drops(to.port()), udp_drops(own))) {
+        ((Some(r0), Some(o0)), (Some(r1), Some(o1))) => {
+            Some((r1.saturating_sub(r0), o1.saturating_sub(o0)))
+        }
+        _ => None,
+    };
     tally
+}
+
+/// Datagrams dropped so far by the UDP sockets on local `port` (the drops
+/// column of `/proc/net/udp{,6}`), `None` when there is none (or not on
+/// Linux).
+fn udp_drops(port: u16) -> Option<u64> {
+    let mut total = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local = f
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local == Some(port)
+                && let Some(d) = f.last().and_then(|d| d.parse::<u64>().ok())
+            {
+                *total.get_or_insert(0) += d;
+            }
+        }
+    }
+    total
 }
 
 /// One connection of the HTTP beats: idle, or waiting for the answer to a
@@ -1256,6 +1296,9 @@ pub struct ScaleReport {
     pub renewals: u64,
     /// How long the servers renewed (from registering to the end).
     pub renewing: Duration,
+    /// With [`Beats::Udp`], the datagrams the kernel dropped for want of
+    /// room at the registry's socket and at the generator's (Linux).
+    pub udp_drops: Option<(u64, u64)>,
     /// 99th percentile of a renewal's latency from when it was due (HTTP
     /// beats only; zero with UDP).
     pub beat_p99: Duration,
@@ -1326,6 +1369,12 @@ impl fmt::Display for ScaleReport {
         )?;
         if self.beats == Beats::Http {
             write!(f, ", p99 {:.2}ms from when due", ms(self.beat_p99))?;
+        }
+        if let Some((registry, generator)) = self.udp_drops {
+            write!(
+                f,
+                ", datagrams dropped by the registry's socket {registry}, by the generator's {generator}"
+            )?;
         }
         writeln!(f)?;
         let figures = |p: &ProcessFigures| {
