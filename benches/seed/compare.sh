@@ -28,7 +28,9 @@ for url in $GO $RC; do
 done
 uptime
 echo "POST wrk    go $(wrk -t2 -c64 -d$D -s benches/seed/post.lua $GO | rate)  regcenter $(wrk -t2 -c64 -d$D -s benches/seed/post.lua $RC | rate)"
-echo "POST udp    regcenter $($REG bench --registry $RC --service '' --op renew-udp --servers 100 --clients 64 --duration $D 2>/dev/null | awk '/^rate/ {print $2}')"
+for c in 64 256; do
+    echo "POST udp    regcenter, $c in flight $($REG bench --registry $RC --service '' --op renew-udp --servers 100 --clients $c --duration $D 2>/dev/null | awk '/^rate/ {print $2}')"
+done
 echo "POST bench  go $($REG bench --registry $GO --service '' --op renew --servers 100 --clients 64 --duration $D 2>/dev/null | awk '/^rate/ {print $2}')  regcenter $($REG bench --registry $RC --service '' --op renew --servers 100 --clients 64 --duration $D 2>/dev/null | awk '/^rate/ {print $2}')"
 echo "GET100 wrk  go $(wrk -t2 -c64 -d$D $GO | rate)  regcenter $(wrk -t2 -c64 -d$D $RC | rate)"
 echo "GET10k      go $($REG bench --registry $GO --service '' --op get --format seed --servers 10000 --clients 64 --duration $D 2>/dev/null | awk '/^rate/ {print $2}')  regcenter $($REG bench --registry $RC --service '' --op get --format seed --servers 10000 --clients 64 --duration $D 2>/dev/null | awk '/^rate/ {print $2}')"
