@@ -9,6 +9,11 @@
 //! server it measures. It prints nothing: progress goes to the callback of
 //! [`LoadOptions::run_with_progress`], the outcome into a [`LoadReport`].
 //!
+//! [`ScaleOptions`] runs a whole deployment instead (`regcenter bench --op
+//! scale`): servers renewing on a period, watchers, membership changes;
+//! its [`ScaleReport`] says how fast changes reach the watchers and what
+//! the registry's process spent.
+//!
 //! ```
 //! use regcenter::loadgen::{LoadOptions, Op};
 //! use regcenter::RegistryServer;

@@ -729,13 +729,13 @@ fn http_beats(
             let c = &mut cs[ev.u64 as usize];
             let Some(s) = c.stream.as_mut() else { continue };
             match read_answer(s, &mut c.buf, &mut read_buf) {
-                Read_::More => {}
-                Read_::Failed(kind) => {
+                Reading::More => {}
+                Reading::Failed(kind) => {
                     error(&mut tally.errors, kind);
                     c.stream = None;
                     c.due = None;
                 }
-                Read_::Answer(a) => {
+                Reading::Answer(a) => {
                     if (200..300).contains(&a.status) {
                         tally.acked += 1;
                         if let Some(at) = c.due {
@@ -838,20 +838,20 @@ fn watch_loop(
             let w = &mut ws[ev.u64 as usize];
             let Some(s) = w.stream.as_mut() else { continue };
             match read_answer(s, &mut w.buf, &mut read_buf) {
-                Read_::More => continue,
-                Read_::Failed(kind) => {
+                Reading::More => continue,
+                Reading::Failed(kind) => {
                     error(&mut tally.errors, kind);
                     w.stream = None;
                     continue;
                 }
-                Read_::Answer(a) if a.status != 200 => {
+                Reading::Answer(a) if a.status != 200 => {
                     // A watcher refused (503: too many) stays down rather
                     // than spinning on refusals.
                     error(&mut tally.errors, &format!("watch status {}", a.status));
                     w.stream = None;
                     continue;
                 }
-                Read_::Answer(a) => {
+                Reading::Answer(a) => {
                     if let Some(index) = a.index
                         && index != w.index
                     {
@@ -889,17 +889,22 @@ fn first_listing(
     );
     s.write_all(req.as_bytes()).map_err(|_| "watch write")?;
     let (mut buf, mut chunk) = (Vec::with_capacity(16 * 1024), vec![0u8; 64 * 1024]);
-    // Bounded: each read waits one timeout at most, and an answer ends it.
+    let deadline = Instant::now() + timeout;
+    // Bounded: each read waits one timeout at most, and the answer must
+    // be whole within one timeout.
     loop {
+        if Instant::now() > deadline {
+            return Err("watch timeout");
+        }
         match read_answer(&mut s, &mut buf, &mut chunk) {
-            Read_::Answer(a) if a.status == 200 => {
+            Reading::Answer(a) if a.status == 200 => {
                 let index = a.index.ok_or("watch answer without an index")?;
                 s.set_nonblocking(true).map_err(|_| "watch connect")?;
                 return Ok((s, index));
             }
-            Read_::Answer(_) => return Err("watch listing refused"),
-            Read_::Failed(kind) => return Err(kind),
-            Read_::More => {}
+            Reading::Answer(_) => return Err("watch listing refused"),
+            Reading::Failed(kind) => return Err(kind),
+            Reading::More => {}
         }
     }
 }
@@ -1022,7 +1027,7 @@ struct Answer {
 }
 
 /// How a read of an answer went.
-enum Read_ {
+enum Reading {
     /// Not all of it yet.
     More,
     Answer(Answer),
@@ -1031,10 +1036,10 @@ enum Read_ {
 
 /// Reads what `s` has into `buf` (until it would block, or once when
 /// blocking) and says whether a whole answer is there.
-fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, chunk: &mut [u8]) -> Read_ {
+fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, chunk: &mut [u8]) -> Reading {
     loop {
         match s.read(chunk) {
-            Ok(0) => return Read_::Failed("closed"),
+            Ok(0) => return Reading::Failed("closed"),
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
                 if let Some(r) = parse(buf) {
@@ -1042,20 +1047,22 @@ fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, chunk: &mut [u8]) -> Read_ 
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return parse(buf).unwrap_or(Read_::More);
+                return parse(buf).unwrap_or(Reading::More);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Read_::Failed("timeout"),
-            Err(_) => return Read_::Failed("read"),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Reading::Failed("timeout");
+            }
+            Err(_) => return Reading::Failed("read"),
         }
     }
 }
 
 /// The answer in `buf` when it is whole (or malformed), `None` while it is
 /// still arriving.
-fn parse(buf: &[u8]) -> Option<Read_> {
+fn parse(buf: &[u8]) -> Option<Reading> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let Ok(head) = std::str::from_utf8(&buf[..end]) else {
-        return Some(Read_::Failed("bad answer"));
+        return Some(Reading::Failed("bad answer"));
     };
     let mut lines = head.split("\r\n");
     let Some(status) = lines
@@ -1063,7 +1070,7 @@ fn parse(buf: &[u8]) -> Option<Read_> {
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse::<u16>().ok())
     else {
-        return Some(Read_::Failed("bad answer"));
+        return Some(Reading::Failed("bad answer"));
     };
     let (mut length, mut index) = (0usize, None);
     for (n, v) in lines.filter_map(|l| l.split_once(':')) {
@@ -1073,7 +1080,7 @@ fn parse(buf: &[u8]) -> Option<Read_> {
             index = v.trim().parse().ok();
         }
     }
-    (buf.len() >= end + 4 + length).then_some(Read_::Answer(Answer { status, index }))
+    (buf.len() >= end + 4 + length).then_some(Reading::Answer(Answer { status, index }))
 }
 
 /// A non-blocking connection registered with `ep` under `key`.
@@ -1505,13 +1512,13 @@ mod tests {
     fn an_answer_is_whole_only_with_its_body_and_carries_its_index() {
         let ok = b"HTTP/1.1 200 OK\r\nX-Myrpc-Index: 42\r\nContent-Length: 2\r\n\r\n{}";
         match parse(ok) {
-            Some(Read_::Answer(a)) => assert_eq!((a.status, a.index), (200, Some(42))),
+            Some(Reading::Answer(a)) => assert_eq!((a.status, a.index), (200, Some(42))),
             _ => panic!("a whole answer"),
         }
         assert!(parse(&ok[..ok.len() - 1]).is_none());
         assert!(matches!(
             parse(b"HTTP/1.1 2xx\r\n\r\n"),
-            Some(Read_::Failed("bad answer"))
+            Some(Reading::Failed("bad answer"))
         ));
     }
 }
