@@ -11,6 +11,19 @@
 //! `cargo bench --bench http -- watch` runs only the delta watch scenario:
 //! bytes and registry CPU per change with 200 watchers of 10 000 servers,
 //! full listings against `delta=1` (about 15 s).
+//!
+//! `cargo bench --bench http -- scale` runs only the large deployment
+//! (`regcenter::loadgen::ScaleOptions`: 10 000 servers in 100 services
+//! renewing every 5 s with a 15 s TTL, 1 000 delta watchers, 10 changes a
+//! second) against the release binary in a process of its own, so that
+//! its CPU, memory, threads and descriptors are its own: once with UDP
+//! renewals, once with HTTP ones, 60 s each (`REGCENTER_SCALE_SECS`
+//! changes that). `-- scale-growth` runs it again growing one of servers,
+//! watchers and changes at a time, 20 s a row (about 6 min). The registry
+//! needs two descriptors per connection and the generator one: the bench
+//! raises its soft descriptor limit to 16 384 (or the hard limit, if
+//! lower; 1 000 watchers need about 2 100 in the registry, 3 000 about
+//! 6 100), which the registry inherits.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -20,13 +33,23 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use regcenter::RegistryServer;
-use regcenter::loadgen::{ListFormat, LoadOptions, LoadReport, Op, server_addr};
+use regcenter::loadgen::{
+    Beats, ListFormat, LoadOptions, LoadReport, Op, ScaleOptions, server_addr,
+};
 
 fn main() {
     // `cargo bench --bench http -- watch` runs only the delta watch
     // scenario.
     if std::env::args().any(|a| a == "watch") {
         delta_watch();
+        return;
+    }
+    if std::env::args().any(|a| a == "scale") {
+        scale();
+        return;
+    }
+    if std::env::args().any(|a| a == "scale-growth") {
+        scale_growth();
         return;
     }
     let long = std::env::var_os("REGCENTER_BENCH_LONG").is_some();
@@ -147,6 +170,147 @@ fn delta_watch() {
             r.cpu_ms,
             r.cpu_ms as f64 / r.changes as f64
         );
+    }
+}
+
+/// The large deployment against the release binary, renewing by UDP and
+/// then by HTTP.
+fn scale() {
+    let secs = std::env::var("REGCENTER_SCALE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    raise_descriptor_limit(16_384);
+    for beats in [Beats::Udp, Beats::Http] {
+        let reg = Child::serve();
+        let report = ScaleOptions::new(&reg.url)
+            .beats(beats)
+            .duration(Duration::from_secs(secs))
+            .registry_pid(Some(reg.pid()))
+            .run()
+            .expect("scale run");
+        println!("{report}\n");
+    }
+}
+
+/// How the large deployment's cost grows with servers, watchers and
+/// changes, one at a time, 20 s a row.
+fn scale_growth() {
+    raise_descriptor_limit(16_384);
+    println!(
+        "{:<6} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}  errors",
+        "beats",
+        "servers",
+        "watchers",
+        "changes",
+        "prop p50",
+        "prop p99",
+        "CPU",
+        "RSS MB",
+        "threads",
+        "fds"
+    );
+    let rows: [(Beats, usize, usize, u32); 11] = [
+        (Beats::Udp, 1_000, 1_000, 10),
+        (Beats::Udp, 10_000, 1_000, 10),
+        (Beats::Udp, 50_000, 1_000, 10),
+        (Beats::Http, 1_000, 1_000, 10),
+        (Beats::Http, 10_000, 1_000, 10),
+        (Beats::Http, 50_000, 1_000, 10),
+        (Beats::Udp, 10_000, 100, 10),
+        (Beats::Udp, 10_000, 3_000, 10),
+        (Beats::Udp, 10_000, 1_000, 1),
+        (Beats::Udp, 10_000, 1_000, 50),
+        (Beats::Udp, 10_000, 0, 10),
+    ];
+    for (beats, servers, watchers, changes) in rows {
+        let reg = Child::serve();
+        let r = ScaleOptions::new(&reg.url)
+            .beats(beats)
+            .servers(servers)
+            .watchers(watchers)
+            .changes_per_second(changes)
+            .duration(Duration::from_secs(20))
+            .registry_pid(Some(reg.pid()))
+            .run()
+            .expect("scale run");
+        let p = r.registry.expect("the registry's process is measured");
+        let errors: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        println!(
+            "{:<6} {servers:>7} {watchers:>8} {changes:>8} {:>7.2}ms {:>7.2}ms {:>8.1}% {:>8.1} {:>8} {:>6}  {}",
+            format!("{beats:?}").to_lowercase(),
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            p.cpu * 100.0,
+            p.rss_bytes as f64 / 1e6,
+            p.threads,
+            p.fds,
+            if errors.is_empty() {
+                "none".into()
+            } else {
+                errors.join(", ")
+            }
+        );
+    }
+}
+
+/// Raises this process's soft descriptor limit to `want` (or the hard
+/// limit), for itself and the registry it starts.
+fn raise_descriptor_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit; setrlimit reads it back.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The release binary serving on a free loopback port (HTTP and UDP), in
+/// a process of its own; killed and waited for on drop.
+struct Child {
+    process: std::process::Child,
+    url: String,
+}
+
+impl Child {
+    fn serve() -> Child {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let process = std::process::Command::new(env!("CARGO_BIN_EXE_regcenter"))
+            .args(["serve", "--addr", &addr])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the regcenter binary");
+        let child = Child {
+            process,
+            url: format!("http://{addr}/myRPC/registry"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "regcenter serve never listened");
+            thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.id()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
     }
 }
 

@@ -19,6 +19,8 @@ fn bad_flags_and_values_exit_2_with_one_line() {
         &["frobnicate"],
         &["serve", "--addr", "0.0.0.0:0"],
         &["bench", "--op", "delete"],
+        &["bench", "--services", "3"],
+        &["bench", "--op", "scale", "--beats", "tcp"],
     ] {
         let out = regcenter(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -110,6 +112,57 @@ fn bench_reports_rate_latency_and_errors() {
         s.registry().alive("bench").is_empty(),
         "the bench removes its servers"
     );
+}
+
+#[test]
+fn bench_scale_reports_propagation_the_registry_and_errors() {
+    let s = RegistryServer::start_local().unwrap();
+    let out = regcenter(&[
+        "bench",
+        "--registry",
+        s.url(),
+        "--op",
+        "scale",
+        "--servers",
+        "12",
+        "--services",
+        "3",
+        "--clients",
+        "6",
+        "--changes",
+        "10",
+        "--period",
+        "300ms",
+        "--ttl",
+        "3s",
+        "--duration",
+        "1s",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let changes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("changes"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no changes in {text}"));
+    assert!(changes > 0, "{text}");
+    // Two watchers a service: each change is seen twice.
+    let seen = format!("seen {} of {} times", changes * 2, changes * 2);
+    for what in [
+        &seen[..],
+        "propagation  p50",
+        "registry     pid ",
+        "errors       none",
+    ] {
+        assert!(text.contains(what), "no {what:?} in {text}");
+    }
+    for svc in ["scale-0", "scale-1", "scale-2"] {
+        assert!(
+            s.registry().alive(svc).is_empty(),
+            "the bench removes its servers"
+        );
+    }
 }
 
 #[test]

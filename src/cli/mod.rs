@@ -20,7 +20,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use regcenter::RegistryDiscovery;
-use regcenter::loadgen::{ListFormat, Op};
+use regcenter::loadgen::ListFormat;
 use regcenter::protocol::{DEFAULT_REGISTRY_URL, parse_duration};
 
 const USAGE: &str = "\
@@ -226,7 +226,6 @@ enum Kind {
     Weight,
     /// `key=value`; repeatable.
     Meta,
-    Op,
     Format,
 }
 
@@ -238,7 +237,6 @@ enum Value {
     Count(usize),
     Weight(u32),
     Meta(String, String),
-    Op(Op),
     Format(ListFormat),
 }
 
@@ -262,13 +260,6 @@ impl Kind {
                     Failure::Usage(format!("--{name} {kv:?}: write it as key=value"))
                 })?;
                 Value::Meta(k.to_string(), v.to_string())
-            }
-            Kind::Op => {
-                let v = p.value()?.string()?;
-                Value::Op(
-                    v.parse()
-                        .map_err(|e: regcenter::Error| Failure::Usage(format!("--{name}: {e}")))?,
-                )
             }
             Kind::Format => Value::Format(match p.value()?.string()?.as_str() {
                 "text" => ListFormat::Text,
@@ -425,13 +416,6 @@ impl Args {
     /// Whether `flag` was given, whatever its value.
     fn given(&self, flag: &Flag) -> bool {
         self.last(flag).is_some()
-    }
-
-    fn op(&self, flag: &Flag) -> Option<Op> {
-        match self.last(flag) {
-            Some(Value::Op(op)) => Some(*op),
-            _ => None,
-        }
     }
 
     fn format(&self, flag: &Flag) -> Option<ListFormat> {

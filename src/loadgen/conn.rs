@@ -28,6 +28,11 @@ impl Target {
         self.addr.ip()
     }
 
+    /// The registry's HTTP address.
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The registry's HTTP port.
     pub(super) fn port(&self) -> u16 {
         self.addr.port()
@@ -110,7 +115,7 @@ impl Conn {
         self.expect_ok(target, req.as_bytes())
     }
 
-    fn expect_ok(&mut self, target: &Target, req: &[u8]) -> Result<()> {
+    pub(super) fn expect_ok(&mut self, target: &Target, req: &[u8]) -> Result<()> {
         let url = format!("http://{}{}", target.host, target.path);
         match self.exchange(req) {
             Outcome::Status(s) if (200..300).contains(&s) => Ok(()),
@@ -211,7 +216,8 @@ impl Requests {
         }
     }
 
-    fn post(target: &Target, addr: &str, ttl: &str) -> Vec<u8> {
+    /// A registration or renewal of `addr` with `ttl`.
+    pub(super) fn post(target: &Target, addr: &str, ttl: &str) -> Vec<u8> {
         format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\n{HEADER_SERVER}: {addr}\r\n{HEADER_TTL}: {ttl}\r\nContent-Length: 0\r\n\r\n",
             target.path, target.head

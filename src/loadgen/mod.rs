@@ -9,6 +9,11 @@
 //! server it measures. It prints nothing: progress goes to the callback of
 //! [`LoadOptions::run_with_progress`], the outcome into a [`LoadReport`].
 //!
+//! [`ScaleOptions`] runs a whole deployment instead (`regcenter bench --op
+//! scale`): servers renewing on a period, watchers, membership changes;
+//! its [`ScaleReport`] says how fast changes reach the watchers and what
+//! the registry's process spent.
+//!
 //! ```
 //! use regcenter::loadgen::{LoadOptions, Op};
 //! use regcenter::RegistryServer;
@@ -28,7 +33,10 @@
 
 mod conn;
 mod event_loop;
+mod scale;
 mod udp;
+
+pub use scale::{Beats, ProcessFigures, ScaleOptions, ScaleReport, listening_pid};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -250,33 +258,19 @@ impl LoadOptions {
         report
     }
 
-    /// The UDP port the registry advertises, read from the answer to a
-    /// registration of the first server (made already, so this renews it
-    /// with the same TTL).
+    /// The UDP port the registry advertises (see [`advertised_udp_port`]);
+    /// without servers, the HTTP port.
     fn udp_port(&self, target: &Target) -> Result<u16> {
-        let url = format!("http://{}{}", target.host, target.path);
-        let Some(first) = self.servers.checked_sub(1).map(|_| server_addr(0)) else {
+        if self.servers == 0 {
             return Ok(target.port());
-        };
-        let agent = crate::client::agent_trusting(self.timeout, &crate::client::Trust::default());
-        let auth = crate::client::bearer(self.token.as_deref());
-        let headers: Vec<(&str, &str)> = [(HEADER_SERVER, first.as_str()), (HEADER_TTL, "1h")]
-            .into_iter()
-            .chain(auth.iter().map(|(n, v)| (*n, v.as_str())))
-            .collect();
-        let reply =
-            crate::client::call(&agent, crate::client::Verb::Post, &url, &headers)?.ok(&url)?;
-        reply
-            .header(HEADER_UDP)
-            .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| {
-                Error::config(
-                    "op",
-                    format!(
-                        "renew-udp: {url} advertises no UDP renewals (no {HEADER_UDP} in its POST answer)"
-                    ),
-                )
-            })
+        }
+        advertised_udp_port(
+            target,
+            &server_addr(0),
+            "1h",
+            self.token.as_deref(),
+            self.timeout,
+        )
     }
 
     /// Renewals by datagram from a thread a core, each with its share of
@@ -385,6 +379,35 @@ impl LoadOptions {
         }
         self.finish(workers, &budget, started, on_tick.take())
     }
+}
+
+/// The UDP port the registry advertises, read from the answer to a
+/// registration of `addr` (made already, so this renews it with the same
+/// `ttl`).
+fn advertised_udp_port(
+    target: &Target,
+    addr: &str,
+    ttl: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<u16> {
+    let url = format!("http://{}{}", target.host, target.path);
+    let agent = crate::client::agent_trusting(timeout, &crate::client::Trust::default());
+    let auth = crate::client::bearer(token);
+    let headers: Vec<(&str, &str)> = [(HEADER_SERVER, addr), (HEADER_TTL, ttl)]
+        .into_iter()
+        .chain(auth.iter().map(|(n, v)| (*n, v.as_str())))
+        .collect();
+    let reply = crate::client::call(&agent, crate::client::Verb::Post, &url, &headers)?.ok(&url)?;
+    reply
+        .header(HEADER_UDP)
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| {
+            Error::config(
+                "op",
+                format!("{url} advertises no UDP renewals (no {HEADER_UDP} in its POST answer)"),
+            )
+        })
 }
 
 /// How far a run has come: what [`LoadOptions::run_with_progress`] hands
