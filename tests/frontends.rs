@@ -736,3 +736,43 @@ fn a_paused_etcd_member_is_left_for_the_others() {
     a.shutdown().unwrap();
     b.shutdown().unwrap();
 }
+
+#[test]
+fn a_front_end_keeps_the_token_the_status_page_and_the_metrics() {
+    let Some(e) = etcd::start() else { return };
+    let a = RegistryServer::builder()
+        .addr("127.0.0.1:0")
+        .ttl(Duration::from_secs(60))
+        .threads(2)
+        .token("s3cret-token-of-the-registry")
+        .etcd(&[&e.url()])
+        .start()
+        .unwrap();
+    let at = a.local_addr();
+    let refused = post(at, "tcp@127.0.0.1:7001", &[]);
+    assert_eq!(refused.status, 401);
+    assert!(
+        e.range("/regcenter").is_empty(),
+        "a refused write reached etcd"
+    );
+    let auth = [("Authorization", "Bearer s3cret-token-of-the-registry")];
+    assert_eq!(post(at, "tcp@127.0.0.1:7001", &auth).status, 200);
+    let page = raw(at, "GET", "/", &[]);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text().contains("tcp@127.0.0.1:7001"),
+        "{}",
+        page.text()
+    );
+    let metrics = raw(at, "GET", "/metrics", &[]).text();
+    let revision = e.revision();
+    assert!(
+        metrics.contains(&format!("\nregcenter_etcd_revision {revision}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nregcenter_registrations_total 1\n"),
+        "{metrics}"
+    );
+    a.shutdown().unwrap();
+}
