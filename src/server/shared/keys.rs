@@ -78,6 +78,14 @@ impl Layout {
         k
     }
 
+    /// The claims of an entry as a range: its prefix and the end of it.
+    pub(super) fn claims_range(&self, id: &Id) -> (String, String) {
+        let of = self.claims_of(id);
+        // The prefix is ASCII (hex, a service name, `/`), and so its end.
+        let end = String::from_utf8(prefix_end(of.as_bytes())).expect("ASCII ends in ASCII");
+        (of, end)
+    }
+
     pub(super) fn claim(&self, id: &Id, lease: &str) -> String {
         self.claims_of(id) + lease
     }
@@ -162,11 +170,6 @@ pub(super) fn dec(v: &Value) -> Vec<u8> {
     v.as_str().and_then(unb64).unwrap_or_default()
 }
 
-/// A prefix as a gateway range: key and range end.
-pub(super) fn prefix_range(prefix: &str) -> (String, String) {
-    (enc(prefix), b64(&prefix_end(prefix.as_bytes())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +192,9 @@ mod tests {
         // The claims of an address that extends another are not under it.
         let longer: Id = ("arith".into(), "unix@/tmp/a/bc".into());
         assert!(!l.claim(&longer, "1").starts_with(&l.claims_of(&id)));
+        let (of, end) = l.claims_range(&id);
+        assert!(of <= l.claim(&id, "9") && l.claim(&id, "9") < end);
+        assert!(!(of <= l.claim(&longer, "1") && l.claim(&longer, "1") < end));
         let (from, to) = l.range();
         for k in [l.entry(&id), claim] {
             assert!(from <= k && k < to, "{k} outside {from}..{to}");

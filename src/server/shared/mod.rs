@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::etcd::{Etcd, int};
 use crate::protocol::Status;
 use crate::registry::{Mirrored, PutOptions, PutOutcome, Registry, ServiceName};
-use keys::{EntryValue, Id, Layout, enc, prefix_range};
+use keys::{EntryValue, Id, Layout, enc};
 
 /// What `serve --etcd` is given.
 #[derive(Debug, Clone)]
@@ -452,7 +452,8 @@ impl Inner {
             return Err(self.unreachable("a deregistration"));
         }
         let id: Id = (service.to_string(), addr.to_string());
-        let (from, to) = prefix_range(&self.layout.claims_of(&id));
+        let (from, to) = self.layout.claims_range(&id);
+        let (from, to) = (enc(&from), enc(&to));
         let v = self.call(
             "/v3/kv/txn",
             &json!({ "success": [
@@ -728,9 +729,8 @@ impl Inner {
         drop(batch);
         let State { known, claims, .. } = &mut *st;
         for id in touched {
-            if let Some(k) = known.get(&id) {
-                let o = self.orphan_deadline(&id, k, claims, now, k.orphan);
-                known.get_mut(&id).expect("just read").orphan = o;
+            if let Some(k) = known.get_mut(&id) {
+                k.orphan = self.orphan_deadline(&id, k, claims, now, k.orphan);
             }
         }
         let reached = top.max(progress.unwrap_or(0));
@@ -929,9 +929,7 @@ impl Inner {
     /// Returns whether the entry went.
     fn release(&self, id: &Id, lease: &str, leased: bool) -> Result<bool> {
         let claim = self.layout.claim(id, lease);
-        let of = self.layout.claims_of(id);
-        let end = String::from_utf8(crate::etcd::prefix_end(of.as_bytes()))
-            .expect("a prefix of ASCII ends in ASCII");
+        let (of, end) = self.layout.claims_range(id);
         let drop_claim = json!({ "request_delete_range": { "key": enc(&claim) } });
         let body = if leased {
             json!({ "success": [drop_claim] })
@@ -1057,9 +1055,7 @@ impl Inner {
         };
         for (id, rev) in due {
             let entry = self.layout.entry(&id);
-            let of = self.layout.claims_of(&id);
-            let end = String::from_utf8(crate::etcd::prefix_end(of.as_bytes()))
-                .expect("a prefix of ASCII ends in ASCII");
+            let (of, end) = self.layout.claims_range(&id);
             let body = json!({
                 "compare": [
                     none_in(&of, &end),
